@@ -1,0 +1,86 @@
+# turnout — top-level build.  `make` builds every binary into build/.
+# CFLAGS stays yours; the project's flags are added on top.
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+BUILD   ?= build
+VERSION := $(shell cat VERSION)
+PKGS    := libevent libevent_openssl hiredis libcurl jansson openssl
+
+PROJECT_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+	-Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings \
+	-Icommon -Iproxy -Ilegacy_adapter -Iworker \
+	-DTURNOUT_VERSION='"$(VERSION)"' -MMD -MP
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+
+ALL_CFLAGS = $(PROJECT_CFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
+ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
+
+COMMON_SRC  := $(wildcard common/*.c)
+PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c
+LEGACYD_SRC := $(wildcard legacy_adapter/legacyd*.c)
+UNIT_SRC    := $(wildcard tests/unit/test_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRC))
+
+.PHONY: all run test check unit integration asan bench clean deps readme-check
+all: $(BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/turnout-proxy: $(call obj,$(PROXY_SRC) $(COMMON_SRC))
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+
+$(BUILD)/turnout-legacyd: $(call obj,$(LEGACYD_SRC) $(COMMON_SRC))
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+
+# Unit tests use the modules through their headers; they link the rest of
+# common/ and proxy/ minus the programs' main().
+UNIT_LINK_SRC := $(filter-out proxy/main.c,$(PROXY_SRC)) $(COMMON_SRC)
+$(BUILD)/unit/%: tests/unit/%.c $(call obj,$(UNIT_LINK_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/unit $(filter %.c %.o,$^) -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+
+deps:
+	@scripts/deps.sh install
+
+unit: $(UNIT_BINS)
+	@scripts/run-unit.sh $(UNIT_BINS)
+
+integration: all
+	@TURNOUT_BIN_DIR=$(abspath $(BUILD)) scripts/run-pytest.sh
+
+readme-check: all
+	@scripts/readme-check.sh $(BUILD)
+
+test:
+	@scripts/deps.sh check-or-install
+	@$(MAKE) --no-print-directory all unit readme-check
+	@$(MAKE) --no-print-directory integration
+
+check: test
+
+asan:
+	@scripts/deps.sh check-or-install
+	@$(MAKE) --no-print-directory BUILD=build/asan \
+		EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		EXTRA_LDFLAGS="-fsanitize=address,undefined" CFLAGS="-O1 -g" all unit integration
+
+run:
+	@scripts/deps.sh check-or-install
+	@$(MAKE) --no-print-directory all
+	@scripts/run-demo.sh $(BUILD)
+
+bench:
+	@echo "make bench: not yet implemented (issue 7)"; exit 1
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj $(BUILD)/unit -name '*.d' 2>/dev/null)

@@ -1,0 +1,70 @@
+/* httpc — asynchronous HTTP client: libcurl multi driven by a libevent base
+ * (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION), no blocking calls.
+ *
+ * Every started request completes exactly once through its callback: on a
+ * response, on an error, on its timeout, or when the client is freed
+ * (error HTTPC_ECANCELLED) — unless the caller cancelled it first with
+ * httpc_cancel(), after which the callback is never called. */
+#ifndef TURNOUT_HTTPC_H
+#define TURNOUT_HTTPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct event_base;
+
+typedef struct httpc httpc;         /* one per event base */
+typedef struct httpc_req httpc_req; /* one in-flight request */
+
+enum httpc_error {
+    HTTPC_OK = 0,      /* a response was received (any status) */
+    HTTPC_ETIMEOUT,    /* no complete response within timeout_ms */
+    HTTPC_ECONNECT,    /* could not connect / resolve / refused */
+    HTTPC_ETOOBIG,     /* response body over max_response_bytes */
+    HTTPC_ECANCELLED,  /* client freed while the request was in flight */
+    HTTPC_EOTHER,      /* any other transfer error */
+};
+
+typedef struct httpc_response {
+    int error;                  /* enum httpc_error */
+    const char *errmsg;         /* human text for error != OK; borrowed */
+    long status;                /* HTTP status; 0 when no response */
+    const char *body;           /* borrowed, NUL-terminated; valid during callback */
+    size_t body_len;
+    const char *const *headers; /* "Name: value" lines, borrowed; only if want_headers */
+    size_t nheaders;
+    double total_s;             /* wall time of the transfer */
+} httpc_response;
+
+typedef void (*httpc_done_cb)(const httpc_response *resp, void *arg);
+
+typedef struct httpc_opts {
+    const char *method;               /* "GET", "POST", "PUT", "DELETE", ... */
+    const char *url;
+    const char *body;                 /* may be NULL; copied by httpc_start */
+    size_t body_len;
+    const char *const *headers;       /* "Name: value", NULL-terminated; copied */
+    long timeout_ms;                  /* whole transfer; required (> 0) */
+    long connect_timeout_ms;          /* 0 = timeout_ms */
+    size_t max_response_bytes;        /* 0 = 1 MiB */
+    bool want_headers;                /* collect response headers */
+} httpc_opts;
+
+/* New client on `base`.  NULL with err filled on failure. */
+httpc *httpc_new(struct event_base *base, char err[256]);
+
+/* Completes every in-flight request with HTTPC_ECANCELLED, then frees. */
+void httpc_free(httpc *c);
+
+/* Starts a request.  Returns NULL (and the callback is never called) when it
+ * cannot be started (out of memory, bad options), with err filled. */
+httpc_req *httpc_start(httpc *c, const httpc_opts *opts, httpc_done_cb cb,
+                       void *arg, char err[256]);
+
+/* Aborts an in-flight request; its callback will not be called.  Must not be
+ * called from inside that request's own callback. */
+void httpc_cancel(httpc_req *r);
+
+size_t httpc_in_flight(const httpc *c);
+
+#endif

@@ -1,0 +1,327 @@
+#include "rclient.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "log.h"
+#include "util.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 500
+
+typedef struct pending {
+    rclient *rc;
+    rclient_cb cb;
+    void *arg;
+    double deadline;            /* monotonic seconds */
+    struct pending *prev, *next; /* issue order == deadline order */
+} pending;
+
+enum rstate { RC_DOWN, RC_CONNECTING, RC_UP };
+
+struct rclient {
+    struct event_base *base;
+    redisAsyncContext *ac;
+    enum rstate state;
+    char host[64];
+    int port, db;
+    char password[256];
+    char name[32];
+    long cmd_timeout_ms, connect_timeout_ms, backoff_ms;
+    rclient_state_cb on_state;
+    void *ud;
+    struct event *timer;  /* connect deadline, command deadline or reconnect */
+    pending *head, *tail;
+    size_t npending;
+    const char *drop_reason; /* error text given to commands failed by a drop */
+    bool freeing;
+};
+
+static void arm_timer(rclient *rc, double delay_s);
+static void start_connect(rclient *rc);
+
+int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, int *db,
+                      char *password, size_t pwlen, char err[256])
+{
+    const char *p;
+    *port = 6379;
+    *db = 0;
+    if (pwlen) password[0] = '\0';
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, 256, "\"%s\": only redis:// URLs are supported (no TLS in hiredis 0.14)", url);
+        return -1;
+    }
+    p = url + 8;
+    const char *at = strchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon ? colon + 1 : p;
+        size_t n = (size_t)(at - pw);
+        if (n >= pwlen) {
+            snprintf(err, 256, "password in the Redis URL is too long");
+            return -1;
+        }
+        memcpy(password, pw, n);
+        password[n] = '\0';
+        p = at + 1;
+    }
+    size_t hl = strcspn(p, ":/");
+    if (hl == 0 || hl >= hostlen) {
+        snprintf(err, 256, "\"%s\": missing or too long host", url);
+        return -1;
+    }
+    memcpy(host, p, hl);
+    host[hl] = '\0';
+    p += hl;
+    if (*p == ':') {
+        char *end;
+        long v = strtol(p + 1, &end, 10);
+        if (end == p + 1 || v < 1 || v > 65535 || (*end && *end != '/')) {
+            snprintf(err, 256, "\"%s\": port must be 1..65535", url);
+            return -1;
+        }
+        *port = (int)v;
+        p = end;
+    }
+    if (*p == '/' && p[1]) {
+        char *end;
+        long v = strtol(p + 1, &end, 10);
+        if (end == p + 1 || *end || v < 0 || v > 1000000) {
+            snprintf(err, 256, "\"%s\": database must be a number after the last /", url);
+            return -1;
+        }
+        *db = (int)v;
+    }
+    if (strcmp(host, "localhost") == 0) snprintf(host, hostlen, "127.0.0.1");
+    unsigned char tmp[16];
+    if (inet_pton(AF_INET, host, tmp) != 1 && inet_pton(AF_INET6, host, tmp) != 1) {
+        snprintf(err, 256, "\"%s\": host must be an IP address (hiredis resolves names with a blocking call)", url);
+        return -1;
+    }
+    return 0;
+}
+
+static void set_state(rclient *rc, enum rstate s)
+{
+    bool was_up = rc->state == RC_UP;
+    rc->state = s;
+    if (was_up != (s == RC_UP) && rc->on_state && !rc->freeing) rc->on_state(rc, s == RC_UP, rc->ud);
+}
+
+static void unlink_pending(rclient *rc, pending *p)
+{
+    if (p->prev) p->prev->next = p->next;
+    else rc->head = p->next;
+    if (p->next) p->next->prev = p->prev;
+    else rc->tail = p->prev;
+    rc->npending--;
+}
+
+/* Every reply, and every failure of a dropped connection, passes here. */
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    (void)ac;
+    pending *p = privdata;
+    rclient *rc = p->rc;
+    unlink_pending(rc, p);
+    if (r) p->cb(r, NULL, p->arg);
+    else p->cb(NULL, rc->drop_reason ? rc->drop_reason : "connection lost", p->arg);
+    free(p);
+    /* The next deadline is re-armed lazily by the timer itself. */
+}
+
+/* Tears the connection down from outside any hiredis callback; hiredis
+ * completes every pending command (NULL reply) before returning. */
+static void drop(rclient *rc, const char *why)
+{
+    redisAsyncContext *ac = rc->ac;
+    if (!ac) return;
+    rc->drop_reason = why;
+    rc->ac = NULL;
+    LOG_WARN("redis connection dropped", "redis", rc->name, "reason", why);
+    set_state(rc, RC_DOWN);
+    redisAsyncFree(ac); /* calls on_reply(NULL) for each pending, then on_disconnect */
+    rc->drop_reason = NULL;
+    if (!rc->freeing) arm_timer(rc, (double)rc->backoff_ms / 1000.0);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rclient *rc = ac->data;
+    if (!rc || rc->ac != ac) return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context itself after this callback */
+        LOG_DEBUG("redis connect failed", "redis", rc->name, "error", ac->errstr);
+        rc->ac = NULL;
+        set_state(rc, RC_DOWN);
+        arm_timer(rc, (double)rc->backoff_ms / 1000.0);
+        if (rc->backoff_ms < BACKOFF_MAX_MS) rc->backoff_ms *= 2;
+        if (rc->backoff_ms > BACKOFF_MAX_MS) rc->backoff_ms = BACKOFF_MAX_MS;
+        return;
+    }
+    rc->backoff_ms = BACKOFF_MIN_MS;
+    LOG_INFO("redis connected", "redis", rc->name);
+    set_state(rc, RC_UP);
+    arm_timer(rc, -1);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    rclient *rc = ac->data;
+    if (!rc || rc->ac != ac) return; /* a drop() we started */
+    /* The server closed the connection or an I/O error happened; hiredis
+     * frees the context after this callback. */
+    rc->ac = NULL;
+    LOG_WARN("redis connection lost", "redis", rc->name, "error", ac->errstr);
+    set_state(rc, RC_DOWN);
+    arm_timer(rc, (double)rc->backoff_ms / 1000.0);
+}
+
+/* One timer serves three purposes depending on the state: reconnect after
+ * backoff (DOWN), connect deadline (CONNECTING), oldest command deadline (UP). */
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rclient *rc = arg;
+    switch (rc->state) {
+    case RC_DOWN:
+        start_connect(rc);
+        break;
+    case RC_CONNECTING:
+        if (rc->ac) {
+            redisAsyncContext *ac = rc->ac;
+            rc->ac = NULL;
+            LOG_WARN("redis connect timed out", "redis", rc->name);
+            redisAsyncFree(ac);
+        }
+        set_state(rc, RC_DOWN);
+        arm_timer(rc, (double)rc->backoff_ms / 1000.0);
+        break;
+    case RC_UP:
+        arm_timer(rc, -1);
+        break;
+    }
+}
+
+/* delay_s < 0: in UP state, arm for the oldest pending deadline (if any). */
+static void arm_timer(rclient *rc, double delay_s)
+{
+    if (rc->state == RC_UP && delay_s < 0) {
+        if (!rc->head) {
+            evtimer_del(rc->timer);
+            return;
+        }
+        double left = rc->head->deadline - util_monotonic();
+        if (left <= 0) {
+            drop(rc, "timeout");
+            return;
+        }
+        delay_s = left;
+    }
+    if (delay_s < 0) delay_s = 0;
+    struct timeval tv = {(time_t)delay_s, (suseconds_t)((delay_s - (double)(time_t)delay_s) * 1e6)};
+    evtimer_add(rc->timer, &tv);
+}
+
+static void start_connect(rclient *rc)
+{
+    redisAsyncContext *ac = redisAsyncConnect(rc->host, rc->port);
+    if (!ac || ac->err) {
+        LOG_DEBUG("redis connect failed", "redis", rc->name, "error", ac ? ac->errstr : "out of memory");
+        if (ac) redisAsyncFree(ac);
+        set_state(rc, RC_DOWN);
+        arm_timer(rc, (double)rc->backoff_ms / 1000.0);
+        return;
+    }
+    ac->data = rc;
+    if (redisLibeventAttach(ac, rc->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        arm_timer(rc, (double)rc->backoff_ms / 1000.0);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rc->ac = ac;
+    rc->state = RC_CONNECTING;
+    /* AUTH and SELECT are queued ahead of everything; hiredis writes them once
+     * connected, and replies come back in order. Their failure shows in logs
+     * and in every later command's error reply. */
+    if (rc->password[0]) redisAsyncCommand(ac, NULL, NULL, "AUTH %s", rc->password);
+    if (rc->db) redisAsyncCommand(ac, NULL, NULL, "SELECT %d", rc->db);
+    arm_timer(rc, (double)rc->connect_timeout_ms / 1000.0);
+}
+
+rclient *rclient_new(struct event_base *base, const char *url, const rclient_opts *opts,
+                     char err[256])
+{
+    rclient *rc = calloc(1, sizeof(*rc));
+    if (!rc) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    if (rclient_parse_url(url, rc->host, sizeof(rc->host), &rc->port, &rc->db, rc->password,
+                          sizeof(rc->password), err) != 0)
+        goto err;
+    rc->base = base;
+    rc->cmd_timeout_ms = opts && opts->command_timeout_ms > 0 ? opts->command_timeout_ms : 1000;
+    rc->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 1000;
+    rc->backoff_ms = BACKOFF_MIN_MS;
+    snprintf(rc->name, sizeof(rc->name), "%s", opts && opts->name ? opts->name : "redis");
+    rc->on_state = opts ? opts->on_state : NULL;
+    rc->ud = opts ? opts->ud : NULL;
+    rc->timer = evtimer_new(base, on_timer, rc);
+    if (!rc->timer) {
+        snprintf(err, 256, "out of memory");
+        goto err;
+    }
+    start_connect(rc);
+    return rc;
+err:
+    free(rc);
+    return NULL;
+}
+
+void rclient_free(rclient *rc)
+{
+    if (!rc) return;
+    rc->freeing = true;
+    if (rc->ac) drop(rc, "shutting down");
+    if (rc->timer) event_free(rc->timer);
+    free(rc);
+}
+
+int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    if (rc->state != RC_UP || !rc->ac) return -1;
+    pending *p = malloc(sizeof(*p));
+    if (!p) return -1;
+    p->rc = rc;
+    p->cb = cb;
+    p->arg = arg;
+    p->deadline = util_monotonic() + (double)rc->cmd_timeout_ms / 1000.0;
+    if (redisAsyncCommandArgv(rc->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
+        free(p);
+        return -1;
+    }
+    p->next = NULL;
+    p->prev = rc->tail;
+    if (rc->tail) rc->tail->next = p;
+    else rc->head = p;
+    rc->tail = p;
+    if (rc->npending++ == 0) arm_timer(rc, -1);
+    return 0;
+}
+
+bool rclient_is_up(const rclient *rc) { return rc->state == RC_UP; }
+int rclient_db(const rclient *rc) { return rc->db; }
+size_t rclient_pending(const rclient *rc) { return rc->npending; }

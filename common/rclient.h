@@ -1,0 +1,62 @@
+/* rclient — an asynchronous Redis connection (hiredis 0.14 + libevent
+ * adapter) that never hangs and heals itself.
+ *
+ * hiredis 0.14 has neither a connect timeout nor a command timeout, so each
+ * command carries a deadline; when the oldest one passes, the connection is
+ * dropped, which completes every pending command with an error, and a new
+ * connection is made after a backoff (100 ms doubling to 500 ms).  Commands
+ * are refused at once (-1, callback never called) while the connection is
+ * not up, so callers can fall back without waiting. */
+#ifndef TURNOUT_RCLIENT_H
+#define TURNOUT_RCLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct event_base;
+struct redisReply;
+
+typedef struct rclient rclient;
+
+/* Called exactly once per accepted command.  On success `err` is NULL and
+ * `reply` is valid only during the call (a REDIS_REPLY_ERROR reply is a
+ * success at this level: the server answered).  On failure reply is NULL and
+ * err says why ("timeout", "connection lost", "shutting down"). */
+typedef void (*rclient_cb)(struct redisReply *reply, const char *err, void *arg);
+
+/* Called when the connection goes up (true) or down (false). */
+typedef void (*rclient_state_cb)(rclient *rc, bool up, void *ud);
+
+typedef struct rclient_opts {
+    long command_timeout_ms;  /* default 1000 */
+    long connect_timeout_ms;  /* default 1000 */
+    const char *name;         /* for logs, e.g. "broker" */
+    rclient_state_cb on_state;
+    void *ud;
+} rclient_opts;
+
+/* Parses "redis://[:password@]host[:port][/db]".  host must be an IP
+ * address or "localhost" (resolved once here: hiredis resolves with a
+ * blocking call).  Returns 0 or -1 with err. */
+int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, int *db,
+                      char *password, size_t pwlen, char err[256])
+    __attribute__((warn_unused_result));
+
+/* New client; starts connecting at once.  NULL with err on a bad URL/OOM. */
+rclient *rclient_new(struct event_base *base, const char *url, const rclient_opts *opts,
+                     char err[256]);
+
+/* Drops the connection and completes pending commands with "shutting
+ * down".  Never call from inside an rclient callback. */
+void rclient_free(rclient *rc);
+
+/* Sends a command given as argv (binary safe).  0 when accepted (callback
+ * will be called once), -1 when the connection is not up or OOM. */
+int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv,
+                    const size_t *argvlen) __attribute__((warn_unused_result));
+
+bool rclient_is_up(const rclient *rc);
+int rclient_db(const rclient *rc);
+size_t rclient_pending(const rclient *rc);
+
+#endif

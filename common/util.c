@@ -1,0 +1,126 @@
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <sys/random.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <jansson.h>
+
+double util_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double util_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int util_random(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t got = getrandom(p, n, 0);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
+void util_uuid4(char out[37])
+{
+    unsigned char b[16];
+    if (util_random(b, sizeof(b)) != 0) {
+        /* getrandom cannot fail on Linux >= 3.17 with a 16-byte request;
+         * keep ids unique anyway by mixing the clock in. */
+        double t = util_monotonic() * 1e9;
+        memcpy(b, &t, sizeof(t));
+        memcpy(b + 8, &t, sizeof(t));
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+             b[11], b[12], b[13], b[14], b[15]);
+}
+
+void util_iso8601(double t, char out[32])
+{
+    time_t sec = (time_t)t;
+    long usec = (long)((t - (double)sec) * 1e6);
+    struct tm tm;
+    if (usec < 0) usec = 0;
+    if (usec > 999999) usec = 999999;
+    gmtime_r(&sec, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%06ld", usec);
+}
+
+const char *util_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return status < 300 ? "OK" : "Error";
+    }
+}
+
+void util_reply_json(struct evhttp_request *req, int status, const char *json, size_t len)
+{
+    struct evbuffer *out = evhttp_request_get_output_buffer(req);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_remove_header(h, "Content-Type");
+    evhttp_add_header(h, "Content-Type", "application/json");
+    evbuffer_add(out, json, len);
+    evhttp_send_reply(req, status, util_reason(status), NULL);
+}
+
+void util_reply_error(struct evhttp_request *req, int status, const char *code,
+                      const char *message, int retry_after_s)
+{
+    json_t *o = json_pack("{s:s, s:s}", "error", code, "message", message);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (retry_after_s > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", retry_after_s);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+    }
+    if (text) {
+        util_reply_json(req, status, text, strlen(text));
+    } else {
+        static const char oom[] = "{\"error\":\"out_of_memory\",\"message\":\"the server is out of memory; retry later\"}";
+        util_reply_json(req, status, oom, sizeof(oom) - 1);
+    }
+    free(text);
+    json_decref(o);
+}

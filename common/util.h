@@ -1,0 +1,40 @@
+/* util — small helpers shared by every binary: clocks, ids, JSON replies. */
+#ifndef TURNOUT_UTIL_H
+#define TURNOUT_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct evhttp_request;
+struct evbuffer;
+
+#ifndef TURNOUT_VERSION
+#define TURNOUT_VERSION "0.0.0-dev"
+#endif
+
+double util_now(void);       /* wall clock, seconds since the epoch */
+double util_monotonic(void); /* monotonic seconds */
+
+/* Fills buf[n] from the kernel's random source (getrandom); -1 on failure. */
+int util_random(void *buf, size_t n) __attribute__((warn_unused_result));
+
+/* uuid4 text, 36 characters + NUL. */
+void util_uuid4(char out[37]);
+
+/* ISO-8601 UTC with microseconds, no offset: 2026-11-22T08:42:30.022342 */
+void util_iso8601(double t, char out[32]);
+
+/* Sends {"error": code, "message": message} with `status`; adds Retry-After
+ * when retry_after_s > 0.  Ends the request (exactly one reply). */
+void util_reply_error(struct evhttp_request *req, int status, const char *code,
+                      const char *message, int retry_after_s);
+
+/* Sends a JSON body (already serialized) with `status`; ends the request. */
+void util_reply_json(struct evhttp_request *req, int status, const char *json,
+                     size_t len);
+
+/* Standard reason phrase for an HTTP status. */
+const char *util_reason(int status);
+
+#endif

@@ -1,0 +1,122 @@
+#include "pconfig.h"
+
+#include "rclient.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define F(field) offsetof(proxy_settings, field)
+
+const cfg_option pconfig_table[] = {
+    {"PROXY_LISTEN", CFG_ADDR, "127.0.0.1:8080", 0, 0, NULL, F(listen), "address:port to serve"},
+    {"CELERY_ENABLED", CFG_BOOL, "false", 0, 0, NULL, F(celery_enabled), "new path allowed at all"},
+    {"CELERY_PERCENTAGE", CFG_FRACTION, "0", 0, 1, NULL, F(celery_percentage),
+     "fraction 0..1 of submissions for the new path"},
+    {"FORCE_LEGACY_QUEUE", CFG_BOOL, "false", 0, 0, NULL, F(force_legacy),
+     "kill switch: everything to legacy, beats all else"},
+    {"ROUTING_MODE", CFG_ENUM, "sticky", 0, 0, "sticky|random", F(routing_mode),
+     "sticky (hash of the sticky key) or random"},
+    {"ROLLOUT_SALT", CFG_STRING, "turnout", 0, 256, NULL, F(rollout_salt), "salt of the sticky hash"},
+    {"FALLBACK_TO_LEGACY", CFG_BOOL, "true", 0, 0, NULL, F(fallback_to_legacy),
+     "a submission the new path cannot take goes to legacy"},
+    {"CELERY_BROKER_URL", CFG_URL, "redis://127.0.0.1:6379/0", 0, 0, "redis", F(broker_url),
+     "Redis of the new queue"},
+    {"CELERY_RESULT_BACKEND", CFG_URL, "", 0, 0, "redis", F(result_backend),
+     "Redis holding celery-task-meta-* (empty: the broker URL)"},
+    {"CELERY_QUEUE", CFG_STRING, "evaluation", 0, 200, NULL, F(queue), "queue name (kombu list base name)"},
+    {"CELERY_TASK_NAME", CFG_STRING, "tasks.evaluate_code", 0, 200, NULL, F(task_name),
+     "task name in the message header"},
+    {"LEGACY_QUEUE_URL", CFG_URL, "http://127.0.0.1:8081", 0, 0, "http|https", F(legacy_url),
+     "legacy Queue Service"},
+    {"UPSTREAM_API_URL", CFG_URL, "", 0, 0, "http|https", F(upstream_url),
+     "if set, every path the proxy does not own is passed through to it"},
+    {"ADMIN_TOKEN", CFG_STRING, "", 0, 1024, NULL, F(admin_token),
+     "bearer token for admin writes; empty = admin writes refused"},
+    {"MAX_BODY_BYTES", CFG_INT, "2097152", 1024, 67108864, NULL, F(max_body_bytes),
+     "larger request body -> 413"},
+    {"ALLOWED_LANGUAGES", CFG_LIST, "python", 0, 0, NULL, F(allowed_languages),
+     "comma list of accepted languages"},
+    {"LOG_LEVEL", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", F(log_level), "log threshold"},
+    {"LOG_FORMAT", CFG_ENUM, "logfmt", 0, 0, "logfmt|json", F(log_format), "log line format"},
+    {"PROXY_TLS_CERT", CFG_STRING, "", 0, 4096, NULL, F(tls_cert), "PEM certificate; with the key -> HTTPS"},
+    {"PROXY_TLS_KEY", CFG_STRING, "", 0, 4096, NULL, F(tls_key), "PEM private key; with the certificate -> HTTPS"},
+    {"LEGACY_TIMEOUT_MS", CFG_INT, "5000", 10, 600000, NULL, F(legacy_timeout_ms),
+     "deadline of one legacy Queue Service call (-> 504)"},
+    {"UPSTREAM_TIMEOUT_MS", CFG_INT, "30000", 10, 600000, NULL, F(upstream_timeout_ms),
+     "deadline of one pass-through call (-> 504)"},
+    {"REDIS_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(redis_timeout_ms),
+     "deadline of one Redis command; on expiry the connection is re-made"},
+    {"SHUTDOWN_GRACE_S", CFG_INT, "10", 0, 600, NULL, F(shutdown_grace_s),
+     "on SIGTERM, how long in-flight requests may take to finish"},
+    {"MAX_IN_FLIGHT", CFG_INT, "10000", 1, 1000000, NULL, F(max_in_flight),
+     "requests waiting on a backend at once; beyond -> 503"},
+    {"TURNOUT_ENV_FILE", CFG_STRING, "", 0, 4096, NULL, F(env_file),
+     "KEY=value file re-read on SIGHUP"},
+};
+const size_t pconfig_count = sizeof(pconfig_table) / sizeof(pconfig_table[0]);
+
+__attribute__((format(printf, 3, 4)))
+static void append(char *errs, size_t size, const char *fmt, ...)
+{
+    size_t used = strnlen(errs, size);
+    if (used + 1 >= size) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errs + used, size - used, fmt, ap);
+    va_end(ap);
+}
+
+int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+{
+    proxy_settings tmp = {0};
+    int n = cfg_load(pconfig_table, pconfig_count, &tmp, sizeof(tmp), lookup, ud, errs, errs_size);
+    if (n) return n;
+
+    /* Cross-field checks, reported in the same style. */
+    if ((tmp.tls_cert[0] != '\0') != (tmp.tls_key[0] != '\0')) {
+        n++;
+        append(errs, errs_size, "PROXY_TLS_CERT and PROXY_TLS_KEY: set both for HTTPS, or neither\n");
+    }
+    char rerr[256], host[64], pw[256];
+    int port, db;
+    const char *const urls[2][2] = {{"CELERY_BROKER_URL", tmp.broker_url},
+                                     {"CELERY_RESULT_BACKEND", tmp.result_backend}};
+    for (int i = 0; i < 2; i++) {
+        if (!urls[i][1][0]) continue;
+        if (rclient_parse_url(urls[i][1], host, sizeof(host), &port, &db, pw, sizeof(pw), rerr) != 0) {
+            n++;
+            append(errs, errs_size, "%s=%s\n", urls[i][0], rerr);
+        }
+    }
+    if (tmp.allowed_languages[0] == '\0') {
+        n++;
+        append(errs, errs_size, "ALLOWED_LANGUAGES=\"\": must name at least one language, e.g. python\n");
+    }
+    if (n) {
+        cfg_free(pconfig_table, pconfig_count, &tmp);
+        return n;
+    }
+    pconfig_free(s);
+    *s = tmp;
+    return 0;
+}
+
+void pconfig_free(proxy_settings *s)
+{
+    cfg_free(pconfig_table, pconfig_count, s);
+}
+
+bool pconfig_language_allowed(const proxy_settings *s, const char *lang, size_t len)
+{
+    const char *p = s->allowed_languages;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *end = p + strcspn(p, ",");
+        const char *e = end;
+        while (e > p && e[-1] == ' ') e--;
+        if ((size_t)(e - p) == len && len && memcmp(p, lang, len) == 0) return true;
+        p = end;
+    }
+    return false;
+}

@@ -1,0 +1,51 @@
+/* pconfig — turnout-proxy settings: the one table of environment variables. */
+#ifndef TURNOUT_PCONFIG_H
+#define TURNOUT_PCONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cfg.h"
+
+typedef struct proxy_settings {
+    char *listen;
+    bool celery_enabled;
+    double celery_percentage;
+    bool force_legacy;
+    char *routing_mode;      /* sticky | random */
+    char *rollout_salt;
+    bool fallback_to_legacy;
+    char *broker_url;
+    char *result_backend;    /* empty = broker_url */
+    char *queue;
+    char *task_name;
+    char *legacy_url;
+    char *upstream_url;
+    char *admin_token;
+    long long max_body_bytes;
+    char *allowed_languages;
+    char *log_level;
+    char *log_format;
+    char *tls_cert;
+    char *tls_key;
+    long long legacy_timeout_ms;
+    long long upstream_timeout_ms;
+    long long redis_timeout_ms;
+    long long shutdown_grace_s;
+    long long max_in_flight;
+    char *env_file;
+} proxy_settings;
+
+extern const cfg_option pconfig_table[];
+extern const size_t pconfig_count;
+
+/* Loads and cross-validates the settings; returns the number of problems
+ * (each written as one line into errs).  On 0, *s holds the new settings. */
+int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+    __attribute__((warn_unused_result));
+void pconfig_free(proxy_settings *s);
+
+/* True when `lang` is one of the comma-separated allowed languages. */
+bool pconfig_language_allowed(const proxy_settings *s, const char *lang, size_t len);
+
+#endif

@@ -1,0 +1,73 @@
+/* pmetrics — the proxy's metrics (DESIGN §9), declared once in an X-macro
+ * that makes the families, their label sets and the Prometheus names. */
+#ifndef TURNOUT_PMETRICS_H
+#define TURNOUT_PMETRICS_H
+
+#include <stddef.h>
+
+#include "metrics.h"
+#include "router.h"
+
+/* Fixed route templates: `route` is never a raw URL. */
+enum pm_route { RT_SUBMIT, RT_STATUS, RT_CANCEL, RT_BATCH, RT_DLQ, RT_ADMIN, RT_PASSTHROUGH,
+                RT_OTHER, RT_COUNT };
+extern const char *const pm_route_names[RT_COUNT];
+
+/* Upstream error reasons. */
+enum pm_upstream { UP_TIMEOUT, UP_CONNECT, UP_BAD_STATUS, UP_BAD_REPLY, UP_REDIS_DOWN,
+                   UP_REDIS_ERROR, UP_COUNT };
+extern const char *const pm_upstream_names[UP_COUNT];
+
+/*  X(field, kind, name, help, dims...) — dims name a label list below. */
+#define PROXY_METRICS(X)                                                                      \
+    X(requests, METRICS_COUNTER, "turnout_requests_total",                                    \
+      "HTTP requests answered, by route template, path and status code", D_ROUTE, D_PATH, D_CODE) \
+    X(request_duration, METRICS_HISTOGRAM, "turnout_request_duration_seconds",                \
+      "Time from request received to reply sent", D_ROUTE, D_PATH)                            \
+    X(routing_decisions, METRICS_COUNTER, "turnout_routing_decisions_total",                  \
+      "Submissions routed, by final path and reason", D_PATH, D_REASON)                       \
+    X(upstream_errors, METRICS_COUNTER, "turnout_upstream_errors_total",                      \
+      "Failed calls to a path's backend, by path and reason", D_PATH, D_UPREASON)             \
+    X(in_flight, METRICS_GAUGE, "turnout_in_flight_requests",                                 \
+      "Requests waiting on a backend, by path", D_PATH)                                       \
+    X(rollout_percentage, METRICS_GAUGE, "turnout_rollout_percentage",                        \
+      "Fraction 0..1 of submissions routed to the new path")                                  \
+    X(celery_enabled, METRICS_GAUGE, "turnout_celery_enabled", "1 when the new path is enabled") \
+    X(force_legacy, METRICS_GAUGE, "turnout_force_legacy", "1 when the kill switch is on")    \
+    X(evals_completed, METRICS_COUNTER, "turnout_evals_completed_total",                      \
+      "Evaluations that reached a terminal state, by path and outcome", D_PATH2, D_OUTCOME)   \
+    X(eval_completion, METRICS_HISTOGRAM, "turnout_eval_completion_seconds",                  \
+      "Time from submission to terminal state, by path", D_PATH2)                             \
+    X(queue_depth, METRICS_GAUGE, "turnout_queue_depth",                                      \
+      "Messages waiting in the new queue, by queue and priority step", D_QUEUE, D_PRIO)       \
+    X(dlq_size, METRICS_GAUGE, "turnout_dlq_size", "Entries in the dead-letter queue")        \
+    X(rejected, METRICS_COUNTER, "turnout_rejected_requests_total",                           \
+      "Requests refused by a limit or validation, by reason", D_REJECT)                       \
+    X(build_info, METRICS_GAUGE, "turnout_build_info", "Always 1; the version label says which build", D_VERSION)
+
+enum pm_code_dim_size { PM_NCODES = 21 };
+extern const char *const pm_code_names[PM_NCODES];
+enum pm_reject { RJ_BAD_JSON, RJ_TOO_LARGE, RJ_MEDIA_TYPE, RJ_INVALID_FIELD, RJ_OVERLOAD,
+                 RJ_NO_PATH, RJ_OOM, RJ_METHOD, RJ_COUNT };
+extern const char *const pm_reject_names[RJ_COUNT];
+extern const char *const pm_outcome_names[];
+
+typedef struct pmetrics {
+#define PM_FIELD(field, ...) metrics_family *field;
+    PROXY_METRICS(PM_FIELD)
+#undef PM_FIELD
+    metrics_registry *reg;
+} pmetrics;
+
+/* Builds every family with every label combination at zero.  -1 on OOM. */
+int pmetrics_init(pmetrics *m, const char *queue) __attribute__((warn_unused_result));
+void pmetrics_free(pmetrics *m);
+
+/* Index of a status code in pm_code_names (exact, else its class "4xx"). */
+size_t pmetrics_code_index(int status);
+
+/* One request finished: requests_total + duration. */
+void pmetrics_request(pmetrics *m, enum pm_route route, enum route_path path, int status,
+                      double seconds);
+
+#endif

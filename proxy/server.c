@@ -1,0 +1,812 @@
+#include "proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "celery.h"
+#include "httpc.h"
+#include "legacy_client.h"
+#include "log.h"
+#include "pmetrics.h"
+#include "producer.h"
+#include "rclient.h"
+#include "router.h"
+#include "submission.h"
+#include "util.h"
+
+#define STICKY_HEADER "X-Turnout-Sticky-Key"
+#define STICKY_MAX 256
+#define MAX_HEADERS_BYTES (64 * 1024)
+#define EVHTTP_BODY_CEILING_EXTRA (1024 * 1024) /* evhttp's own HTML 413 starts above this */
+#define CLIENT_TIMEOUT_S 60
+#define DEPTH_POLL_S 2
+#define PASSTHROUGH_MAX_RESPONSE (64 * 1024 * 1024)
+
+struct proxy {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    proxy_settings cfg;
+    pmetrics m;
+    route_state route;
+    rclient *broker;
+    httpc *hc;
+    legacy_client *legacy;
+    producer *prod;
+    size_t pending;  /* requests waiting on a backend */
+    bool draining;
+    struct event *drain_timer;
+    struct event *depth_timer;
+};
+
+/* One request that waits on a backend.  Completed by finish() exactly once. */
+typedef struct preq {
+    proxy *p;
+    struct evhttp_request *req;
+    enum pm_route route;
+    enum route_path path;       /* label for requests_total */
+    enum route_path waiting_on; /* in_flight gauge currently held, or PATH_NONE */
+    double t0;
+    submission sub;
+    route_decision dec;
+    int checks_left;            /* /readyz */
+    bool redis_ok, legacy_ok;
+} preq;
+
+/* ---------- replies and bookkeeping ---------- */
+
+static void hold_in_flight(preq *r, enum route_path path)
+{
+    if (r->waiting_on != PATH_NONE) {
+        size_t c = r->waiting_on;
+        metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), -1);
+    }
+    r->waiting_on = path;
+    if (path != PATH_NONE) {
+        size_t c = path;
+        metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), 1);
+    }
+}
+
+static void count_reject(proxy *p, enum pm_reject why)
+{
+    size_t c = why;
+    metrics_add(p->m.rejected, metrics_at(p->m.rejected, &c), 1);
+}
+
+static void count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why)
+{
+    size_t c[2] = {path, why};
+    metrics_add(p->m.upstream_errors, metrics_at(p->m.upstream_errors, c), 1);
+}
+
+static void count_decision(proxy *p, enum route_path path, enum route_reason reason)
+{
+    size_t c[2] = {path, reason};
+    metrics_add(p->m.routing_decisions, metrics_at(p->m.routing_decisions, c), 1);
+}
+
+static void after_reply(proxy *p, enum pm_route route, enum route_path path, int status, double t0)
+{
+    pmetrics_request(&p->m, route, path, status, util_monotonic() - t0);
+}
+
+static void maybe_finish_drain(proxy *p)
+{
+    if (p->draining && p->pending == 0) event_base_loopexit(p->base, NULL);
+}
+
+static void preq_free(preq *r)
+{
+    proxy *p = r->p;
+    hold_in_flight(r, PATH_NONE);
+    submission_free(&r->sub);
+    free(r);
+    p->pending--;
+    maybe_finish_drain(p);
+}
+
+static void finish_error(preq *r, int status, const char *code, const char *msg, int retry_after)
+{
+    util_reply_error(r->req, status, code, msg, retry_after);
+    after_reply(r->p, r->route, r->path, status, r->t0);
+    preq_free(r);
+}
+
+static void finish_json(preq *r, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    if (!text) {
+        count_reject(r->p, RJ_OOM);
+        finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        return;
+    }
+    util_reply_json(r->req, status, text, strlen(text));
+    free(text);
+    after_reply(r->p, r->route, r->path, status, r->t0);
+    preq_free(r);
+}
+
+static preq *preq_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
+{
+    preq *r = calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    r->p = p;
+    r->req = req;
+    r->route = route;
+    r->path = PATH_NONE;
+    r->waiting_on = PATH_NONE;
+    r->t0 = t0;
+    p->pending++;
+    return r;
+}
+
+/* A reply that needs no backend. */
+static void reply_now_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
+                            int status, const char *code, const char *msg, int retry_after)
+{
+    util_reply_error(req, status, code, msg, retry_after);
+    after_reply(p, route, PATH_NONE, status, t0);
+}
+
+/* ---------- the two paths ---------- */
+
+static void start_legacy(preq *r);
+
+static void reply_queued(preq *r, enum route_path path, long long position)
+{
+    proxy *p = r->p;
+    r->path = path;
+    count_decision(p, path, r->dec.reason);
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "X-Turnout-Path",
+                      route_path_names[path]);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "eval_id", r->sub.eval_id, "status", "queued",
+                          "path", route_path_names[path], "reason", route_reason_names[r->dec.reason],
+                          "message",
+                          path == PATH_NEW ? "queued on the new Redis priority queue"
+                                           : "queued on the legacy queue");
+    if (o) json_object_set_new(o, "queue_position", position >= 0 ? json_integer(position) : json_null());
+    finish_json(r, 202, o);
+    json_decref(o);
+}
+
+/* The new path could not take it: legacy when allowed, else 503. */
+static void new_path_failed(preq *r, const char *why)
+{
+    proxy *p = r->p;
+    LOG_WARN("new path refused submission", "eval_id", r->sub.eval_id, "error", why,
+             "fallback", p->cfg.fallback_to_legacy && !p->draining ? "legacy" : "none");
+    if (p->cfg.fallback_to_legacy && !p->draining) {
+        r->dec.reason = REASON_FALLBACK;
+        start_legacy(r);
+        return;
+    }
+    count_decision(p, PATH_NONE, r->dec.reason);
+    count_reject(p, RJ_NO_PATH);
+    char msg[320];
+    snprintf(msg, sizeof(msg),
+             "the new queue cannot take submissions right now (%s) and FALLBACK_TO_LEGACY is off; retry after the Retry-After delay",
+             why);
+    finish_error(r, 503, "no_path_available", msg, 1);
+}
+
+static void on_new_pushed(bool ok, long long depth, const char *err, void *arg)
+{
+    preq *r = arg;
+    hold_in_flight(r, PATH_NONE);
+    if (ok) {
+        LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "new");
+        reply_queued(r, PATH_NEW, depth);
+        return;
+    }
+    bool timeout = err && strcmp(err, "timeout") == 0;
+    count_upstream_error(r->p, PATH_NEW, timeout ? UP_TIMEOUT : UP_REDIS_ERROR);
+    new_path_failed(r, err ? err : "redis error");
+}
+
+static void start_new(preq *r)
+{
+    char err[256];
+    hold_in_flight(r, PATH_NEW);
+    if (producer_submit(r->p->prod, &r->sub, on_new_pushed, r, err) != 0) {
+        hold_in_flight(r, PATH_NONE);
+        count_upstream_error(r->p, PATH_NEW, UP_REDIS_DOWN);
+        new_path_failed(r, err);
+    }
+}
+
+static void on_legacy_submitted(const legacy_result *res, void *arg)
+{
+    preq *r = arg;
+    proxy *p = r->p;
+    hold_in_flight(r, PATH_NONE);
+    switch (res->outcome) {
+    case LEGACY_OK:
+        LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "legacy");
+        reply_queued(r, PATH_LEGACY, res->position);
+        return;
+    case LEGACY_CONFLICT:
+        r->path = PATH_LEGACY;
+        count_decision(p, PATH_LEGACY, r->dec.reason);
+        finish_error(r, 409, "duplicate_eval_id",
+                     "the legacy queue already holds this eval_id; send a new eval_id, or none to get one generated",
+                     0);
+        return;
+    case LEGACY_TIMEOUT:
+        count_upstream_error(p, PATH_LEGACY, UP_TIMEOUT);
+        break;
+    case LEGACY_UNREACHABLE:
+        count_upstream_error(p, PATH_LEGACY, UP_CONNECT);
+        break;
+    case LEGACY_BAD_STATUS:
+        count_upstream_error(p, PATH_LEGACY, UP_BAD_STATUS);
+        break;
+    case LEGACY_BAD_REPLY:
+    case LEGACY_INTERNAL:
+        count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY);
+        break;
+    }
+    r->path = PATH_LEGACY;
+    count_decision(p, PATH_LEGACY, r->dec.reason);
+    LOG_WARN("legacy path failed", "eval_id", r->sub.eval_id, "error", res->detail);
+    if (res->outcome == LEGACY_TIMEOUT)
+        finish_error(r, 504, "legacy_timeout", res->detail, 0);
+    else
+        finish_error(r, 502, "legacy_error", res->detail, 0);
+}
+
+static void start_legacy(preq *r)
+{
+    hold_in_flight(r, PATH_LEGACY);
+    const submission *s = &r->sub;
+    if (!legacy_submit(r->p->legacy, s->eval_id, s->code, s->code_len, s->language, s->engine,
+                       s->timeout, s->priority_name, on_legacy_submitted, r)) {
+        hold_in_flight(r, PATH_NONE);
+        count_reject(r->p, RJ_OOM);
+        count_decision(r->p, PATH_NONE, r->dec.reason);
+        finish_error(r, 503, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
+    }
+}
+
+/* ---------- POST /api/eval ---------- */
+
+static bool is_json_content_type(const char *ct)
+{
+    if (!ct) return true; /* no header: we still expect JSON */
+    while (*ct == ' ') ct++;
+    size_t n = strcspn(ct, "; ");
+    return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
+}
+
+static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evbuffer *body = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(body);
+    char msg[320];
+
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        count_reject(p, RJ_METHOD);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        reply_now_error(p, req, RT_SUBMIT, t0, 405, "method_not_allowed", "use POST /api/eval with a JSON body", 0);
+        return;
+    }
+    if (!is_json_content_type(evhttp_find_header(in, "Content-Type"))) {
+        count_reject(p, RJ_MEDIA_TYPE);
+        reply_now_error(p, req, RT_SUBMIT, t0, 415, "unsupported_media_type",
+                        "send the body as JSON with the header Content-Type: application/json", 0);
+        return;
+    }
+    if (len > (size_t)p->cfg.max_body_bytes) {
+        count_reject(p, RJ_TOO_LARGE);
+        snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
+                 p->cfg.max_body_bytes);
+        reply_now_error(p, req, RT_SUBMIT, t0, 413, "body_too_large", msg, 0);
+        return;
+    }
+    const char *sticky = evhttp_find_header(in, STICKY_HEADER);
+    if (sticky && (strlen(sticky) == 0 || strlen(sticky) > STICKY_MAX)) {
+        count_reject(p, RJ_INVALID_FIELD);
+        snprintf(msg, sizeof(msg), "header %s must be 1 to %d characters", STICKY_HEADER, STICKY_MAX);
+        reply_now_error(p, req, RT_SUBMIT, t0, 422, "invalid_header", msg, 0);
+        return;
+    }
+    if (p->pending >= (size_t)p->cfg.max_in_flight) {
+        count_reject(p, RJ_OVERLOAD);
+        reply_now_error(p, req, RT_SUBMIT, t0, 503, "overloaded",
+                        "too many submissions are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
+        return;
+    }
+    preq *r = preq_new(p, req, RT_SUBMIT, t0);
+    if (!r) {
+        count_reject(p, RJ_OOM);
+        reply_now_error(p, req, RT_SUBMIT, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        return;
+    }
+    sub_error serr;
+    const char *text = len ? (const char *)evbuffer_pullup(body, -1) : "";
+    if (submission_parse(text, len, &p->cfg, &r->sub, &serr) != 0) {
+        count_reject(p, serr.status == 400 ? RJ_BAD_JSON : RJ_INVALID_FIELD);
+        finish_error(r, serr.status, serr.code, serr.message, 0);
+        return;
+    }
+    const char *key = sticky ? sticky : r->sub.eval_id;
+    r->dec = route_decide(&p->route, key, strlen(key));
+    if (r->dec.path == PATH_NEW) start_new(r);
+    else start_legacy(r);
+}
+
+/* ---------- /healthz, /readyz, /metrics ---------- */
+
+static void readyz_done(preq *r)
+{
+    if (--r->checks_left > 0) return;
+    bool ok = r->redis_ok && r->legacy_ok;
+    json_t *o = json_pack("{s:s, s:s, s:s}", "status", ok ? "ready" : "not_ready", "redis",
+                          r->redis_ok ? "up" : "down", "legacy", r->legacy_ok ? "up" : "down");
+    if (o && !ok) {
+        json_t *down = json_array();
+        if (!r->redis_ok) json_array_append_new(down, json_string("redis"));
+        if (!r->legacy_ok) json_array_append_new(down, json_string("legacy"));
+        json_object_set_new(o, "down", down);
+    }
+    finish_json(r, ok ? 200 : 503, o);
+    json_decref(o);
+}
+
+static void on_ready_redis(struct redisReply *reply, const char *err, void *arg)
+{
+    preq *r = arg;
+    (void)err;
+    r->redis_ok = reply && reply->type == REDIS_REPLY_STATUS;
+    readyz_done(r);
+}
+
+static void on_ready_legacy(const legacy_result *res, void *arg)
+{
+    preq *r = arg;
+    r->legacy_ok = res->outcome == LEGACY_OK;
+    readyz_done(r);
+}
+
+static void handle_readyz(proxy *p, struct evhttp_request *req, double t0)
+{
+    preq *r = preq_new(p, req, RT_OTHER, t0);
+    if (!r) {
+        reply_now_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "the proxy is short of memory", 1);
+        return;
+    }
+    r->checks_left = 3; /* two checks + this function's own hold */
+    static const char *ping[] = {"PING"};
+    static const size_t pinglen[] = {4};
+    if (rclient_command(p->broker, on_ready_redis, r, 1, ping, pinglen) != 0) {
+        r->redis_ok = false;
+        r->checks_left--;
+    }
+    if (!legacy_health(p->legacy, on_ready_legacy, r)) {
+        r->legacy_ok = false;
+        r->checks_left--;
+    }
+    readyz_done(r);
+}
+
+static void handle_metrics(proxy *p, struct evhttp_request *req, double t0)
+{
+    struct evbuffer *out = evhttp_request_get_output_buffer(req);
+    if (metrics_render(p->m.reg, out) != 0) {
+        reply_now_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "could not render metrics", 1);
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_send_reply(req, 200, "OK", NULL);
+    after_reply(p, RT_OTHER, PATH_NONE, 200, t0);
+}
+
+/* ---------- pass-through ---------- */
+
+static const char *method_name(enum evhttp_cmd_type t)
+{
+    switch (t) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "GET";
+}
+
+/* Connection-level headers (RFC 9110 §7.6.1) and those curl/evhttp set. */
+static bool hop_by_hop(const char *name)
+{
+    static const char *const skip[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                       "trailer", "transfer-encoding", "upgrade", "host",
+                                       "content-length", "expect", "proxy-authorization",
+                                       "proxy-authenticate"};
+    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
+        if (strcasecmp(name, skip[i]) == 0) return true;
+    return false;
+}
+
+static void on_passthrough_done(const httpc_response *resp, void *arg)
+{
+    preq *r = arg;
+    proxy *p = r->p;
+    hold_in_flight(r, PATH_NONE);
+    if (resp->error != HTTPC_OK) {
+        bool timeout = resp->error == HTTPC_ETIMEOUT;
+        count_upstream_error(p, PATH_NONE, timeout ? UP_TIMEOUT : UP_CONNECT);
+        char msg[320];
+        snprintf(msg, sizeof(msg), "the upstream API (UPSTREAM_API_URL) %s: %s",
+                 timeout ? "did not answer in time" : "failed", resp->errmsg ? resp->errmsg : "error");
+        finish_error(r, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_error", msg, 0);
+        return;
+    }
+    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
+    for (size_t i = 0; i < resp->nheaders; i++) {
+        const char *line = resp->headers[i];
+        const char *colon = strchr(line, ':');
+        if (!colon || colon == line) continue;
+        char name[256];
+        size_t n = (size_t)(colon - line);
+        if (n >= sizeof(name)) continue;
+        memcpy(name, line, n);
+        name[n] = '\0';
+        if (hop_by_hop(name)) continue;
+        const char *v = colon + 1;
+        while (*v == ' ' || *v == '\t') v++;
+        evhttp_add_header(out, name, v);
+    }
+    evbuffer_add(evhttp_request_get_output_buffer(r->req), resp->body, resp->body_len);
+    int status = (int)resp->status;
+    evhttp_send_reply(r->req, status, util_reason(status), NULL);
+    after_reply(p, r->route, PATH_NONE, status, r->t0);
+    preq_free(r);
+}
+
+static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
+{
+    struct evbuffer *body = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(body);
+    char msg[320];
+    if (len > (size_t)p->cfg.max_body_bytes) {
+        count_reject(p, RJ_TOO_LARGE);
+        snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
+                 p->cfg.max_body_bytes);
+        reply_now_error(p, req, RT_PASSTHROUGH, t0, 413, "body_too_large", msg, 0);
+        return;
+    }
+    if (p->pending >= (size_t)p->cfg.max_in_flight) {
+        count_reject(p, RJ_OVERLOAD);
+        reply_now_error(p, req, RT_PASSTHROUGH, t0, 503, "overloaded", "too many requests in flight; retry shortly", 1);
+        return;
+    }
+    const char *uri = evhttp_request_get_uri(req);
+    size_t ulen = strlen(p->cfg.upstream_url);
+    while (ulen > 0 && p->cfg.upstream_url[ulen - 1] == '/') ulen--;
+    char *url = malloc(ulen + strlen(uri) + 2);
+    /* headers: input headers minus hop-by-hop, plus X-Forwarded-For, NULL end */
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    size_t nh = 0;
+    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) nh++;
+    char **hdrs = calloc(nh + 2, sizeof(char *));
+    preq *r = url && hdrs ? preq_new(p, req, RT_PASSTHROUGH, t0) : NULL;
+    size_t k = 0;
+    if (!r) goto oom;
+    sprintf(url, "%.*s%s%s", (int)ulen, p->cfg.upstream_url, uri[0] == '/' ? "" : "/", uri);
+    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (hop_by_hop(kv->key)) continue;
+        if (asprintf(&hdrs[k], "%s: %s", kv->key, kv->value) < 0) {
+            hdrs[k] = NULL;
+            goto oom_r;
+        }
+        k++;
+    }
+    char *peer = NULL;
+    ev_uint16_t port;
+    evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &port);
+    if (peer && asprintf(&hdrs[k], "X-Forwarded-For: %s", peer) >= 0) k++;
+    else hdrs[k] = NULL;
+
+    httpc_opts o = {
+        .method = method_name(evhttp_request_get_command(req)),
+        .url = url,
+        .body = len ? (const char *)evbuffer_pullup(body, -1) : NULL,
+        .body_len = len,
+        .headers = (const char *const *)hdrs,
+        .timeout_ms = p->cfg.upstream_timeout_ms,
+        .max_response_bytes = PASSTHROUGH_MAX_RESPONSE,
+        .want_headers = true,
+    };
+    char err[256];
+    hold_in_flight(r, PATH_NONE);
+    if (!httpc_start(p->hc, &o, on_passthrough_done, r, err)) goto oom_r;
+    for (size_t i = 0; i < k; i++) free(hdrs[i]);
+    free(hdrs);
+    free(url);
+    return;
+oom_r:
+    count_reject(p, RJ_OOM);
+    for (size_t i = 0; i < k; i++) free(hdrs[i]);
+    free(hdrs);
+    free(url);
+    finish_error(r, 503, "out_of_memory", "the proxy could not start the upstream call; retry shortly", 1);
+    return;
+oom:
+    free(hdrs);
+    free(url);
+    count_reject(p, RJ_OOM);
+    reply_now_error(p, req, RT_PASSTHROUGH, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+}
+
+/* ---------- dispatch ---------- */
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    proxy *p = arg;
+    double t0 = util_monotonic();
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!path || !*path) path = "/";
+    if (p->draining)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+
+    if (strcmp(path, "/api/eval") == 0) {
+        handle_submit(p, req, t0);
+    } else if (strcmp(path, "/healthz") == 0) {
+        static const char ok[] = "{\"status\":\"ok\"}";
+        util_reply_json(req, 200, ok, sizeof(ok) - 1);
+        after_reply(p, RT_OTHER, PATH_NONE, 200, t0);
+    } else if (strcmp(path, "/readyz") == 0) {
+        handle_readyz(p, req, t0);
+    } else if (strcmp(path, "/metrics") == 0) {
+        handle_metrics(p, req, t0);
+    } else if (p->cfg.upstream_url[0]) {
+        handle_passthrough(p, req, t0);
+    } else {
+        reply_now_error(p, req, RT_PASSTHROUGH, t0, 404, "not_found",
+                        "no such endpoint; set UPSTREAM_API_URL to pass other paths through to the API", 0);
+    }
+}
+
+/* ---------- queue depth gauge ---------- */
+
+typedef struct depth_ctx {
+    proxy *p;
+    size_t step;
+} depth_ctx;
+
+static void on_depth(struct redisReply *reply, const char *err, void *arg)
+{
+    depth_ctx *d = arg;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        size_t c[2] = {0, d->step};
+        metrics_set(d->p->m.queue_depth, metrics_at(d->p->m.queue_depth, c), (double)reply->integer);
+    }
+    free(d);
+}
+
+static void on_depth_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    proxy *p = arg;
+    if (!rclient_is_up(p->broker)) return;
+    for (size_t i = 0; i < CELERY_NSTEPS; i++) {
+        char key[256];
+        size_t n = celery_queue_key(p->cfg.queue, celery_priority_steps[i], key, sizeof(key));
+        depth_ctx *d = malloc(sizeof(*d));
+        if (!d || !n) {
+            free(d);
+            continue;
+        }
+        d->p = p;
+        d->step = i;
+        const char *argv[2] = {"LLEN", key};
+        size_t lens[2] = {4, n};
+        if (rclient_command(p->broker, on_depth, d, 2, argv, lens) != 0) free(d);
+    }
+}
+
+/* ---------- life cycle ---------- */
+
+static void apply_route_state(proxy *p)
+{
+    p->route.force_legacy = p->cfg.force_legacy;
+    p->route.enabled = p->cfg.celery_enabled;
+    p->route.percentage = p->cfg.celery_percentage;
+    p->route.sticky = strcmp(p->cfg.routing_mode, "sticky") == 0;
+    p->route.salt = p->cfg.rollout_salt;
+    metrics_set(p->m.rollout_percentage, 0, p->cfg.celery_percentage);
+    metrics_set(p->m.celery_enabled, 0, p->cfg.celery_enabled);
+    metrics_set(p->m.force_legacy, 0, p->cfg.force_legacy);
+}
+
+static void on_broker_state(rclient *rc, bool up, void *ud)
+{
+    (void)rc;
+    proxy *p = ud;
+    if (up) on_depth_timer(-1, 0, p);
+}
+
+proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256])
+{
+    proxy *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    p->base = base;
+    p->cfg = *settings;
+    memset(settings, 0, sizeof(*settings));
+    if (pmetrics_init(&p->m, p->cfg.queue) != 0) {
+        snprintf(err, 256, "out of memory creating metrics");
+        goto err;
+    }
+    apply_route_state(p);
+    if (route_seed() != 0) {
+        snprintf(err, 256, "cannot seed the random router from the kernel");
+        goto err;
+    }
+    rclient_opts ro = {.command_timeout_ms = p->cfg.redis_timeout_ms,
+                       .connect_timeout_ms = p->cfg.redis_timeout_ms,
+                       .name = "broker",
+                       .on_state = on_broker_state,
+                       .ud = p};
+    char rerr[256];
+    p->broker = rclient_new(base, p->cfg.broker_url, &ro, rerr);
+    if (!p->broker) {
+        snprintf(err, 256, "CELERY_BROKER_URL: %.200s", rerr);
+        goto err;
+    }
+    p->hc = httpc_new(base, err);
+    if (!p->hc) goto err;
+    p->legacy = legacy_client_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms);
+    p->prod = producer_new(p->broker, p->cfg.queue, p->cfg.task_name);
+    p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
+    p->http = evhttp_new(base);
+    if (!p->legacy || !p->prod || !p->depth_timer || !p->http) {
+        snprintf(err, 256, "out of memory");
+        goto err;
+    }
+    struct timeval every = {DEPTH_POLL_S, 0};
+    event_add(p->depth_timer, &every);
+    evhttp_set_gencb(p->http, on_request, p);
+    evhttp_set_allowed_methods(p->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                            EVHTTP_REQ_PATCH);
+    evhttp_set_max_headers_size(p->http, MAX_HEADERS_BYTES);
+    evhttp_set_max_body_size(p->http, p->cfg.max_body_bytes + EVHTTP_BODY_CEILING_EXTRA);
+    evhttp_set_timeout(p->http, CLIENT_TIMEOUT_S);
+    return p;
+err:
+    proxy_free(p);
+    return NULL;
+}
+
+int proxy_listen(proxy *p, char err[256])
+{
+    char host[256];
+    int port;
+    if (cfg_split_addr(p->cfg.listen, host, sizeof(host), &port) != 0) {
+        snprintf(err, 256, "PROXY_LISTEN=\"%s\": must be host:port", p->cfg.listen);
+        return -1;
+    }
+    if (p->cfg.tls_cert[0]) {
+        snprintf(err, 256, "PROXY_TLS_CERT/PROXY_TLS_KEY: HTTPS is not available in this version; unset both");
+        return -1;
+    }
+    p->bound = evhttp_bind_socket_with_handle(p->http, host, (ev_uint16_t)port);
+    if (!p->bound) {
+        snprintf(err, 256, "PROXY_LISTEN=\"%s\": cannot listen there (in use, or not a local address)",
+                 p->cfg.listen);
+        return -1;
+    }
+    LOG_INFO("listening", "address", p->cfg.listen, "version", TURNOUT_VERSION);
+    return 0;
+}
+
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    proxy *p = arg;
+    char n[32];
+    snprintf(n, sizeof(n), "%zu", p->pending);
+    LOG_WARN("shutdown grace over, leaving requests unanswered", "pending", n);
+    event_base_loopexit(p->base, NULL);
+}
+
+void proxy_drain(proxy *p)
+{
+    if (p->draining) return;
+    p->draining = true;
+    char n[32];
+    snprintf(n, sizeof(n), "%zu", p->pending);
+    LOG_INFO("draining", "pending", n);
+    if (p->bound) {
+        evhttp_del_accept_socket(p->http, p->bound);
+        p->bound = NULL;
+    }
+    if (p->depth_timer) event_del(p->depth_timer);
+    p->drain_timer = evtimer_new(p->base, on_drain_deadline, p);
+    struct timeval grace = {(time_t)p->cfg.shutdown_grace_s, 0};
+    if (p->drain_timer) evtimer_add(p->drain_timer, &grace);
+    maybe_finish_drain(p);
+}
+
+void proxy_reload(proxy *p)
+{
+    if (!p->cfg.env_file[0]) {
+        LOG_WARN("SIGHUP ignored: TURNOUT_ENV_FILE is not set");
+        return;
+    }
+    char err[256];
+    cfg_envfile *f = cfg_envfile_read(p->cfg.env_file, err);
+    if (!f) {
+        LOG_ERROR("reload failed, keeping the old settings", "error", err);
+        return;
+    }
+    char errs[4096];
+    proxy_settings fresh = {0};
+    int n = pconfig_load(&fresh, cfg_envfile_lookup, f, errs, sizeof(errs));
+    cfg_envfile_free(f);
+    if (n) {
+        LOG_ERROR("reload failed, keeping the old settings", "file", p->cfg.env_file, "errors", errs);
+        return;
+    }
+    /* Only what can change without a restart is taken; the rest is said. */
+    if (strcmp(fresh.listen, p->cfg.listen) || strcmp(fresh.broker_url, p->cfg.broker_url) ||
+        strcmp(fresh.legacy_url, p->cfg.legacy_url) || strcmp(fresh.queue, p->cfg.queue))
+        LOG_WARN("reload: listen address, broker, legacy URL and queue change only on restart");
+    p->cfg.celery_enabled = fresh.celery_enabled;
+    p->cfg.celery_percentage = fresh.celery_percentage;
+    p->cfg.force_legacy = fresh.force_legacy;
+    p->cfg.fallback_to_legacy = fresh.fallback_to_legacy;
+    p->cfg.max_in_flight = fresh.max_in_flight;
+    char *swap;
+#define SWAP(field) (swap = p->cfg.field, p->cfg.field = fresh.field, fresh.field = swap)
+    SWAP(routing_mode);
+    SWAP(rollout_salt);
+    SWAP(allowed_languages);
+    SWAP(admin_token);
+#undef SWAP
+    log_setup(fresh.log_level, fresh.log_format, NULL);
+    pconfig_free(&fresh);
+    apply_route_state(p);
+    LOG_INFO("reloaded", "file", p->cfg.env_file);
+}
+
+void proxy_free(proxy *p)
+{
+    if (!p) return;
+    /* Backends first: their callbacks still reply into live requests. */
+    p->draining = true;
+    rclient_free(p->broker);
+    p->broker = NULL;
+    httpc_free(p->hc);
+    p->hc = NULL;
+    if (p->http) evhttp_free(p->http);
+    if (p->drain_timer) event_free(p->drain_timer);
+    if (p->depth_timer) event_free(p->depth_timer);
+    producer_free(p->prod);
+    legacy_client_free(p->legacy);
+    pmetrics_free(&p->m);
+    pconfig_free(&p->cfg);
+    free(p);
+}

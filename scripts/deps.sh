@@ -1,0 +1,36 @@
+#!/bin/sh
+# Installs the Debian packages turnout needs to build, run and test.
+#   scripts/deps.sh install           install whatever is missing
+#   scripts/deps.sh check-or-install  same, but silent when nothing is missing
+# As root it runs apt-get; otherwise it prints the exact command and fails.
+set -eu
+
+PACKAGES="gcc make pkg-config libevent-dev libhiredis-dev libcurl4-openssl-dev
+libjansson-dev libssl-dev redis-server python3 python3-celery python3-redis
+python3-pytest python3-requests prometheus curl"
+
+missing=""
+for p in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+        *"install ok installed"*) ;;
+        *) missing="$missing $p" ;;
+    esac
+done
+
+if [ -z "$missing" ]; then
+    [ "${1:-install}" = "install" ] && echo "deps: everything is installed"
+    exit 0
+fi
+
+echo "deps: missing Debian packages:$missing"
+cmd="apt-get install -y --no-install-recommends$missing"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: run as root:  apt-get update && $cmd" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing
+echo "deps: installed:$missing"
