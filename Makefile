@@ -22,6 +22,7 @@ PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c
 LEGACYD_SRC := $(wildcard legacy_adapter/legacyd*.c)
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
+Q := $(if $(V),,@)
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
 BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd
@@ -32,20 +33,24 @@ all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/turnout-proxy: $(call obj,$(PROXY_SRC) $(COMMON_SRC))
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
 
 $(BUILD)/turnout-legacyd: $(call obj,$(LEGACYD_SRC) $(COMMON_SRC))
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
 
 # Unit tests use the modules through their headers; they link the rest of
 # common/ and proxy/ minus the programs' main().
 UNIT_LINK_SRC := $(filter-out proxy/main.c,$(PROXY_SRC)) $(COMMON_SRC)
 $(BUILD)/unit/%: tests/unit/%.c $(call obj,$(UNIT_LINK_SRC))
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests/unit $(filter %.c %.o,$^) -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -Itests/unit $(filter %.c %.o,$^) -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
 
 deps:
 	@scripts/deps.sh install
@@ -57,7 +62,7 @@ integration: all
 	@TURNOUT_BIN_DIR=$(abspath $(BUILD)) scripts/run-pytest.sh
 
 readme-check: all
-	@scripts/readme-check.sh $(BUILD)
+	@/usr/bin/python3 scripts/readme-check.py $(BUILD)
 
 test:
 	@scripts/deps.sh check-or-install

@@ -257,6 +257,15 @@ void cfg_print_help(const cfg_option *table, size_t n, FILE *out)
     }
 }
 
+/* Markdown table cells cannot hold a raw "|". */
+static void put_md_cell(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|') fputc('\\', out);
+        fputc(*s, out);
+    }
+}
+
 void cfg_print_markdown(const cfg_option *table, size_t n, FILE *out)
 {
     fprintf(out, "| variable | default | allowed | meaning |\n|---|---|---|---|\n");
@@ -264,8 +273,19 @@ void cfg_print_markdown(const cfg_option *table, size_t n, FILE *out)
         const cfg_option *o = &table[i];
         char bounds[160];
         describe_bounds(o, bounds, sizeof(bounds));
-        fprintf(out, "| `%s` | `%s` | %s | %s |\n", o->name, o->def && *o->def ? o->def : "",
-                bounds, o->help);
+        fprintf(out, "| `%s` | ", o->name);
+        if (o->def && *o->def) {
+            fputc('`', out);
+            put_md_cell(out, o->def);
+            fputc('`', out);
+        } else {
+            fputs("(empty)", out);
+        }
+        fputs(" | ", out);
+        put_md_cell(out, bounds);
+        fputs(" | ", out);
+        put_md_cell(out, o->help);
+        fputs(" |\n", out);
     }
 }
 

@@ -17,6 +17,7 @@
 #include <event2/event.h>
 
 #define DEFAULT_MAX_RESPONSE (1024u * 1024u)
+#define MAX_RESPONSE_CEILING ((size_t)1 << 40)
 #define MAX_CACHED_CONNECTIONS 64L
 #define MAX_IDLE_EASY 32           /* easy handles kept for reuse */
 #define MAX_RESPONSE_HEADERS 256   /* header lines kept per response */
@@ -400,6 +401,7 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
     r->arg = arg;
     r->want_headers = o->want_headers;
     r->max_body = o->max_response_bytes ? o->max_response_bytes : DEFAULT_MAX_RESPONSE;
+    if (r->max_body > MAX_RESPONSE_CEILING) r->max_body = MAX_RESPONSE_CEILING; /* keeps cap + 1 and curl_off_t sane */
     r->body_len = body_len;
     if (body_len) memcpy(r->body, o->body, body_len);
     r->body[body_len] = '\0';

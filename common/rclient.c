@@ -145,7 +145,8 @@ static void drop(rclient *rc, const char *why)
     if (!ac) return;
     rc->drop_reason = why;
     rc->ac = NULL;
-    LOG_WARN("redis connection dropped", "redis", rc->name, "reason", why);
+    if (rc->freeing) LOG_DEBUG("redis connection closed", "redis", rc->name);
+    else LOG_WARN("redis connection dropped", "redis", rc->name, "reason", why);
     set_state(rc, RC_DOWN);
     redisAsyncFree(ac); /* calls on_reply(NULL) for each pending, then on_disconnect */
     rc->drop_reason = NULL;

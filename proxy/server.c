@@ -6,11 +6,15 @@
 #include <strings.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "celery.h"
 #include "httpc.h"
@@ -46,6 +50,7 @@ struct proxy {
     bool draining;
     struct event *drain_timer;
     struct event *depth_timer;
+    SSL_CTX *tls;
 };
 
 /* One request that waits on a backend.  Completed by finish() exactly once. */
@@ -54,7 +59,7 @@ typedef struct preq {
     struct evhttp_request *req;
     enum pm_route route;
     enum route_path path;       /* label for requests_total */
-    enum route_path waiting_on; /* in_flight gauge currently held, or PATH_NONE */
+    enum route_path waiting_on; /* in_flight gauge currently held, or NOT_WAITING */
     double t0;
     submission sub;
     route_decision dec;
@@ -64,14 +69,18 @@ typedef struct preq {
 
 /* ---------- replies and bookkeeping ---------- */
 
+#define NOT_WAITING PATH_COUNT
+
+/* Moves the request's share of turnout_in_flight_requests to `path`
+ * (NOT_WAITING: the request waits on no backend any more). */
 static void hold_in_flight(preq *r, enum route_path path)
 {
-    if (r->waiting_on != PATH_NONE) {
+    if (r->waiting_on != NOT_WAITING) {
         size_t c = r->waiting_on;
         metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), -1);
     }
     r->waiting_on = path;
-    if (path != PATH_NONE) {
+    if (path != NOT_WAITING) {
         size_t c = path;
         metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), 1);
     }
@@ -108,7 +117,7 @@ static void maybe_finish_drain(proxy *p)
 static void preq_free(preq *r)
 {
     proxy *p = r->p;
-    hold_in_flight(r, PATH_NONE);
+    hold_in_flight(r, NOT_WAITING);
     submission_free(&r->sub);
     free(r);
     p->pending--;
@@ -144,7 +153,7 @@ static preq *preq_new(proxy *p, struct evhttp_request *req, enum pm_route route,
     r->req = req;
     r->route = route;
     r->path = PATH_NONE;
-    r->waiting_on = PATH_NONE;
+    r->waiting_on = NOT_WAITING;
     r->t0 = t0;
     p->pending++;
     return r;
@@ -202,7 +211,7 @@ static void new_path_failed(preq *r, const char *why)
 static void on_new_pushed(bool ok, long long depth, const char *err, void *arg)
 {
     preq *r = arg;
-    hold_in_flight(r, PATH_NONE);
+    hold_in_flight(r, NOT_WAITING);
     if (ok) {
         LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "new");
         reply_queued(r, PATH_NEW, depth);
@@ -218,7 +227,7 @@ static void start_new(preq *r)
     char err[256];
     hold_in_flight(r, PATH_NEW);
     if (producer_submit(r->p->prod, &r->sub, on_new_pushed, r, err) != 0) {
-        hold_in_flight(r, PATH_NONE);
+        hold_in_flight(r, NOT_WAITING);
         count_upstream_error(r->p, PATH_NEW, UP_REDIS_DOWN);
         new_path_failed(r, err);
     }
@@ -228,7 +237,7 @@ static void on_legacy_submitted(const legacy_result *res, void *arg)
 {
     preq *r = arg;
     proxy *p = r->p;
-    hold_in_flight(r, PATH_NONE);
+    hold_in_flight(r, NOT_WAITING);
     switch (res->outcome) {
     case LEGACY_OK:
         LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "legacy");
@@ -270,7 +279,7 @@ static void start_legacy(preq *r)
     const submission *s = &r->sub;
     if (!legacy_submit(r->p->legacy, s->eval_id, s->code, s->code_len, s->language, s->engine,
                        s->timeout, s->priority_name, on_legacy_submitted, r)) {
-        hold_in_flight(r, PATH_NONE);
+        hold_in_flight(r, NOT_WAITING);
         count_reject(r->p, RJ_OOM);
         count_decision(r->p, PATH_NONE, r->dec.reason);
         finish_error(r, 503, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
@@ -446,7 +455,7 @@ static void on_passthrough_done(const httpc_response *resp, void *arg)
 {
     preq *r = arg;
     proxy *p = r->p;
-    hold_in_flight(r, PATH_NONE);
+    hold_in_flight(r, NOT_WAITING);
     if (resp->error != HTTPC_OK) {
         bool timeout = resp->error == HTTPC_ETIMEOUT;
         count_upstream_error(p, PATH_NONE, timeout ? UP_TIMEOUT : UP_CONNECT);
@@ -699,6 +708,49 @@ err:
     return NULL;
 }
 
+/* Each accepted connection gets its own TLS session over the socket. */
+static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
+{
+    proxy *p = arg;
+    SSL *ssl = SSL_new(p->tls);
+    if (!ssl) return NULL;
+    struct bufferevent *bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                             BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) SSL_free(ssl);
+    return bev;
+}
+
+static const char *tls_reason(void)
+{
+    const char *r = ERR_reason_error_string(ERR_get_error());
+    return r ? r : "file missing, unreadable or not PEM";
+}
+
+static int tls_setup(proxy *p, char err[256])
+{
+    p->tls = SSL_CTX_new(TLS_server_method());
+    if (!p->tls) goto ssl_err;
+    /* modern protocol versions only */
+    SSL_CTX_set_min_proto_version(p->tls, TLS1_2_VERSION);
+    SSL_CTX_set_options(p->tls, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (SSL_CTX_use_certificate_chain_file(p->tls, p->cfg.tls_cert) != 1) {
+        snprintf(err, 256, "PROXY_TLS_CERT=\"%.100s\": cannot load the PEM certificate chain: %.80s",
+                 p->cfg.tls_cert, tls_reason());
+        return -1;
+    }
+    if (SSL_CTX_use_PrivateKey_file(p->tls, p->cfg.tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(p->tls) != 1) {
+        snprintf(err, 256, "PROXY_TLS_KEY=\"%.100s\": cannot load a PEM key matching the certificate: %.80s",
+                 p->cfg.tls_key, tls_reason());
+        return -1;
+    }
+    evhttp_set_bevcb(p->http, tls_bevcb, p);
+    return 0;
+ssl_err:
+    snprintf(err, 256, "cannot create the TLS context: %.150s", tls_reason());
+    return -1;
+}
+
 int proxy_listen(proxy *p, char err[256])
 {
     char host[256];
@@ -707,17 +759,15 @@ int proxy_listen(proxy *p, char err[256])
         snprintf(err, 256, "PROXY_LISTEN=\"%s\": must be host:port", p->cfg.listen);
         return -1;
     }
-    if (p->cfg.tls_cert[0]) {
-        snprintf(err, 256, "PROXY_TLS_CERT/PROXY_TLS_KEY: HTTPS is not available in this version; unset both");
-        return -1;
-    }
+    if (p->cfg.tls_cert[0] && tls_setup(p, err) != 0) return -1;
     p->bound = evhttp_bind_socket_with_handle(p->http, host, (ev_uint16_t)port);
     if (!p->bound) {
         snprintf(err, 256, "PROXY_LISTEN=\"%s\": cannot listen there (in use, or not a local address)",
                  p->cfg.listen);
         return -1;
     }
-    LOG_INFO("listening", "address", p->cfg.listen, "version", TURNOUT_VERSION);
+    LOG_INFO("listening", "address", p->cfg.listen, "scheme", p->tls ? "https" : "http", "version",
+             TURNOUT_VERSION);
     return 0;
 }
 
@@ -808,5 +858,6 @@ void proxy_free(proxy *p)
     legacy_client_free(p->legacy);
     pmetrics_free(&p->m);
     pconfig_free(&p->cfg);
+    if (p->tls) SSL_CTX_free(p->tls);
     free(p);
 }

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# make run: the whole demo on loopback — redis-server (AOF on, own temp dir),
+# turnout-legacyd and turnout-proxy with a 50/50 split.  Ctrl-C stops it all.
+# Ports can be moved with DEMO_PROXY_PORT, DEMO_LEGACY_PORT, DEMO_REDIS_PORT.
+set -euo pipefail
+
+BUILD=${1:-build}
+PROXY_PORT=${DEMO_PROXY_PORT:-8080}
+LEGACY_PORT=${DEMO_LEGACY_PORT:-8081}
+REDIS_PORT=${DEMO_REDIS_PORT:-6390}
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/turnout-demo.XXXXXX")
+pids=()
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$PROXY_PORT" "$LEGACY_PORT" "$REDIS_PORT"; do
+    if port_busy "$p"; then
+        echo "run: port $p on 127.0.0.1 is in use; pick others with DEMO_PROXY_PORT / DEMO_LEGACY_PORT / DEMO_REDIS_PORT" >&2
+        exit 1
+    fi
+done
+
+stop() {
+    trap - INT TERM EXIT
+    echo
+    echo "run: stopping"
+    for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+trap stop INT TERM EXIT
+
+wait_for() { # name url-or-port
+    for _ in $(seq 1 100); do
+        if [[ $2 == http* ]]; then curl -fs -o /dev/null "$2" && return 0
+        else port_busy "$2" && return 0; fi
+        sleep 0.05
+    done
+    echo "run: $1 did not start; its log is in $DIR" >&2
+    exit 1
+}
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR" --appendonly yes \
+    --save "" --daemonize no --logfile "$DIR/redis.log" &
+pids+=($!)
+wait_for redis-server "$REDIS_PORT"
+
+LEGACYD_LISTEN=127.0.0.1:$LEGACY_PORT "$BUILD/turnout-legacyd" 2>"$DIR/legacyd.log" &
+pids+=($!)
+wait_for turnout-legacyd "http://127.0.0.1:$LEGACY_PORT/health"
+
+PROXY_LISTEN=127.0.0.1:$PROXY_PORT \
+CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0 \
+LEGACY_QUEUE_URL=http://127.0.0.1:$LEGACY_PORT \
+CELERY_ENABLED=true CELERY_PERCENTAGE=0.5 \
+    "$BUILD/turnout-proxy" 2>"$DIR/proxy.log" &
+pids+=($!)
+wait_for turnout-proxy "http://127.0.0.1:$PROXY_PORT/healthz"
+
+cat <<MSG
+
+turnout demo is running (50 % of submissions on the new queue):
+  proxy      http://127.0.0.1:$PROXY_PORT        (POST /api/eval, /metrics, /readyz)
+  legacy     http://127.0.0.1:$LEGACY_PORT        (turnout-legacyd: GET /status)
+  redis      redis://127.0.0.1:$REDIS_PORT/0      (queue lists: evaluation, evaluation\\x06\\x163, ...)
+  logs       $DIR/*.log
+
+Try:
+  curl -s -X POST http://127.0.0.1:$PROXY_PORT/api/eval \\
+       -H 'Content-Type: application/json' -d '{"code": "print(6*7)", "priority": "high"}'
+  curl -s http://127.0.0.1:$PROXY_PORT/metrics | grep turnout_routing_decisions_total
+
+Ctrl-C stops everything.
+MSG
+
+# Any child that dies ends the demo, so a broken part is never hidden.
+wait -n "${pids[@]}" || true
+echo "run: a process exited; see the logs above" >&2
