@@ -1,4 +1,5 @@
 #include "proxy.h"
+#include "pserver.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,45 +36,11 @@
 #define DEPTH_POLL_S 2
 #define PASSTHROUGH_MAX_RESPONSE (64 * 1024 * 1024)
 
-struct proxy {
-    struct event_base *base;
-    struct evhttp *http;
-    struct evhttp_bound_socket *bound;
-    proxy_settings cfg;
-    pmetrics m;
-    route_state route;
-    rclient *broker;
-    httpc *hc;
-    legacy_client *legacy;
-    producer *prod;
-    size_t pending;  /* requests waiting on a backend */
-    bool draining;
-    struct event *drain_timer;
-    struct event *depth_timer;
-    SSL_CTX *tls;
-};
-
-/* One request that waits on a backend.  Completed by finish() exactly once. */
-typedef struct preq {
-    proxy *p;
-    struct evhttp_request *req;
-    enum pm_route route;
-    enum route_path path;       /* label for requests_total */
-    enum route_path waiting_on; /* in_flight gauge currently held, or NOT_WAITING */
-    double t0;
-    submission sub;
-    route_decision dec;
-    int checks_left;            /* /readyz */
-    bool redis_ok, legacy_ok;
-} preq;
-
 /* ---------- replies and bookkeeping ---------- */
-
-#define NOT_WAITING PATH_COUNT
 
 /* Moves the request's share of turnout_in_flight_requests to `path`
  * (NOT_WAITING: the request waits on no backend any more). */
-static void hold_in_flight(preq *r, enum route_path path)
+void px_hold_in_flight(preq *r, enum route_path path)
 {
     if (r->waiting_on != NOT_WAITING) {
         size_t c = r->waiting_on;
@@ -86,13 +53,13 @@ static void hold_in_flight(preq *r, enum route_path path)
     }
 }
 
-static void count_reject(proxy *p, enum pm_reject why)
+void px_count_reject(proxy *p, enum pm_reject why)
 {
     size_t c = why;
     metrics_add(p->m.rejected, metrics_at(p->m.rejected, &c), 1);
 }
 
-static void count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why)
+void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why)
 {
     size_t c[2] = {path, why};
     metrics_add(p->m.upstream_errors, metrics_at(p->m.upstream_errors, c), 1);
@@ -117,26 +84,26 @@ static void maybe_finish_drain(proxy *p)
 static void preq_free(preq *r)
 {
     proxy *p = r->p;
-    hold_in_flight(r, NOT_WAITING);
+    px_hold_in_flight(r, NOT_WAITING);
     submission_free(&r->sub);
     free(r);
     p->pending--;
     maybe_finish_drain(p);
 }
 
-static void finish_error(preq *r, int status, const char *code, const char *msg, int retry_after)
+void px_finish_error(preq *r, int status, const char *code, const char *msg, int retry_after)
 {
     util_reply_error(r->req, status, code, msg, retry_after);
     after_reply(r->p, r->route, r->path, status, r->t0);
     preq_free(r);
 }
 
-static void finish_json(preq *r, int status, json_t *body)
+void px_finish_json(preq *r, int status, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     if (!text) {
-        count_reject(r->p, RJ_OOM);
-        finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        px_count_reject(r->p, RJ_OOM);
+        px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
         return;
     }
     util_reply_json(r->req, status, text, strlen(text));
@@ -145,7 +112,7 @@ static void finish_json(preq *r, int status, json_t *body)
     preq_free(r);
 }
 
-static preq *preq_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
+preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
 {
     preq *r = calloc(1, sizeof(*r));
     if (!r) return NULL;
@@ -160,10 +127,24 @@ static preq *preq_new(proxy *p, struct evhttp_request *req, enum pm_route route,
 }
 
 /* A reply that needs no backend. */
-static void reply_now_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
+void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
                             int status, const char *code, const char *msg, int retry_after)
 {
     util_reply_error(req, status, code, msg, retry_after);
+    after_reply(p, route, PATH_NONE, status, t0);
+}
+
+void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,
+                   json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    if (!text) {
+        px_count_reject(p, RJ_OOM);
+        px_reply_error(p, req, route, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        return;
+    }
+    util_reply_json(req, status, text, strlen(text));
+    free(text);
     after_reply(p, route, PATH_NONE, status, t0);
 }
 
@@ -184,7 +165,7 @@ static void reply_queued(preq *r, enum route_path path, long long position)
                           path == PATH_NEW ? "queued on the new Redis priority queue"
                                            : "queued on the legacy queue");
     if (o) json_object_set_new(o, "queue_position", position >= 0 ? json_integer(position) : json_null());
-    finish_json(r, 202, o);
+    px_finish_json(r, 202, o);
     json_decref(o);
 }
 
@@ -200,35 +181,35 @@ static void new_path_failed(preq *r, const char *why)
         return;
     }
     count_decision(p, PATH_NONE, r->dec.reason);
-    count_reject(p, RJ_NO_PATH);
+    px_count_reject(p, RJ_NO_PATH);
     char msg[320];
     snprintf(msg, sizeof(msg),
              "the new queue cannot take submissions right now (%s) and FALLBACK_TO_LEGACY is off; retry after the Retry-After delay",
              why);
-    finish_error(r, 503, "no_path_available", msg, 1);
+    px_finish_error(r, 503, "no_path_available", msg, 1);
 }
 
 static void on_new_pushed(bool ok, long long depth, const char *err, void *arg)
 {
     preq *r = arg;
-    hold_in_flight(r, NOT_WAITING);
+    px_hold_in_flight(r, NOT_WAITING);
     if (ok) {
         LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "new");
         reply_queued(r, PATH_NEW, depth);
         return;
     }
     bool timeout = err && strcmp(err, "timeout") == 0;
-    count_upstream_error(r->p, PATH_NEW, timeout ? UP_TIMEOUT : UP_REDIS_ERROR);
+    px_count_upstream_error(r->p, PATH_NEW, timeout ? UP_TIMEOUT : UP_REDIS_ERROR);
     new_path_failed(r, err ? err : "redis error");
 }
 
 static void start_new(preq *r)
 {
     char err[256];
-    hold_in_flight(r, PATH_NEW);
+    px_hold_in_flight(r, PATH_NEW);
     if (producer_submit(r->p->prod, &r->sub, on_new_pushed, r, err) != 0) {
-        hold_in_flight(r, NOT_WAITING);
-        count_upstream_error(r->p, PATH_NEW, UP_REDIS_DOWN);
+        px_hold_in_flight(r, NOT_WAITING);
+        px_count_upstream_error(r->p, PATH_NEW, UP_REDIS_DOWN);
         new_path_failed(r, err);
     }
 }
@@ -237,7 +218,7 @@ static void on_legacy_submitted(const legacy_result *res, void *arg)
 {
     preq *r = arg;
     proxy *p = r->p;
-    hold_in_flight(r, NOT_WAITING);
+    px_hold_in_flight(r, NOT_WAITING);
     switch (res->outcome) {
     case LEGACY_OK:
         LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "legacy");
@@ -246,43 +227,43 @@ static void on_legacy_submitted(const legacy_result *res, void *arg)
     case LEGACY_CONFLICT:
         r->path = PATH_LEGACY;
         count_decision(p, PATH_LEGACY, r->dec.reason);
-        finish_error(r, 409, "duplicate_eval_id",
+        px_finish_error(r, 409, "duplicate_eval_id",
                      "the legacy queue already holds this eval_id; send a new eval_id, or none to get one generated",
                      0);
         return;
     case LEGACY_TIMEOUT:
-        count_upstream_error(p, PATH_LEGACY, UP_TIMEOUT);
+        px_count_upstream_error(p, PATH_LEGACY, UP_TIMEOUT);
         break;
     case LEGACY_UNREACHABLE:
-        count_upstream_error(p, PATH_LEGACY, UP_CONNECT);
+        px_count_upstream_error(p, PATH_LEGACY, UP_CONNECT);
         break;
     case LEGACY_BAD_STATUS:
-        count_upstream_error(p, PATH_LEGACY, UP_BAD_STATUS);
+        px_count_upstream_error(p, PATH_LEGACY, UP_BAD_STATUS);
         break;
     case LEGACY_BAD_REPLY:
     case LEGACY_INTERNAL:
-        count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY);
+        px_count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY);
         break;
     }
     r->path = PATH_LEGACY;
     count_decision(p, PATH_LEGACY, r->dec.reason);
     LOG_WARN("legacy path failed", "eval_id", r->sub.eval_id, "error", res->detail);
     if (res->outcome == LEGACY_TIMEOUT)
-        finish_error(r, 504, "legacy_timeout", res->detail, 0);
+        px_finish_error(r, 504, "legacy_timeout", res->detail, 0);
     else
-        finish_error(r, 502, "legacy_error", res->detail, 0);
+        px_finish_error(r, 502, "legacy_error", res->detail, 0);
 }
 
 static void start_legacy(preq *r)
 {
-    hold_in_flight(r, PATH_LEGACY);
+    px_hold_in_flight(r, PATH_LEGACY);
     const submission *s = &r->sub;
     if (!legacy_submit(r->p->legacy, s->eval_id, s->code, s->code_len, s->language, s->engine,
                        s->timeout, s->priority_name, on_legacy_submitted, r)) {
-        hold_in_flight(r, NOT_WAITING);
-        count_reject(r->p, RJ_OOM);
+        px_hold_in_flight(r, NOT_WAITING);
+        px_count_reject(r->p, RJ_OOM);
         count_decision(r->p, PATH_NONE, r->dec.reason);
-        finish_error(r, 503, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
+        px_finish_error(r, 503, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
     }
 }
 
@@ -304,48 +285,48 @@ static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
     char msg[320];
 
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        count_reject(p, RJ_METHOD);
+        px_count_reject(p, RJ_METHOD);
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        reply_now_error(p, req, RT_SUBMIT, t0, 405, "method_not_allowed", "use POST /api/eval with a JSON body", 0);
+        px_reply_error(p, req, RT_SUBMIT, t0, 405, "method_not_allowed", "use POST /api/eval with a JSON body", 0);
         return;
     }
     if (!is_json_content_type(evhttp_find_header(in, "Content-Type"))) {
-        count_reject(p, RJ_MEDIA_TYPE);
-        reply_now_error(p, req, RT_SUBMIT, t0, 415, "unsupported_media_type",
+        px_count_reject(p, RJ_MEDIA_TYPE);
+        px_reply_error(p, req, RT_SUBMIT, t0, 415, "unsupported_media_type",
                         "send the body as JSON with the header Content-Type: application/json", 0);
         return;
     }
     if (len > (size_t)p->cfg.max_body_bytes) {
-        count_reject(p, RJ_TOO_LARGE);
+        px_count_reject(p, RJ_TOO_LARGE);
         snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
                  p->cfg.max_body_bytes);
-        reply_now_error(p, req, RT_SUBMIT, t0, 413, "body_too_large", msg, 0);
+        px_reply_error(p, req, RT_SUBMIT, t0, 413, "body_too_large", msg, 0);
         return;
     }
     const char *sticky = evhttp_find_header(in, STICKY_HEADER);
     if (sticky && (strlen(sticky) == 0 || strlen(sticky) > STICKY_MAX)) {
-        count_reject(p, RJ_INVALID_FIELD);
+        px_count_reject(p, RJ_INVALID_FIELD);
         snprintf(msg, sizeof(msg), "header %s must be 1 to %d characters", STICKY_HEADER, STICKY_MAX);
-        reply_now_error(p, req, RT_SUBMIT, t0, 422, "invalid_header", msg, 0);
+        px_reply_error(p, req, RT_SUBMIT, t0, 422, "invalid_header", msg, 0);
         return;
     }
     if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        count_reject(p, RJ_OVERLOAD);
-        reply_now_error(p, req, RT_SUBMIT, t0, 503, "overloaded",
+        px_count_reject(p, RJ_OVERLOAD);
+        px_reply_error(p, req, RT_SUBMIT, t0, 503, "overloaded",
                         "too many submissions are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
         return;
     }
-    preq *r = preq_new(p, req, RT_SUBMIT, t0);
+    preq *r = px_req_new(p, req, RT_SUBMIT, t0);
     if (!r) {
-        count_reject(p, RJ_OOM);
-        reply_now_error(p, req, RT_SUBMIT, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        px_count_reject(p, RJ_OOM);
+        px_reply_error(p, req, RT_SUBMIT, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
         return;
     }
     sub_error serr;
     const char *text = len ? (const char *)evbuffer_pullup(body, -1) : "";
     if (submission_parse(text, len, &p->cfg, &r->sub, &serr) != 0) {
-        count_reject(p, serr.status == 400 ? RJ_BAD_JSON : RJ_INVALID_FIELD);
-        finish_error(r, serr.status, serr.code, serr.message, 0);
+        px_count_reject(p, serr.status == 400 ? RJ_BAD_JSON : RJ_INVALID_FIELD);
+        px_finish_error(r, serr.status, serr.code, serr.message, 0);
         return;
     }
     const char *key = sticky ? sticky : r->sub.eval_id;
@@ -368,7 +349,7 @@ static void readyz_done(preq *r)
         if (!r->legacy_ok) json_array_append_new(down, json_string("legacy"));
         json_object_set_new(o, "down", down);
     }
-    finish_json(r, ok ? 200 : 503, o);
+    px_finish_json(r, ok ? 200 : 503, o);
     json_decref(o);
 }
 
@@ -389,9 +370,9 @@ static void on_ready_legacy(const legacy_result *res, void *arg)
 
 static void handle_readyz(proxy *p, struct evhttp_request *req, double t0)
 {
-    preq *r = preq_new(p, req, RT_OTHER, t0);
+    preq *r = px_req_new(p, req, RT_OTHER, t0);
     if (!r) {
-        reply_now_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "the proxy is short of memory", 1);
+        px_reply_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "the proxy is short of memory", 1);
         return;
     }
     r->checks_left = 3; /* two checks + this function's own hold */
@@ -412,7 +393,7 @@ static void handle_metrics(proxy *p, struct evhttp_request *req, double t0)
 {
     struct evbuffer *out = evhttp_request_get_output_buffer(req);
     if (metrics_render(p->m.reg, out) != 0) {
-        reply_now_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "could not render metrics", 1);
+        px_reply_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "could not render metrics", 1);
         return;
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
@@ -455,14 +436,14 @@ static void on_passthrough_done(const httpc_response *resp, void *arg)
 {
     preq *r = arg;
     proxy *p = r->p;
-    hold_in_flight(r, NOT_WAITING);
+    px_hold_in_flight(r, NOT_WAITING);
     if (resp->error != HTTPC_OK) {
         bool timeout = resp->error == HTTPC_ETIMEOUT;
-        count_upstream_error(p, PATH_NONE, timeout ? UP_TIMEOUT : UP_CONNECT);
+        px_count_upstream_error(p, PATH_NONE, timeout ? UP_TIMEOUT : UP_CONNECT);
         char msg[320];
         snprintf(msg, sizeof(msg), "the upstream API (UPSTREAM_API_URL) %s: %s",
                  timeout ? "did not answer in time" : "failed", resp->errmsg ? resp->errmsg : "error");
-        finish_error(r, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_error", msg, 0);
+        px_finish_error(r, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_error", msg, 0);
         return;
     }
     struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
@@ -493,15 +474,15 @@ static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
     size_t len = evbuffer_get_length(body);
     char msg[320];
     if (len > (size_t)p->cfg.max_body_bytes) {
-        count_reject(p, RJ_TOO_LARGE);
+        px_count_reject(p, RJ_TOO_LARGE);
         snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
                  p->cfg.max_body_bytes);
-        reply_now_error(p, req, RT_PASSTHROUGH, t0, 413, "body_too_large", msg, 0);
+        px_reply_error(p, req, RT_PASSTHROUGH, t0, 413, "body_too_large", msg, 0);
         return;
     }
     if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        count_reject(p, RJ_OVERLOAD);
-        reply_now_error(p, req, RT_PASSTHROUGH, t0, 503, "overloaded", "too many requests in flight; retry shortly", 1);
+        px_count_reject(p, RJ_OVERLOAD);
+        px_reply_error(p, req, RT_PASSTHROUGH, t0, 503, "overloaded", "too many requests in flight; retry shortly", 1);
         return;
     }
     const char *uri = evhttp_request_get_uri(req);
@@ -513,7 +494,7 @@ static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
     size_t nh = 0;
     for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) nh++;
     char **hdrs = calloc(nh + 2, sizeof(char *));
-    preq *r = url && hdrs ? preq_new(p, req, RT_PASSTHROUGH, t0) : NULL;
+    preq *r = url && hdrs ? px_req_new(p, req, RT_PASSTHROUGH, t0) : NULL;
     size_t k = 0;
     if (!r) goto oom;
     sprintf(url, "%.*s%s%s", (int)ulen, p->cfg.upstream_url, uri[0] == '/' ? "" : "/", uri);
@@ -542,24 +523,24 @@ static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
         .want_headers = true,
     };
     char err[256];
-    hold_in_flight(r, PATH_NONE);
+    px_hold_in_flight(r, PATH_NONE);
     if (!httpc_start(p->hc, &o, on_passthrough_done, r, err)) goto oom_r;
     for (size_t i = 0; i < k; i++) free(hdrs[i]);
     free(hdrs);
     free(url);
     return;
 oom_r:
-    count_reject(p, RJ_OOM);
+    px_count_reject(p, RJ_OOM);
     for (size_t i = 0; i < k; i++) free(hdrs[i]);
     free(hdrs);
     free(url);
-    finish_error(r, 503, "out_of_memory", "the proxy could not start the upstream call; retry shortly", 1);
+    px_finish_error(r, 503, "out_of_memory", "the proxy could not start the upstream call; retry shortly", 1);
     return;
 oom:
     free(hdrs);
     free(url);
-    count_reject(p, RJ_OOM);
-    reply_now_error(p, req, RT_PASSTHROUGH, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+    px_count_reject(p, RJ_OOM);
+    px_reply_error(p, req, RT_PASSTHROUGH, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
 }
 
 /* ---------- dispatch ---------- */
@@ -587,7 +568,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (p->cfg.upstream_url[0]) {
         handle_passthrough(p, req, t0);
     } else {
-        reply_now_error(p, req, RT_PASSTHROUGH, t0, 404, "not_found",
+        px_reply_error(p, req, RT_PASSTHROUGH, t0, 404, "not_found",
                         "no such endpoint; set UPSTREAM_API_URL to pass other paths through to the API", 0);
     }
 }

@@ -1,9 +1,7 @@
 """Integration tests of turnout-proxy (issue 2) against real redis-server, real
 turnout-legacyd and the real proxy binary. Contracts: shared/DESIGN.md §2-§5,
 §7, §9; Celery wire format: shared/WIRE.md §A-§B."""
-import base64
 import json
-import re
 import signal
 import subprocess
 import threading
@@ -12,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from fixtures_turnout import (
-    BIN_DIR, DURATION_BUCKETS, EVAL_ID_GENERATED_RE, HTTP_TIMEOUT_S, SEP,
+    DURATION_BUCKETS, EVAL_ID_GENERATED_RE, HTTP_TIMEOUT_S, SEP,
     VERSION, base_env, binary, bucket, decode_celery_body, expected_path,
     free_port, http_session, msum, mval, parse_metric_types, parse_metrics,
     priority_lists, series, tool, wait_until,
@@ -192,19 +191,34 @@ def test_2000_submissions_split_30_percent_exactly_by_formula(proxy_factory, red
     assert st["queued"] == n_legacy, f"{n_legacy} replies said legacy, legacyd /status: {st}"
 
 
-def test_same_eval_id_gets_the_same_path_and_raising_percentage_only_moves_to_new(proxy_factory):
-    ids = [f"mono-{i}" for i in range(200)]
+def test_raising_percentage_only_moves_buckets_from_legacy_to_new(proxy_factory, legacyd, redis_server):
+    ids = [f"mono-{i}" for i in range(300)]
     got = {}
     for pct in (0.2, 0.6):
+        # fresh backends for each run, so the same eval_ids are new to both
+        legacyd.stop()
+        legacyd.start()
+        redis_server.client().flushall()
         p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=pct)
         got[pct] = {eid: assert_queued(r, eid, proxy=p)["path"] for eid, r in submit_many(p, ids)}
-        # the same eval_id again on the same proxy: same path
-        for eid in ids[:20]:
-            assert_queued(p.submit(eval_id=eid), eid, path=got[pct][eid], proxy=p)
         p.stop()
     moved_back = [e for e in ids if got[0.2][e] == "new" and got[0.6][e] != "new"]
     assert not moved_back, f"raising 0.2 -> 0.6 moved these from new to legacy: {moved_back}"
     assert any(got[0.2][e] == "legacy" and got[0.6][e] == "new" for e in ids)
+
+
+@pytest.mark.parametrize("pct,path", [("1", "new"), ("0", "legacy")])
+def test_same_eval_id_again_returns_original_record_without_second_enqueue(
+        proxy_factory, legacyd, redis_server, pct, path):
+    """DESIGN §4: the same eval_id again -> the original record, no second
+    enqueue (duplicate: true); DESIGN §3 / issue 2: same eval_id -> same path."""
+    p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=pct)
+    first = assert_queued(p.submit(eval_id="dup-1"), "dup-1", path=path, proxy=p)
+    assert first.get("duplicate") in (None, False), first
+    again = assert_queued(p.submit(eval_id="dup-1"), "dup-1", path=path, proxy=p)
+    assert again.get("duplicate") is True, f"second submission of dup-1: {again}"
+    assert sum(redis_server.queue_lengths()) == (1 if path == "new" else 0), "enqueued twice"
+    assert legacyd.status()["queued"] == (1 if path == "legacy" else 0), "enqueued twice"
 
 
 def test_sticky_key_header_decides_the_bucket(proxy_factory):
@@ -213,13 +227,15 @@ def test_sticky_key_header_decides_the_bucket(proxy_factory):
     keys = ["user-42"] + [f"user-{i}" for i in range(1, 40)]
     # keys on both paths, and eval_ids whose own bucket disagrees with the key
     assert {expected_path("", pct, sticky_key=k) for k in keys} == {"new", "legacy"}
+    disagreeing = 0
     for k in keys:
         want = expected_path("", pct, sticky_key=k)
         ids = [f"sticky-{k}-{i}" for i in range(6)]
-        assert any(expected_path(e, pct) != want for e in ids) or k != "user-42"
+        disagreeing += sum(expected_path(e, pct) != want for e in ids)
         for eid in ids:
             r = p.submit(eval_id=eid, headers={"X-Turnout-Sticky-Key": k})
             assert_queued(r, eid, path=want, proxy=p)
+    assert disagreeing >= 50, "test vectors do not separate key from eval_id"
 
 
 def test_sticky_salt_changes_buckets(proxy_factory):
@@ -369,7 +385,6 @@ def test_redis_down_without_fallback_is_503_with_retry_after(proxy_factory, redi
         assert_error(r, 503)
         assert r.headers.get("Retry-After", "").strip(), f"503 without Retry-After: {dict(r.headers)}"
     assert legacyd.status()["queued"] == 0, "FALLBACK_TO_LEGACY=false but something went to legacy"
-    # legacy-routed submissions are unaffected by the redis outage
     redis_server.start()
     r = _poll_submit_until_new(p, "nf-after")
     assert find_message(redis_server, f"celery-{r.json()['eval_id']}")[1] is not None
@@ -553,9 +568,12 @@ def test_body_over_max_body_bytes_is_413(proxy_factory, legacyd):
                                  timeout=HTTP_TIMEOUT_S), "fits", proxy=p)
     # far beyond any ceiling: still a 413 and the proxy survives
     huge = b'{"code": "' + b"#" * (8 << 20) + b'"}'
-    r = http_session().post(p.url("/api/eval"), data=huge,
-                            headers={"Content-Type": "application/json"}, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 413, r.status_code
+    try:
+        r = http_session().post(p.url("/api/eval"), data=huge,
+                                headers={"Content-Type": "application/json"}, timeout=HTTP_TIMEOUT_S)
+        assert r.status_code == 413, r.status_code
+    except requests.ConnectionError:
+        pass   # the server may answer and close before the client finished sending
     assert p.get("/healthz").status_code == 200
     assert legacyd.status()["queued"] == 1
 
@@ -571,17 +589,18 @@ def test_code_over_1_mib_is_422(proxy_factory, redis_server):
 
 # --------------------------------------------------------------- new path message
 
-PRIORITY_LIST = {True: 0, "high": 0, 0: 0, 1: 0, 2: 0,
-                 False: 1, "default": 1, 3: 1, 4: 1, 5: 1, None: 1,
-                 "low": 2, 6: 2, 7: 2, 8: 2,
-                 9: 3}
+# (priority as sent, index into priority_lists()); a list, since True == 1 as a dict key
+PRIORITY_LIST = [(True, 0), ("high", 0), (0, 0), (1, 0), (2, 0),
+                 (False, 1), ("default", 1), (3, 1), (4, 1), (5, 1), (None, 1),
+                 ("low", 2), (6, 2), (7, 2), (8, 2),
+                 (9, 3)]
 
 
 def test_priority_placement_on_kombu_lists(proxy_factory, redis_server):
     p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=1)
     lists = priority_lists()
     want = {}
-    for i, (prio, idx) in enumerate(PRIORITY_LIST.items()):
+    for i, (prio, idx) in enumerate(PRIORITY_LIST):
         eid = f"place-{i}"
         fields = {} if prio is None else {"priority": prio}
         assert_queued(p.submit(eval_id=eid, **fields), eid, path="new", proxy=p)
@@ -753,10 +772,10 @@ def test_metrics_at_startup(proxy_factory):
     for path, reason in [("legacy", "forced"), ("legacy", "disabled"), ("legacy", "percentage"),
                          ("new", "percentage"), ("legacy", "fallback")]:
         assert mval(m, "turnout_routing_decisions_total", path=path, reason=reason) == 0
-    routes = {ls.get("route") for (n, ls) in [(n, dict(l)) for n, l in m]
-              if n.startswith("turnout_request")}
+    labels = [(name, dict(ls)) for name, ls in m]
+    routes = {ls["route"] for _, ls in labels if "route" in ls}
     assert routes <= {"submit", "status", "cancel", "batch", "dlq", "admin", "passthrough"}, routes
-    paths = {dict(l).get("path") for n, l in m if n.startswith("turnout_") and dict(l).get("path")}
+    paths = {ls["path"] for _, ls in labels if "path" in ls}
     assert paths <= {"legacy", "new", "none"}, paths
     assert abs(mval(m, "turnout_rollout_percentage") - 0.3) < 1e-9
     assert mval(m, "turnout_celery_enabled") == 1

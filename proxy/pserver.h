@@ -1,0 +1,79 @@
+/* pserver — what the proxy's route handlers share: the server state, the
+ * asynchronous request record, and the reply helpers that keep metrics and
+ * the drain count right.  Every request ends in exactly one reply: either
+ * px_reply_* (synchronous) or px_finish_* on a px_req_new() record. */
+#ifndef TURNOUT_PSERVER_H
+#define TURNOUT_PSERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <openssl/ssl.h>
+
+#include "httpc.h"
+#include "legacy_client.h"
+#include "pconfig.h"
+#include "pmetrics.h"
+#include "producer.h"
+#include "proxy.h"
+#include "rclient.h"
+#include "router.h"
+#include "submission.h"
+
+struct evhttp;
+struct evhttp_request;
+struct evhttp_bound_socket;
+struct event;
+typedef struct json_t json_t;
+
+struct proxy {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    proxy_settings cfg;
+    pmetrics m;
+    route_state route;
+    rclient *broker;
+    httpc *hc;
+    legacy_client *legacy;
+    producer *prod;
+    size_t pending;  /* requests waiting on a backend */
+    bool draining;
+    struct event *drain_timer;
+    struct event *depth_timer;
+    SSL_CTX *tls;
+};
+
+/* One request that waits on a backend.  Completed by finish() exactly once. */
+typedef struct preq {
+    proxy *p;
+    struct evhttp_request *req;
+    enum pm_route route;
+    enum route_path path;       /* label for requests_total */
+    enum route_path waiting_on; /* in_flight gauge currently held, or NOT_WAITING */
+    double t0;
+    submission sub;
+    route_decision dec;
+    int checks_left;            /* /readyz */
+    bool redis_ok, legacy_ok;
+} preq;
+
+/* waiting_on value when the request waits on no backend */
+#define NOT_WAITING PATH_COUNT
+
+/* A request that will be answered later; counts toward the drain. NULL on OOM. */
+preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);
+/* Answer and free the record (the body is not stolen). */
+void px_finish_json(preq *r, int status, json_t *body);
+void px_finish_error(preq *r, int status, const char *code, const char *msg, int retry_after);
+/* Answer at once, no record. */
+void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,
+                    const char *code, const char *msg, int retry_after);
+void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,
+                   json_t *body);
+/* Moves the request's share of turnout_in_flight_requests to `path`. */
+void px_hold_in_flight(preq *r, enum route_path path);
+void px_count_reject(proxy *p, enum pm_reject why);
+void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why);
+
+#endif
