@@ -8,7 +8,7 @@
 #include "util.h"
 
 const char *const pm_route_names[RT_COUNT] = {"submit", "status", "cancel", "batch", "dlq", "admin",
-                                              "passthrough", "other"};
+                                              "passthrough"};
 const char *const pm_upstream_names[UP_COUNT] = {"timeout", "connect", "bad_status", "bad_reply",
                                                  "redis_down", "redis_error"};
 const char *const pm_code_names[PM_NCODES] = {"200", "201", "202", "204", "400", "401", "403",
@@ -90,6 +90,7 @@ void pmetrics_free(pmetrics *m)
 void pmetrics_request(pmetrics *m, enum pm_route route, enum route_path path, int status,
                       double seconds)
 {
+    if (route >= RT_COUNT) return;
     size_t c3[3] = {route, path, pmetrics_code_index(status)};
     metrics_add(m->requests, metrics_at(m->requests, c3), 1);
     size_t c2[2] = {route, path};

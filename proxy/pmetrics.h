@@ -8,9 +8,11 @@
 #include "metrics.h"
 #include "router.h"
 
-/* Fixed route templates: `route` is never a raw URL. */
+/* Fixed route templates: `route` is never a raw URL.  RT_PROBE (/healthz,
+ * /readyz, /metrics) is not counted: probes and scrapes would drown the
+ * traffic the metrics are for. */
 enum pm_route { RT_SUBMIT, RT_STATUS, RT_CANCEL, RT_BATCH, RT_DLQ, RT_ADMIN, RT_PASSTHROUGH,
-                RT_OTHER, RT_COUNT };
+                RT_COUNT, RT_PROBE = RT_COUNT };
 extern const char *const pm_route_names[RT_COUNT];
 
 /* Upstream error reasons. */

@@ -76,9 +76,16 @@ static void after_reply(proxy *p, enum pm_route route, enum route_path path, int
     pmetrics_request(&p->m, route, path, status, util_monotonic() - t0);
 }
 
+/* The last replies are still in their connections' output buffers when
+ * pending reaches 0: give them a moment on loopback-fast links to leave. */
+#define DRAIN_FLUSH_US 200000
+
 static void maybe_finish_drain(proxy *p)
 {
-    if (p->draining && p->pending == 0) event_base_loopexit(p->base, NULL);
+    if (p->draining && p->pending == 0) {
+        struct timeval flush = {0, DRAIN_FLUSH_US};
+        event_base_loopexit(p->base, &flush);
+    }
 }
 
 static void preq_free(preq *r)
@@ -370,9 +377,9 @@ static void on_ready_legacy(const legacy_result *res, void *arg)
 
 static void handle_readyz(proxy *p, struct evhttp_request *req, double t0)
 {
-    preq *r = px_req_new(p, req, RT_OTHER, t0);
+    preq *r = px_req_new(p, req, RT_PROBE, t0);
     if (!r) {
-        px_reply_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "the proxy is short of memory", 1);
+        px_reply_error(p, req, RT_PROBE, t0, 503, "out_of_memory", "the proxy is short of memory", 1);
         return;
     }
     r->checks_left = 3; /* two checks + this function's own hold */
@@ -393,13 +400,13 @@ static void handle_metrics(proxy *p, struct evhttp_request *req, double t0)
 {
     struct evbuffer *out = evhttp_request_get_output_buffer(req);
     if (metrics_render(p->m.reg, out) != 0) {
-        px_reply_error(p, req, RT_OTHER, t0, 503, "out_of_memory", "could not render metrics", 1);
+        px_reply_error(p, req, RT_PROBE, t0, 503, "out_of_memory", "could not render metrics", 1);
         return;
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, 200, "OK", NULL);
-    after_reply(p, RT_OTHER, PATH_NONE, 200, t0);
+    after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
 }
 
 /* ---------- pass-through ---------- */
@@ -560,7 +567,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/healthz") == 0) {
         static const char ok[] = "{\"status\":\"ok\"}";
         util_reply_json(req, 200, ok, sizeof(ok) - 1);
-        after_reply(p, RT_OTHER, PATH_NONE, 200, t0);
+        after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
     } else if (strcmp(path, "/readyz") == 0) {
         handle_readyz(p, req, t0);
     } else if (strcmp(path, "/metrics") == 0) {

@@ -198,8 +198,10 @@ class ManagedProcess:
 
 
 def wait_until(pred, timeout, what, procs=(), interval=0.05):
-    """Poll pred() until truthy; returns its value. On expiry (or when one of
-    procs dies) fails with `what` and the logs of procs."""
+    """Poll pred() until it returns something other than None/False (a
+    requests.Response counts even when its status is an error, unlike its
+    bool()); returns that value. On expiry (or when one of procs dies) fails
+    with `what` and the logs of procs."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
@@ -209,7 +211,7 @@ def wait_until(pred, timeout, what, procs=(), interval=0.05):
                             + p.describe(), pytrace=False)
         try:
             v = pred()
-            if v:
+            if v is not None and v is not False:
                 return v
         except Exception as e:  # noqa: BLE001 - keep polling, report the last one
             last_exc = e
@@ -253,6 +255,9 @@ class RedisServer:
 
     def start(self, timeout=WAIT_S):
         self._starts += 1
+        if self.mp is not None:
+            self.mp.stop(signal.SIGTERM, 5)
+            self.mp.forget()
         self.mp = ManagedProcess(
             f"redis-server:{self.port}",
             [tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
@@ -310,6 +315,9 @@ class Legacyd:
 
     def start(self, timeout=WAIT_S):
         self._starts += 1
+        if self.mp is not None:
+            self.mp.stop(signal.SIGTERM, 10)
+            self.mp.forget()
         env = base_env()
         env["LEGACYD_LISTEN"] = f"127.0.0.1:{self.port}"
         env.update(self.extra_env)
