@@ -20,12 +20,15 @@ ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 COMMON_SRC  := $(wildcard common/*.c)
 PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c
 LEGACYD_SRC := $(wildcard legacy_adapter/legacyd*.c)
+EXECUTOR_SRC := $(wildcard worker/executor*.c)
+WORKER_SRC  := $(filter-out $(EXECUTOR_SRC),$(wildcard worker/*.c))
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
 Q := $(if $(V),,@)
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
-BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd
+BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd $(BUILD)/turnout-executor \
+	$(BUILD)/turnout-worker
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRC))
 
 .PHONY: all run test check unit integration asan bench clean deps readme-check
@@ -41,6 +44,14 @@ $(BUILD)/turnout-proxy: $(call obj,$(PROXY_SRC) $(COMMON_SRC))
 	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
 
 $(BUILD)/turnout-legacyd: $(call obj,$(LEGACYD_SRC) $(COMMON_SRC))
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+
+$(BUILD)/turnout-executor: $(call obj,$(EXECUTOR_SRC) $(COMMON_SRC))
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
+
+$(BUILD)/turnout-worker: $(call obj,$(WORKER_SRC) $(COMMON_SRC))
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
 

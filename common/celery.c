@@ -1,6 +1,7 @@
 #include "celery.h"
 
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -222,5 +223,158 @@ done:
     free(b64);
     free(argsrepr);
     free(kwargsrepr);
+    return out;
+}
+
+/* ---------- decoding ---------- */
+
+double celery_parse_iso8601(const char *s)
+{
+    struct tm tm = {0};
+    int year, mon, day, hh, mm;
+    double ss;
+    int n = 0;
+    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%lf%n", &year, &mon, &day, &hh, &mm, &ss, &n) != 6)
+        return -1;
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hh;
+    tm.tm_min = mm;
+    double t = (double)timegm(&tm) + ss;
+    const char *z = s + n;
+    if (*z == 'Z' || *z == '\0') return t;
+    int oh, om;
+    if ((*z == '+' || *z == '-') && sscanf(z + 1, "%2d:%2d", &oh, &om) == 2) {
+        double off = oh * 3600.0 + om * 60.0;
+        return *z == '+' ? t - off : t + off;
+    }
+    return -1;
+}
+
+void celery_message_free(celery_message *m)
+{
+    json_decref(m->env);
+    json_decref(m->body);
+    memset(m, 0, sizeof(*m));
+}
+
+static const char *opt_string(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key)); /* NULL when absent or not a string */
+}
+
+int celery_decode(const char *msg, size_t len, celery_message *out, char err[256])
+{
+    json_error_t jerr;
+    unsigned char *raw = NULL;
+    memset(out, 0, sizeof(*out));
+    out->env = json_loadb(msg, len, 0, &jerr);
+    if (!json_is_object(out->env)) {
+        snprintf(err, 256, "envelope is not a JSON object: %s", out->env ? "wrong type" : jerr.text);
+        goto err;
+    }
+    json_t *headers = json_object_get(out->env, "headers");
+    json_t *props = json_object_get(out->env, "properties");
+    if (!json_is_object(headers) || !json_is_object(props)) {
+        snprintf(err, 256, "envelope lacks headers or properties");
+        goto err;
+    }
+    out->task_name = opt_string(headers, "task");
+    out->task_id = opt_string(headers, "id");
+    out->delivery_tag = opt_string(props, "delivery_tag");
+    json_t *di = json_object_get(props, "delivery_info");
+    out->exchange = opt_string(di, "exchange");
+    out->routing_key = opt_string(di, "routing_key");
+    if (!out->task_name || !out->task_id || !*out->task_id || !out->delivery_tag) {
+        snprintf(err, 256, "envelope lacks headers.task, headers.id or properties.delivery_tag");
+        goto err;
+    }
+    if (!out->exchange) out->exchange = "";
+    json_t *retries = json_object_get(headers, "retries");
+    out->retries = json_is_integer(retries) ? (int)json_integer_value(retries) : 0;
+    json_t *prio = json_object_get(props, "priority");
+    out->priority = json_is_integer(prio) ? (int)json_integer_value(prio) : 0;
+    out->eta = opt_string(headers, "eta");
+    out->expires = opt_string(headers, "expires");
+    json_t *tl = json_object_get(headers, "timelimit");
+    if (json_is_array(tl) && json_array_size(tl) == 2) {
+        out->hard_limit_s = json_number_value(json_array_get(tl, 0));
+        out->soft_limit_s = json_number_value(json_array_get(tl, 1));
+    }
+
+    const char *body = opt_string(out->env, "body");
+    const char *ctype = opt_string(out->env, "content-type");
+    if (!body) {
+        snprintf(err, 256, "envelope has no string body");
+        goto err;
+    }
+    if (ctype && strcmp(ctype, "application/json") != 0) {
+        snprintf(err, 256, "content-type \"%.60s\" is not application/json", ctype);
+        goto err;
+    }
+    const char *enc = opt_string(props, "body_encoding");
+    const char *text = body;
+    size_t tlen = strlen(body);
+    if (enc && strcmp(enc, "base64") == 0) {
+        size_t blen = strlen(body);
+        if (blen % 4 != 0) {
+            snprintf(err, 256, "body is not valid base64");
+            goto err;
+        }
+        raw = malloc(blen / 4 * 3 + 1);
+        if (!raw) {
+            snprintf(err, 256, "out of memory");
+            goto err;
+        }
+        int n = EVP_DecodeBlock(raw, (const unsigned char *)body, (int)blen);
+        if (n < 0) {
+            snprintf(err, 256, "body is not valid base64");
+            goto err;
+        }
+        for (size_t i = blen; i > 0 && body[i - 1] == '='; i--) n--; /* padding decodes as zeros */
+        text = (const char *)raw;
+        tlen = (size_t)n;
+    }
+    out->body = json_loadb(text, tlen, 0, &jerr);
+    if (!json_is_array(out->body) || json_array_size(out->body) != 3) {
+        snprintf(err, 256, "body must be the JSON array [args, kwargs, embed]");
+        goto err;
+    }
+    out->args = json_array_get(out->body, 0);
+    out->kwargs = json_array_get(out->body, 1);
+    if (!json_is_array(out->args) || !json_is_object(out->kwargs)) {
+        snprintf(err, 256, "body args must be an array and kwargs an object");
+        goto err;
+    }
+    free(raw);
+    return 0;
+err:
+    free(raw);
+    celery_message_free(out);
+    return -1;
+}
+
+char *celery_reencode(const celery_message *m, int retries, const char *eta, const char *extra_key,
+                      json_t *extra_value, size_t *len)
+{
+    json_t *env = json_deep_copy(m->env);
+    char tag[37];
+    char *out = NULL;
+    if (!env) return NULL;
+    json_t *headers = json_object_get(env, "headers");
+    json_t *props = json_object_get(env, "properties");
+    util_uuid4(tag);
+    if (json_object_set_new(headers, "retries", json_integer(retries)) ||
+        json_object_set_new(headers, "eta", eta ? json_string(eta) : json_null()) ||
+        json_object_set_new(props, "delivery_tag", json_string(tag)))
+        goto done;
+    if (extra_key && json_object_set(headers, extra_key, extra_value)) goto done;
+    json_object_del(headers, "redelivered");
+    json_object_del(json_object_get(props, "delivery_info"), "redelivered");
+    out = json_dumps(env, JSON_COMPACT);
+    if (out) *len = strlen(out);
+done:
+    json_decref(env);
     return out;
 }

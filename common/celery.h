@@ -42,6 +42,42 @@ size_t celery_queue_key(const char *queue, int priority, char *buf, size_t cap);
  * caller frees with free(), length in *len; NULL with err on failure. */
 char *celery_encode(const celery_task *t, size_t *len, char err[256]);
 
+/* A message taken from a queue list, decoded and checked.  Fields borrow
+ * from `env` (owned), which is kept so the message can be re-published. */
+typedef struct celery_message {
+    json_t *env;            /* owned: the whole envelope */
+    json_t *body;           /* owned: decoded [args, kwargs, embed] */
+    const char *task_name;
+    const char *task_id;
+    const char *delivery_tag;
+    const char *exchange;
+    const char *routing_key;
+    json_t *args;           /* borrowed from body */
+    json_t *kwargs;         /* borrowed from body */
+    int retries;
+    int priority;           /* properties.priority, 0 if absent */
+    const char *eta;        /* NULL when none */
+    const char *expires;    /* NULL when none */
+    double hard_limit_s;    /* 0 when none */
+    double soft_limit_s;
+} celery_message;
+
+/* Decodes a list element.  0, or -1 with err naming what is malformed (the
+ * caller dead-letters it).  On -1, whatever was decoded is freed. */
+int celery_decode(const char *msg, size_t len, celery_message *out, char err[256])
+    __attribute__((warn_unused_result));
+void celery_message_free(celery_message *m);
+
+/* Re-encodes the envelope of `m` with headers.retries, headers.eta and a
+ * new delivery_tag (and headers.<extra_key> = extra_value when non-NULL);
+ * new string, caller frees; NULL on OOM. */
+char *celery_reencode(const celery_message *m, int retries, const char *eta, const char *extra_key,
+                      json_t *extra_value, size_t *len);
+
+/* Parses ISO-8601 ("2026-11-22T08:42:16.316431+00:00", "...Z", or naive =
+ * UTC) into unix seconds; -1 when not parseable. */
+double celery_parse_iso8601(const char *s);
+
 /* Python-style repr of a JSON value for argsrepr/kwargsrepr, truncated to
  * `max` bytes with "...".  New string, caller frees; NULL on OOM. */
 char *celery_repr(const json_t *v, size_t max);

@@ -26,6 +26,13 @@ typedef struct pending {
 
 enum rstate { RC_DOWN, RC_CONNECTING, RC_UP };
 
+typedef struct subscription {
+    char *channel;
+    rclient_msg_cb cb;
+    void *arg;
+    struct subscription *next;
+} subscription;
+
 struct rclient {
     struct event_base *base;
     redisAsyncContext *ac;
@@ -41,10 +48,12 @@ struct rclient {
     pending *head, *tail;
     size_t npending;
     const char *drop_reason; /* error text given to commands failed by a drop */
+    subscription *subs;
     bool freeing;
 };
 
 static void arm_timer(rclient *rc, double delay_s);
+static void send_subscribe(rclient *rc, subscription *s);
 static void start_connect(rclient *rc);
 
 int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, int *db,
@@ -169,6 +178,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     rc->backoff_ms = BACKOFF_MIN_MS;
     LOG_INFO("redis connected", "redis", rc->name);
+    for (subscription *s = rc->subs; s; s = s->next) send_subscribe(rc, s);
     set_state(rc, RC_UP);
     arm_timer(rc, -1);
 }
@@ -297,7 +307,49 @@ void rclient_free(rclient *rc)
     rc->freeing = true;
     if (rc->ac) drop(rc, "shutting down");
     if (rc->timer) event_free(rc->timer);
+    while (rc->subs) {
+        subscription *next = rc->subs->next;
+        free(rc->subs->channel);
+        free(rc->subs);
+        rc->subs = next;
+    }
     free(rc);
+}
+
+/* hiredis keeps a subscription's callback and calls it for the SUBSCRIBE
+ * confirmation and for every message; with NULL when the connection dies. */
+static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    (void)ac;
+    redisReply *reply = r;
+    subscription *s = privdata;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return;
+    redisReply *kind = reply->element[0], *payload = reply->element[2];
+    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0) return;
+    if (payload->type != REDIS_REPLY_STRING) return;
+    s->cb(s->channel, payload->str, payload->len, s->arg);
+}
+
+static void send_subscribe(rclient *rc, subscription *s)
+{
+    if (!rc->ac) return;
+    if (redisAsyncCommand(rc->ac, on_sub_reply, s, "SUBSCRIBE %b", s->channel, strlen(s->channel)) != REDIS_OK)
+        LOG_WARN("redis subscribe failed", "redis", rc->name, "channel", s->channel);
+}
+
+int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void *arg)
+{
+    subscription *s = calloc(1, sizeof(*s));
+    if (!s || !(s->channel = strdup(channel))) {
+        free(s);
+        return -1;
+    }
+    s->cb = cb;
+    s->arg = arg;
+    s->next = rc->subs;
+    rc->subs = s;
+    if (rc->state == RC_UP) send_subscribe(rc, s);
+    return 0;
 }
 
 int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv,

@@ -55,6 +55,18 @@ void rclient_free(rclient *rc);
 int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv,
                     const size_t *argvlen) __attribute__((warn_unused_result));
 
+/* Pub/sub: called for each message on `channel`; payload valid during the
+ * call only. */
+typedef void (*rclient_msg_cb)(const char *channel, const char *payload, size_t len, void *arg);
+
+/* Subscribes now if connected and again after every reconnect.  A client
+ * with subscriptions must be used for nothing else (Redis forbids other
+ * commands on a subscribed connection).  Messages published while the
+ * connection is down are lost: callers re-check state they care about.
+ * 0, or -1 on out of memory. */
+int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void *arg)
+    __attribute__((warn_unused_result));
+
 bool rclient_is_up(const rclient *rc);
 int rclient_db(const rclient *rc);
 size_t rclient_pending(const rclient *rc);

@@ -70,6 +70,18 @@ void util_iso8601(double t, char out[32])
     snprintf(out + n, 32 - n, ".%06ld", usec);
 }
 
+bool util_valid_id(const char *id, size_t len, size_t max)
+{
+    if (len < 1 || len > max) return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = id[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                  c == '.' || c == ':' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
 const char *util_reason(int status)
 {
     switch (status) {

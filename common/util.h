@@ -34,6 +34,9 @@ void util_reply_error(struct evhttp_request *req, int status, const char *code,
 void util_reply_json(struct evhttp_request *req, int status, const char *json,
                      size_t len);
 
+/* 1..max characters of [A-Za-z0-9_.:-] (eval ids, task ids). */
+bool util_valid_id(const char *id, size_t len, size_t max);
+
 /* Standard reason phrase for an HTTP status. */
 const char *util_reason(int status);
 

@@ -25,12 +25,7 @@ static int fail(sub_error *err, int status, const char *code, const char *field,
 
 bool submission_valid_eval_id(const char *id, size_t len)
 {
-    if (len < 1 || len > SUB_MAX_EVAL_ID) return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)id[i];
-        if (!isalnum(c) && c != '_' && c != '.' && c != ':' && c != '-') return false;
-    }
-    return true;
+    return util_valid_id(id, len, SUB_MAX_EVAL_ID);
 }
 
 void submission_new_eval_id(char out[SUB_MAX_EVAL_ID + 1])

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BINARIES = ["turnout-proxy", "turnout-legacyd"]
+BINARIES = ["turnout-proxy", "turnout-legacyd", "turnout-worker", "turnout-executor"]
 
 
 def main() -> int:

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # make run: the whole demo on loopback — redis-server (AOF on, own temp dir),
-# turnout-legacyd and turnout-proxy with a 50/50 split.  Ctrl-C stops it all.
-# Ports can be moved with DEMO_PROXY_PORT, DEMO_LEGACY_PORT, DEMO_REDIS_PORT.
+# turnout-executor, turnout-legacyd (pulling into the executor),
+# turnout-worker and turnout-proxy with a 50/50 split.  Ctrl-C stops it all.
+# Ports can be moved with DEMO_PROXY_PORT, DEMO_LEGACY_PORT, DEMO_REDIS_PORT,
+# DEMO_EXECUTOR_PORT, DEMO_WORKER_PORT.
 set -euo pipefail
 
 BUILD=${1:-build}
 PROXY_PORT=${DEMO_PROXY_PORT:-8080}
 LEGACY_PORT=${DEMO_LEGACY_PORT:-8081}
 REDIS_PORT=${DEMO_REDIS_PORT:-6390}
+EXECUTOR_PORT=${DEMO_EXECUTOR_PORT:-8083}
+WORKER_PORT=${DEMO_WORKER_PORT:-9808}
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/turnout-demo.XXXXXX")
 pids=()
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$PROXY_PORT" "$LEGACY_PORT" "$REDIS_PORT"; do
+for p in "$PROXY_PORT" "$LEGACY_PORT" "$REDIS_PORT" "$EXECUTOR_PORT" "$WORKER_PORT"; do
     if port_busy "$p"; then
-        echo "run: port $p on 127.0.0.1 is in use; pick others with DEMO_PROXY_PORT / DEMO_LEGACY_PORT / DEMO_REDIS_PORT" >&2
+        echo "run: port $p on 127.0.0.1 is in use; pick others with DEMO_*_PORT (see scripts/run-demo.sh)" >&2
         exit 1
     fi
 done
@@ -44,9 +48,22 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR" --appendonly yes
 pids+=($!)
 wait_for redis-server "$REDIS_PORT"
 
-LEGACYD_LISTEN=127.0.0.1:$LEGACY_PORT "$BUILD/turnout-legacyd" 2>"$DIR/legacyd.log" &
+EXECUTOR_LISTEN=127.0.0.1:$EXECUTOR_PORT EXECUTOR_MAX_CONCURRENT=4 \
+    "$BUILD/turnout-executor" 2>"$DIR/executor.log" &
+pids+=($!)
+wait_for turnout-executor "http://127.0.0.1:$EXECUTOR_PORT/health"
+
+LEGACYD_LISTEN=127.0.0.1:$LEGACY_PORT EXECUTOR_SERVICE_URL=http://127.0.0.1:$EXECUTOR_PORT \
+    "$BUILD/turnout-legacyd" 2>"$DIR/legacyd.log" &
 pids+=($!)
 wait_for turnout-legacyd "http://127.0.0.1:$LEGACY_PORT/health"
+
+CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0 \
+EXECUTOR_SERVICE_URL=http://127.0.0.1:$EXECUTOR_PORT \
+WORKER_METRICS_LISTEN=127.0.0.1:$WORKER_PORT WORKER_NAME=turnout-demo \
+    "$BUILD/turnout-worker" 2>"$DIR/worker.log" &
+pids+=($!)
+wait_for turnout-worker "http://127.0.0.1:$WORKER_PORT/healthz"
 
 PROXY_LISTEN=127.0.0.1:$PROXY_PORT \
 CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0 \
@@ -60,7 +77,9 @@ cat <<MSG
 
 turnout demo is running (50 % of submissions on the new queue):
   proxy      http://127.0.0.1:$PROXY_PORT        (POST /api/eval, /metrics, /readyz)
-  legacy     http://127.0.0.1:$LEGACY_PORT        (turnout-legacyd: GET /status)
+  legacy     http://127.0.0.1:$LEGACY_PORT        (turnout-legacyd: GET /status, GET /tasks/<eval_id>)
+  executor   http://127.0.0.1:$EXECUTOR_PORT        (turnout-executor: GET /capacity)
+  worker     http://127.0.0.1:$WORKER_PORT/metrics (turnout-worker)
   redis      redis://127.0.0.1:$REDIS_PORT/0      (queue lists: evaluation, evaluation\\x06\\x163, ...)
   logs       $DIR/*.log
 
@@ -68,6 +87,9 @@ Try:
   curl -s -X POST http://127.0.0.1:$PROXY_PORT/api/eval \\
        -H 'Content-Type: application/json' -d '{"code": "print(6*7)", "priority": "high"}'
   curl -s http://127.0.0.1:$PROXY_PORT/metrics | grep turnout_routing_decisions_total
+  # new path: the result Celery-style;  legacy path: the Queue Service's record
+  redis-cli -p $REDIS_PORT GET celery-task-meta-celery-<eval_id>
+  curl -s http://127.0.0.1:$LEGACY_PORT/tasks/<eval_id>
 
 Ctrl-C stops everything.
 MSG

@@ -29,7 +29,7 @@ if [ -n "$missing" ]; then
     echo "run-pytest.sh: install them with: make deps   (or scripts/deps.sh install)" >&2
     exit 1
 fi
-for b in turnout-proxy turnout-legacyd; do
+for b in turnout-proxy turnout-legacyd turnout-worker turnout-executor; do
     if [ ! -x "$TURNOUT_BIN_DIR/$b" ]; then
         echo "run-pytest.sh: FAIL: $TURNOUT_BIN_DIR/$b is missing: run make first" >&2
         exit 1

@@ -1,0 +1,28 @@
+/* results — Celery result records (celery-task-meta-<task_id>, WIRE.md §C)
+ * written the one way every turnout writer uses: never over a terminal
+ * state (SUCCESS, FAILURE, REVOKED), SETEX and PUBLISH in one atomic step. */
+#ifndef TURNOUT_RESULTS_H
+#define TURNOUT_RESULTS_H
+
+#include <stddef.h>
+
+typedef struct json_t json_t;
+
+/* EVAL script: KEYS[1] = result key, ARGV[1] = record JSON, ARGV[2] =
+ * expiry in seconds.  Returns 1 when written, 0 when a terminal record was
+ * already there (left untouched). */
+extern const char results_write_unless_terminal_script[];
+
+#define RESULTS_KEY_PREFIX "celery-task-meta-"
+
+/* Builds a Celery result record.  `result` is stolen (may be NULL = null).
+ * date_done is set for ready states.  New string (caller frees), NULL on OOM. */
+char *results_record(const char *task_id, const char *status, json_t *result, const char *traceback);
+
+/* Exception-shaped result {"exc_type","exc_message":[message],"exc_module"}; new reference. */
+json_t *results_exception(const char *exc_type, const char *message, const char *exc_module);
+
+/* True for SUCCESS, FAILURE, REVOKED. */
+int results_is_terminal(const char *status);
+
+#endif

@@ -1,0 +1,146 @@
+#include "wconfig.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "rclient.h"
+
+#define F(field) offsetof(worker_settings, field)
+
+const cfg_option wconfig_table[] = {
+    {"CELERY_BROKER_URL", CFG_URL, "redis://127.0.0.1:6379/0", 0, 0, "redis", F(broker_url),
+     "Redis of the queue"},
+    {"CELERY_RESULT_BACKEND", CFG_URL, "", 0, 0, "redis", F(result_backend),
+     "Redis for celery-task-meta-* (empty: the broker URL)"},
+    {"CELERY_QUEUES", CFG_LIST, "evaluation", 0, 0, NULL, F(queues), "comma list of queues to consume"},
+    {"CELERY_CONCURRENCY", CFG_INT, "2", 1, 1000, NULL, F(concurrency), "evaluations in flight per worker"},
+    {"CELERY_TASK_NAME", CFG_STRING, "tasks.evaluate_code", 0, 200, NULL, F(task_name),
+     "the task this worker runs; other task names are dead-lettered"},
+    {"EXECUTOR_SERVICE_URL", CFG_LIST, "http://127.0.0.1:8083", 0, 0, NULL, F(executors),
+     "comma list of executors, used round-robin"},
+    {"STORAGE_SERVICE_URL", CFG_URL, "", 0, 0, "http|https", F(storage_url),
+     "optional: results are also PUT to <url>/results/<eval_id>"},
+    {"WORKER_METRICS_LISTEN", CFG_ADDR, "127.0.0.1:9808", 0, 0, NULL, F(metrics_listen),
+     "address:port of /metrics and /healthz"},
+    {"WORKER_NAME", CFG_STRING, "", 0, 200, NULL, F(name), "node name (default turnout@<hostname>)"},
+    {"VISIBILITY_TIMEOUT_S", CFG_INT, "3600", 1, 604800, NULL, F(visibility_timeout_s),
+     "unacked messages older than this are restored to their queue"},
+    {"SOFT_TIME_LIMIT_S", CFG_FRACTION, "270", 0.1, 86400, NULL, F(soft_limit_s),
+     "an execution running this long is asked to stop; result timeout"},
+    {"TIME_LIMIT_S", CFG_FRACTION, "300", 0.1, 86400, NULL, F(hard_limit_s),
+     "an execution running this long is killed"},
+    {"RESULT_EXPIRES_S", CFG_INT, "86400", 1, 31536000, NULL, F(result_expires_s),
+     "lifetime of celery-task-meta-* records"},
+    {"DLQ_RETENTION_DAYS", CFG_INT, "30", 1, 3650, NULL, F(dlq_retention_days),
+     "dead-letter entries older than this are pruned"},
+    {"RETRY_DEFAULT_MAX", CFG_INT, "3", 0, 100, NULL, F(retry_default.max), "retries of policy default"},
+    {"RETRY_DEFAULT_BASE_S", CFG_FRACTION, "5", 0.01, 86400, NULL, F(retry_default.base_s),
+     "first delay of policy default"},
+    {"RETRY_DEFAULT_FACTOR", CFG_FRACTION, "2", 1, 10, NULL, F(retry_default.factor),
+     "delay growth of policy default"},
+    {"RETRY_DEFAULT_CAP_S", CFG_FRACTION, "300", 0.01, 86400, NULL, F(retry_default.cap_s),
+     "longest delay of policy default"},
+    {"RETRY_NETWORK_MAX", CFG_INT, "5", 0, 100, NULL, F(retry_network.max),
+     "retries of policy network_error (connect errors, 5xx, 429)"},
+    {"RETRY_NETWORK_BASE_S", CFG_FRACTION, "10", 0.01, 86400, NULL, F(retry_network.base_s),
+     "first delay of policy network_error"},
+    {"RETRY_NETWORK_FACTOR", CFG_FRACTION, "1.5", 1, 10, NULL, F(retry_network.factor),
+     "delay growth of policy network_error"},
+    {"RETRY_NETWORK_CAP_S", CFG_FRACTION, "600", 0.01, 86400, NULL, F(retry_network.cap_s),
+     "longest delay of policy network_error"},
+    {"RETRY_JITTER", CFG_BOOL, "true", 0, 0, NULL, F(retry_jitter),
+     "spread each delay over its upper half at random"},
+    {"REDIS_TIMEOUT_MS", CFG_INT, "2000", 10, 60000, NULL, F(redis_timeout_ms),
+     "deadline of one Redis command; on expiry the connection is re-made"},
+    {"PROGRESS_INTERVAL_S", CFG_FRACTION, "5", 0.1, 3600, NULL, F(progress_interval_s),
+     "how often a running evaluation's PROGRESS state is written"},
+    {"WORKER_SHUTDOWN_GRACE_S", CFG_INT, "30", 0, 3600, NULL, F(shutdown_grace_s),
+     "on SIGTERM, how long running evaluations may finish before their messages are returned"},
+    {"WORKER_POLL_MAX_S", CFG_FRACTION, "0.05", 0.001, 5, NULL, F(poll_max_s),
+     "longest pause between polls of empty queues"},
+    {"LOG_LEVEL", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", F(log_level), "log threshold"},
+    {"LOG_FORMAT", CFG_ENUM, "logfmt", 0, 0, "logfmt|json", F(log_format), "log line format"},
+    {"TURNOUT_ENV_FILE", CFG_STRING, "", 0, 4096, NULL, F(env_file), "KEY=value file re-read on SIGHUP"},
+};
+const size_t wconfig_count = sizeof(wconfig_table) / sizeof(wconfig_table[0]);
+
+__attribute__((format(printf, 3, 4)))
+static void append(char *errs, size_t size, const char *fmt, ...)
+{
+    size_t used = strnlen(errs, size);
+    if (used + 1 >= size) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errs + used, size - used, fmt, ap);
+    va_end(ap);
+}
+
+int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+{
+    worker_settings tmp = {0};
+    int n = cfg_load(wconfig_table, wconfig_count, &tmp, sizeof(tmp), lookup, ud, errs, errs_size);
+    if (n) return n;
+    char rerr[256], host[64], pw[256];
+    int port, db;
+    const char *const urls[2][2] = {{"CELERY_BROKER_URL", tmp.broker_url},
+                                     {"CELERY_RESULT_BACKEND", tmp.result_backend}};
+    for (int i = 0; i < 2; i++) {
+        if (urls[i][1][0] &&
+            rclient_parse_url(urls[i][1], host, sizeof(host), &port, &db, pw, sizeof(pw), rerr) != 0) {
+            n++;
+            append(errs, errs_size, "%s=%s\n", urls[i][0], rerr);
+        }
+    }
+    if (!tmp.executors[0]) {
+        n++;
+        append(errs, errs_size, "EXECUTOR_SERVICE_URL=\"\": name at least one executor, e.g. http://127.0.0.1:8083\n");
+    }
+    for (const char *p = tmp.executors; *p;) {
+        while (*p == ' ') p++;
+        size_t len = strcspn(p, ",");
+        if (len && strncmp(p, "http://", 7) != 0 && strncmp(p, "https://", 8) != 0) {
+            n++;
+            append(errs, errs_size, "EXECUTOR_SERVICE_URL: \"%.*s\" must start with http:// or https://\n",
+                   (int)len, p);
+        }
+        p += len;
+        if (*p == ',') p++;
+    }
+    if (!tmp.queues[0]) {
+        n++;
+        append(errs, errs_size, "CELERY_QUEUES=\"\": name at least one queue, e.g. evaluation\n");
+    }
+    if (tmp.soft_limit_s > tmp.hard_limit_s) {
+        n++;
+        append(errs, errs_size,
+               "SOFT_TIME_LIMIT_S=%g is above TIME_LIMIT_S=%g: the soft limit must come first\n",
+               tmp.soft_limit_s, tmp.hard_limit_s);
+    }
+    if (n) {
+        cfg_free(wconfig_table, wconfig_count, &tmp);
+        return n;
+    }
+    if (!tmp.name[0]) {
+        char host_name[256] = "localhost", *name = NULL;
+        (void)gethostname(host_name, sizeof(host_name) - 1);
+        host_name[sizeof(host_name) - 1] = '\0';
+        if (asprintf(&name, "turnout@%s", host_name) < 0) {
+            cfg_free(wconfig_table, wconfig_count, &tmp);
+            append(errs, errs_size, "out of memory\n");
+            return 1;
+        }
+        free(tmp.name);
+        tmp.name = name;
+    }
+    wconfig_free(s);
+    *s = tmp;
+    return 0;
+}
+
+void wconfig_free(worker_settings *s)
+{
+    cfg_free(wconfig_table, wconfig_count, s);
+}

@@ -1,0 +1,86 @@
+/* wcore — turnout-worker's running state, shared by its modules:
+ * wmain (start-up, taking messages, HTTP, signals), wtask (one message from
+ * taken to acknowledged) and wmaint (maintenance jobs, revokes, executors). */
+#ifndef TURNOUT_WCORE_H
+#define TURNOUT_WCORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "celery.h"
+#include "httpc.h"
+#include "rclient.h"
+#include "wconfig.h"
+#include "wmetrics.h"
+
+struct event_base;
+struct event;
+struct evhttp;
+
+#define WORKER_SLOT_GRACE_S 60 /* slot lease beyond the hard limit */
+
+typedef struct executor {
+    char *url;          /* as configured, no trailing slash */
+    int capacity;       /* max_concurrent from GET /capacity; 0 = unknown or down */
+    double down_until;  /* skipped until then (unix seconds) */
+} executor;
+
+typedef struct task task;
+typedef struct worker worker;
+
+struct worker {
+    struct event_base *base;
+    worker_settings cfg;
+    wmetrics m;
+    rclient *rc;   /* broker commands */
+    rclient *res;  /* result backend (== rc when the same URL) */
+    rclient *sub;  /* pub/sub: revokes */
+    httpc *hc;
+    executor *execs;
+    size_t nexec;
+    const char **exec_urls; /* for metric labels */
+    size_t rr;              /* round-robin start */
+    /* the lists to take from, in kombu's order: by step, then queue */
+    char **keys;
+    size_t *key_lens;
+    char **key_queue; /* base queue name of each key */
+    size_t nkeys;
+    char tagset_key[300];
+    char heartbeat_key[300];
+    task *tasks;
+    size_t in_flight;
+    bool taking;
+    bool ready;     /* own tags restored and executors known: may take work */
+    double poll_delay;
+    struct event *poll_timer;
+    struct event *tick;
+    struct event *grace_timer;
+    struct evhttp *http;
+    bool draining;
+    bool returning; /* grace over: messages are being put back */
+    double last_job[WJ_COUNT];
+    unsigned long long token_seq;
+};
+
+/* wmain.c */
+void worker_pump(worker *w);          /* take more work if there is room */
+void worker_task_done(worker *w);     /* a task left: pump, or finish draining */
+bool worker_exec_usable(const worker *w, size_t i);
+
+/* wtask.c */
+/* Starts handling a message just taken (raw text copied). */
+void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t exec_index);
+/* A revoke for task_id arrived (pub/sub or marker poll). */
+void task_revoke(worker *w, const char *task_id, bool terminate);
+/* Refreshes unacked scores and polls revoke markers of running tasks. */
+void task_tick_all(worker *w);
+/* Grace is over: cancel executions, ask executors to kill them. */
+void task_abandon_all(worker *w);
+void task_free_all(worker *w);
+
+/* wmaint.c */
+void maint_tick(worker *w);
+void maint_probe_executors(worker *w, bool locked);
+int maint_subscribe(worker *w) __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,146 @@
+#include "wscripts.h"
+
+/* Shared Lua helpers: the kombu list name for a queue and priority (steps
+ * 0,3,6,9; separator 0x06 0x16), and the restore of one unacked entry the
+ * way kombu restores it (RPUSH to the bare queue, so it is taken next). */
+#define LUA_HELPERS                                                                         \
+    "local function restore(tag)\n"                                                         \
+    "  local p = redis.call('HGET', 'unacked', tag)\n"                                       \
+    "  redis.call('ZREM', 'unacked_index', tag)\n"                                           \
+    "  redis.call('HDEL', 'unacked', tag)\n"                                                 \
+    "  if not p then return 0 end\n"                                                         \
+    "  local ok, e = pcall(cjson.decode, p)\n"                                               \
+    "  if not ok or type(e) ~= 'table' then return 0 end\n"                                  \
+    "  local msg, rk = e[1], e[3]\n"                                                         \
+    "  if type(rk) ~= 'string' or rk == '' then return 0 end\n"                              \
+    "  if type(msg) == 'table' then\n"                                                       \
+    "    if type(msg.headers) == 'table' then msg.headers.redelivered = true end\n"          \
+    "    if type(msg.properties) == 'table' and type(msg.properties.delivery_info) == 'table' then\n" \
+    "      msg.properties.delivery_info.redelivered = true end\n"                            \
+    "    msg = cjson.encode(msg)\n"                                                          \
+    "  end\n"                                                                                \
+    "  if type(msg) ~= 'string' then return 0 end\n"                                         \
+    "  redis.call('RPUSH', rk, msg)\n"                                                       \
+    "  return 1\n"                                                                           \
+    "end\n"
+
+const char wscript_take[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local nexec = tonumber(ARGV[5])\n"
+    "local start = tonumber(ARGV[6])\n"
+    "local chosen = -1\n"
+    "for i = 0, nexec - 1 do\n"
+    "  local e = (start + i) % nexec\n"
+    "  local cap = tonumber(ARGV[7 + e])\n"
+    "  if cap > 0 then\n"
+    "    local k = 'turnout:pool:slots:' .. e\n"
+    "    redis.call('ZREMRANGEBYSCORE', k, '-inf', now)\n"
+    "    if redis.call('ZCARD', k) < cap then chosen = e break end\n"
+    "  end\n"
+    "end\n"
+    "if chosen < 0 then return {-1} end\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local m = redis.call('RPOP', key)\n"
+    "  if m then\n"
+    "    local tag, ex, rk = nil, '', ARGV[6 + nexec + i]\n"
+    "    local ok, env = pcall(cjson.decode, m)\n"
+    "    local stored = m\n"
+    "    if ok and type(env) == 'table' and type(env.properties) == 'table' then\n"
+    "      if type(env.properties.delivery_tag) == 'string' then tag = env.properties.delivery_tag end\n"
+    "      local di = env.properties.delivery_info\n"
+    "      if type(di) == 'table' then\n"
+    "        if type(di.exchange) == 'string' then ex = di.exchange end\n"
+    "        if type(di.routing_key) == 'string' and di.routing_key ~= '' then rk = di.routing_key end\n"
+    "      end\n"
+    "    else\n"
+    /* not JSON: keep it as a JSON string so the unacked entry stays valid */
+    "      stored = cjson.encode(m)\n"
+    "    end\n"
+    "    if not tag then tag = 'turnout-malformed-' .. ARGV[4] end\n"
+    "    redis.call('ZADD', 'unacked_index', now, tag)\n"
+    "    redis.call('HSET', 'unacked', tag, '[' .. stored .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')\n"
+    "    redis.call('SADD', ARGV[3], tag)\n"
+    "    redis.call('ZADD', 'turnout:pool:slots:' .. chosen, ARGV[2], tag)\n"
+    "    return {i, m, tag, chosen}\n"
+    "  end\n"
+    "end\n"
+    "return {0}\n";
+
+const char wscript_restore_tags[] =
+    LUA_HELPERS
+    "local n = 0\n"
+    "local nexec = tonumber(ARGV[1])\n"
+    "for _, tag in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  n = n + restore(tag)\n"
+    "  for e = 0, nexec - 1 do redis.call('ZREM', 'turnout:pool:slots:' .. e, tag) end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return n\n";
+
+const char wscript_give_back[] =
+    LUA_HELPERS
+    "local n = restore(ARGV[1])\n"
+    "redis.call('SREM', KEYS[1], ARGV[1])\n"
+    "for e = 0, tonumber(ARGV[2]) - 1 do redis.call('ZREM', 'turnout:pool:slots:' .. e, ARGV[1]) end\n"
+    "return n\n";
+
+const char wscript_restore_expired[] =
+    LUA_HELPERS
+    "if not redis.call('SET', 'unacked_mutex', ARGV[1], 'PX', ARGV[2], 'NX') then return -1 end\n"
+    "local n = 0\n"
+    "for _, tag in ipairs(redis.call('ZRANGEBYSCORE', 'unacked_index', '-inf', ARGV[3], 'LIMIT', 0, 1000)) do\n"
+    "  n = n + restore(tag)\n"
+    "end\n"
+    "if redis.call('GET', 'unacked_mutex') == ARGV[1] then redis.call('DEL', 'unacked_mutex') end\n"
+    "return n\n";
+
+const char wscript_move_due[] =
+    "local moved, dropped = 0, 0\n"
+    "local due = redis.call('ZRANGEBYSCORE', 'turnout:schedule', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))\n"
+    "for _, m in ipairs(due) do\n"
+    "  redis.call('ZREM', 'turnout:schedule', m)\n"
+    "  local ok, env = pcall(cjson.decode, m)\n"
+    "  if ok and type(env) == 'table' and type(env.headers) == 'table' and type(env.properties) == 'table' then\n"
+    "    local tid = env.headers.id\n"
+    "    if type(tid) == 'string' then\n"
+    "      if redis.call('HGET', 'turnout:schedule:ids', tid) == m then redis.call('HDEL', 'turnout:schedule:ids', tid) end\n"
+    "    end\n"
+    "    if type(tid) == 'string' and redis.call('EXISTS', 'turnout:revoked:' .. tid) == 1 then\n"
+    "      dropped = dropped + 1\n"
+    "    else\n"
+    "      local di = env.properties.delivery_info\n"
+    "      local q = type(di) == 'table' and di.routing_key or nil\n"
+    "      local p = tonumber(env.properties.priority) or 0\n"
+    "      if type(q) == 'string' and q ~= '' then\n"
+    "        local key = q\n"
+    "        if p >= 9 then key = q .. '\\6\\22' .. '9' elseif p >= 6 then key = q .. '\\6\\22' .. '6'\n"
+    "        elseif p >= 3 then key = q .. '\\6\\22' .. '3' end\n"
+    "        redis.call('LPUSH', key, m)\n"
+    "        moved = moved + 1\n"
+    "      else\n"
+    "        dropped = dropped + 1\n"
+    "      end\n"
+    "    end\n"
+    "  else\n"
+    "    dropped = dropped + 1\n"
+    "  end\n"
+    "end\n"
+    "return {moved, dropped}\n";
+
+const char wscript_dlq_prune[] =
+    "local n = 0\n"
+    "for _, tid in ipairs(redis.call('ZRANGEBYSCORE', 'turnout:dlq', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do\n"
+    "  local e = redis.call('GET', 'turnout:dlq:entry:' .. tid)\n"
+    "  if e then\n"
+    "    local ok, d = pcall(cjson.decode, e)\n"
+    "    if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
+    "      if redis.call('HINCRBY', 'turnout:dlq:classes', d.exception_class, -1) <= 0 then\n"
+    "        redis.call('HDEL', 'turnout:dlq:classes', d.exception_class)\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('DEL', 'turnout:dlq:entry:' .. tid)\n"
+    "  redis.call('ZREM', 'turnout:dlq', tid)\n"
+    "  n = n + 1\n"
+    "end\n"
+    "return n\n";

@@ -1,0 +1,875 @@
+/* wtask — one message, from taken to acknowledged.
+ *
+ *   taken (in unacked, executor slot claimed)
+ *     -> checked: terminal result already there? revoked? expired? ETA?
+ *     -> running: STARTED written, POST /execute, soft/hard limits, PROGRESS
+ *     -> finished: result written (never over a terminal one), then acked;
+ *        or re-scheduled for a retry, or dead-lettered — each together with
+ *        the ack in one MULTI, so the message is always in exactly one place.
+ * A failure to reach Redis leaves the message in unacked: it comes back
+ * after the visibility timeout or when this worker restarts. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "log.h"
+#include "results.h"
+#include "util.h"
+#include "wcore.h"
+#include "wscripts.h"
+
+#define KILL_TIMEOUT_MS 2000
+#define KILL_RETRY_S 0.05
+#define KILL_MAX_TRIES 100
+#define WRITE_RETRY_S 0.5
+#define WRITE_MAX_TRIES 120
+#define REVOKED_TTL_S 86400
+#define STORAGE_TIMEOUT_MS 5000
+
+enum stage { ST_CHECKING, ST_RUNNING, ST_FINISHING };
+
+struct task {
+    worker *w;
+    task *prev, *next;
+    char *raw;
+    size_t raw_len;
+    char *tag;
+    size_t exec;
+    celery_message msg;
+    bool decoded;
+    char task_id[300];
+    const char *eval_id, *code, *language;
+    int timeout;
+    double t_taken, t_started;
+    double soft_s, hard_s;
+    enum stage stage;
+    int checks_left;
+    bool result_terminal, revoked, terminate, soft_fired, hard_fired, give_back_after_checks;
+    httpc_req *exec_req;
+    httpc_req *kill_req;
+    int kill_tries;
+    struct event *soft_timer, *progress_timer, *kill_timer, *write_timer;
+    /* what to store when finishing */
+    char *record;
+    enum wm_outcome outcome;
+    int write_tries;
+};
+
+/* ---------- small helpers ---------- */
+
+static void noop_cb(redisReply *r, const char *err, void *arg)
+{
+    (void)r;
+    (void)err;
+    (void)arg;
+}
+
+/* A command whose failure only costs freshness (states, markers, scores). */
+static void best_effort(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv, const size_t *len)
+{
+    if (rclient_command(rc, cb, arg, argc, argv, len) != 0)
+        LOG_DEBUG("redis command skipped: not connected", "command", argv[0]);
+}
+
+typedef struct cmd {
+    int argc;
+    const char *argv[8];
+    size_t len[8];
+} cmd;
+
+static void cmd_set(cmd *c, int argc, ...)
+{
+    va_list ap;
+    va_start(ap, argc);
+    c->argc = argc;
+    for (int i = 0; i < argc; i++) {
+        c->argv[i] = va_arg(ap, const char *);
+        c->len[i] = strlen(c->argv[i]);
+    }
+    va_end(ap);
+}
+
+/* MULTI, the commands, EXEC; `cb` gets the EXEC reply.  -1 when not sent. */
+static int send_multi(rclient *rc, rclient_cb cb, void *arg, cmd *cmds, size_t n)
+{
+    static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"}, *discard[] = {"DISCARD"};
+    static const size_t l5[] = {5}, l4[] = {4}, l7[] = {7};
+    if (rclient_command(rc, noop_cb, NULL, 1, multi, l5) != 0) return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (rclient_command(rc, noop_cb, NULL, cmds[i].argc, cmds[i].argv, cmds[i].len) != 0) {
+            best_effort(rc, noop_cb, NULL, 1, discard, l7);
+            return -1;
+        }
+    }
+    if (rclient_command(rc, cb, arg, 1, exec, l4) != 0) {
+        best_effort(rc, noop_cb, NULL, 1, discard, l7);
+        return -1;
+    }
+    return 0;
+}
+
+static void arm(struct event **ev, worker *w, event_callback_fn fn, void *arg, double s)
+{
+    if (!*ev) *ev = evtimer_new(w->base, fn, arg);
+    if (!*ev) return; /* out of memory: the hard limit (curl timeout) still bounds the run */
+    struct timeval tv = {(time_t)s, (suseconds_t)((s - floor(s)) * 1e6)};
+    evtimer_add(*ev, &tv);
+}
+
+static void disarm(struct event **ev)
+{
+    if (*ev) event_free(*ev);
+    *ev = NULL;
+}
+
+static const char *exec_url(const task *t) { return t->w->execs[t->exec].url; }
+
+static void task_free(task *t)
+{
+    worker *w = t->w;
+    if (t->exec_req) httpc_cancel(t->exec_req);
+    if (t->kill_req) httpc_cancel(t->kill_req);
+    disarm(&t->soft_timer);
+    disarm(&t->progress_timer);
+    disarm(&t->kill_timer);
+    disarm(&t->write_timer);
+    if (t->prev) t->prev->next = t->next;
+    else w->tasks = t->next;
+    if (t->next) t->next->prev = t->prev;
+    w->in_flight--;
+    metrics_set(w->m.in_flight, 0, (double)w->in_flight);
+    celery_message_free(&t->msg);
+    free(t->record);
+    free(t->raw);
+    free(t->tag);
+    free(t);
+    worker_task_done(w);
+}
+
+/* Puts the message back on its queue now rather than after the visibility
+ * timeout, then forgets the task.  If Redis cannot take even that, the
+ * message stays in unacked and comes back later: nothing is lost. */
+static void give_back(task *t, const char *why)
+{
+    worker *w = t->w;
+    char nexec[16];
+    snprintf(nexec, sizeof(nexec), "%zu", w->nexec);
+    const char *a[6] = {"EVAL", wscript_give_back, "1", w->tagset_key, t->tag, nexec};
+    size_t l[6] = {4, strlen(wscript_give_back), 1, strlen(w->tagset_key), strlen(t->tag), strlen(nexec)};
+    LOG_WARN("message given back to its queue", "task_id", t->task_id, "reason", why);
+    best_effort(w->rc, noop_cb, NULL, 6, a, l);
+    metrics_add(w->m.tasks, WO_RETURNED, 1);
+    task_free(t);
+}
+
+static void result_key(const task *t, char *buf, size_t n)
+{
+    snprintf(buf, n, RESULTS_KEY_PREFIX "%s", t->task_id);
+}
+
+/* Writes a non-terminal state (STARTED, PROGRESS, RETRY): best effort. */
+static void write_state(task *t, const char *status, json_t *result)
+{
+    char key[340], exp[24];
+    char *rec = results_record(t->task_id, status, result, NULL);
+    if (!rec) return;
+    result_key(t, key, sizeof(key));
+    snprintf(exp, sizeof(exp), "%lld", t->w->cfg.result_expires_s);
+    const char *argv[6] = {"EVAL", results_write_unless_terminal_script, "1", key, rec, exp};
+    size_t len[6] = {4, strlen(results_write_unless_terminal_script), 1, strlen(key), strlen(rec), strlen(exp)};
+    best_effort(t->w->res, noop_cb, NULL, 6, argv, len);
+    free(rec);
+}
+
+/* The commands that acknowledge the message and release what it held. */
+static size_t ack_cmds(task *t, cmd *c, char *slot_key, size_t slot_len, char *running_key, size_t rlen)
+{
+    worker *w = t->w;
+    snprintf(slot_key, slot_len, "turnout:pool:slots:%zu", t->exec);
+    snprintf(running_key, rlen, "turnout:running:%s", t->task_id);
+    cmd_set(&c[0], 3, "ZREM", "unacked_index", t->tag);
+    cmd_set(&c[1], 3, "HDEL", "unacked", t->tag);
+    cmd_set(&c[2], 3, "SREM", w->tagset_key, t->tag);
+    cmd_set(&c[3], 3, "ZREM", slot_key, t->tag);
+    cmd_set(&c[4], 2, "DEL", running_key);
+    return 5;
+}
+
+static void on_acked(redisReply *r, const char *err, void *arg)
+{
+    task *t = arg;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        /* Not acknowledged: the message stays in unacked and comes back
+         * later, to be skipped then as a duplicate of its stored result. */
+        LOG_WARN("ack failed; the message will be redelivered", "task_id", t->task_id, "error",
+                 err ? err : (r && r->type == REDIS_REPLY_ERROR ? r->str : "transaction aborted"));
+    }
+    wmetrics_task(&t->w->m, t->outcome);
+    metrics_observe(t->w->m.duration, 0, util_monotonic() - t->t_taken);
+    task_free(t);
+}
+
+/* Acks, optionally with more commands in the same transaction. */
+static void ack_with(task *t, enum wm_outcome outcome, cmd *extra, size_t nextra)
+{
+    cmd c[12];
+    char slot_key[64], running_key[340];
+    size_t n = ack_cmds(t, c, slot_key, sizeof(slot_key), running_key, sizeof(running_key));
+    for (size_t i = 0; i < nextra && n < 12; i++) c[n++] = extra[i];
+    t->outcome = outcome;
+    t->stage = ST_FINISHING;
+    if (send_multi(t->w->rc, on_acked, t, c, n) != 0) on_acked(NULL, "redis not connected", t);
+}
+
+/* ---------- storing the terminal result, then the ack ---------- */
+
+static void write_final(task *t);
+
+static void on_write_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    write_final(arg);
+}
+
+static void on_final_written(redisReply *r, const char *err, void *arg)
+{
+    task *t = arg;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        if (++t->write_tries >= WRITE_MAX_TRIES || t->w->returning) {
+            LOG_ERROR("result not stored", "task_id", t->task_id, "error", err ? err : r->str);
+            give_back(t, "result could not be stored");
+            return;
+        }
+        arm(&t->write_timer, t->w, on_write_retry, t, WRITE_RETRY_S);
+        return;
+    }
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        LOG_INFO("a terminal result was already stored; kept it", "task_id", t->task_id);
+    ack_with(t, t->outcome, NULL, 0);
+}
+
+static void write_final(task *t)
+{
+    char key[340], exp[24];
+    result_key(t, key, sizeof(key));
+    snprintf(exp, sizeof(exp), "%lld", t->w->cfg.result_expires_s);
+    const char *argv[6] = {"EVAL", results_write_unless_terminal_script, "1", key, t->record, exp};
+    size_t len[6] = {4, strlen(results_write_unless_terminal_script), 1, strlen(key), strlen(t->record),
+                     strlen(exp)};
+    if (rclient_command(t->w->res, on_final_written, t, 6, argv, len) != 0)
+        on_final_written(NULL, "redis not connected", t);
+}
+
+static void on_stored(const httpc_response *resp, void *arg)
+{
+    char *eval_id = arg;
+    if (resp->error != HTTPC_OK || resp->status >= 300)
+        LOG_WARN("storage service did not take the result", "eval_id", eval_id, "error",
+                 resp->errmsg ? resp->errmsg : "bad status");
+    free(eval_id);
+}
+
+/* Optional copy to STORAGE_SERVICE_URL; never delays the ack. */
+static void store_copy(task *t, json_t *result)
+{
+    worker *w = t->w;
+    if (!w->cfg.storage_url[0] || !t->eval_id) return;
+    char *url = NULL, *body = json_dumps(result, JSON_COMPACT), *id = strdup(t->eval_id);
+    static const char *const headers[] = {"Content-Type: application/json", NULL};
+    char err[256];
+    if (!body || !id || asprintf(&url, "%s/results/%s", w->cfg.storage_url, t->eval_id) < 0) {
+        url = NULL;
+        goto done;
+    }
+    httpc_opts o = {.method = "PUT", .url = url, .body = body, .body_len = strlen(body),
+                    .headers = headers, .timeout_ms = STORAGE_TIMEOUT_MS};
+    if (httpc_start(w->hc, &o, on_stored, id, err)) id = NULL;
+done:
+    free(id);
+    free(url);
+    free(body);
+}
+
+/* Terminal result `status` with `result` (stolen). */
+static void finish(task *t, const char *status, json_t *result, const char *traceback, enum wm_outcome o)
+{
+    if (json_is_object(result) && strcmp(status, "SUCCESS") == 0) store_copy(t, result);
+    t->record = results_record(t->task_id, status, result, traceback);
+    t->outcome = o;
+    t->stage = ST_FINISHING;
+    if (!t->record) {
+        give_back(t, "out of memory building the result");
+        return;
+    }
+    write_final(t);
+}
+
+static void finish_revoked(task *t, const char *why)
+{
+    finish(t, "REVOKED", results_exception("TaskRevokedError", why, "celery.exceptions"), NULL, WO_REVOKED);
+}
+
+/* ---------- dead letters and retries ---------- */
+
+static const char dlq_add_script[] =
+    "local old = redis.call('GET', KEYS[1])\n"
+    "if old then\n"
+    "  local ok, d = pcall(cjson.decode, old)\n"
+    "  if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
+    "    if redis.call('HINCRBY', 'turnout:dlq:classes', d.exception_class, -1) <= 0 then\n"
+    "      redis.call('HDEL', 'turnout:dlq:classes', d.exception_class) end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], ARGV[1])\n"
+    "redis.call('ZADD', 'turnout:dlq', ARGV[2], ARGV[3])\n"
+    "redis.call('HINCRBY', 'turnout:dlq:classes', ARGV[4], 1)\n"
+    "return 1\n";
+
+static double first_failure(const task *t, double now)
+{
+    json_t *h = t->decoded ? json_object_get(t->msg.env, "headers") : NULL;
+    json_t *f = json_object_get(h, "turnout_first_failure_at");
+    return json_is_number(f) ? json_number_value(f) : now;
+}
+
+static void dead_letter(task *t, const char *reason, const char *policy, const char *exc_class,
+                        const char *message)
+{
+    double now = util_now();
+    json_t *e = json_pack("{s:s, s:s?, s:s?, s:s?, s:i, s:O?, s:O?, s:s, s:s, s:s, s:i, s:s?, s:f, s:f, s:s}",
+                          "task_id", t->task_id, "eval_id", t->eval_id, "task",
+                          t->decoded ? t->msg.task_name : NULL, "queue",
+                          t->decoded ? t->msg.routing_key : NULL, "priority",
+                          t->decoded ? t->msg.priority : 0, "args", t->decoded ? t->msg.args : NULL,
+                          "kwargs", t->decoded ? t->msg.kwargs : NULL, "exception_class", exc_class,
+                          "exception_message", message, "traceback", message, "retries",
+                          t->decoded ? t->msg.retries : 0, "policy", policy, "first_failure_at",
+                          first_failure(t, now), "last_failure_at", now, "reason", reason);
+    /* The original bytes may not even be UTF-8: keep what JSON can hold. */
+    json_t *orig = json_stringn(t->raw, t->raw_len);
+    if (e) json_object_set_new(e, "message", orig ? orig : json_string("(the message was not UTF-8 text)"));
+    char *entry = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    if (!entry) {
+        give_back(t, "out of memory building the DLQ entry");
+        return;
+    }
+    char key[340], score[32];
+    snprintf(key, sizeof(key), "turnout:dlq:entry:%s", t->task_id);
+    snprintf(score, sizeof(score), "%.6f", now);
+    cmd extra[1];
+    extra[0].argc = 8;
+    const char *argv[8] = {"EVAL", dlq_add_script, "1", key, entry, score, t->task_id, exc_class};
+    for (int i = 0; i < 8; i++) {
+        extra[0].argv[i] = argv[i];
+        extra[0].len[i] = strlen(argv[i]);
+    }
+    LOG_WARN("dead-lettered", "task_id", t->task_id, "eval_id", t->eval_id, "reason", reason, "error", message);
+    /* The FAILURE record goes first (never over a terminal one); the DLQ
+     * entry and the ack then go together. */
+    if (t->decoded) write_state(t, "FAILURE", results_exception(exc_class, message, "turnout"));
+    ack_with(t, strcmp(reason, "malformed") == 0 ? WO_MALFORMED : WO_DEAD_LETTERED, extra, 1);
+    free(entry);
+}
+
+static void retry_or_dead_letter(task *t, enum wm_policy policy, const char *exc_class, const char *message)
+{
+    worker *w = t->w;
+    const retry_policy *rp = policy == WP_NETWORK ? &w->cfg.retry_network : &w->cfg.retry_default;
+    if (t->revoked) {
+        finish_revoked(t, t->terminate ? "terminated" : "revoked");
+        return;
+    }
+    if (t->msg.retries >= rp->max || w->returning) {
+        dead_letter(t, "retries_exhausted", wm_policy_names[policy], exc_class, message);
+        return;
+    }
+    double delay = rp->base_s * pow(rp->factor, t->msg.retries);
+    if (delay > rp->cap_s) delay = rp->cap_s;
+    if (w->cfg.retry_jitter) {
+        unsigned r = 0;
+        if (util_random(&r, sizeof(r)) == 0) delay = delay / 2 + delay / 2 * ((double)r / 4294967295.0);
+    }
+    double now = util_now(), due = now + delay;
+    char eta[48], score[32], due_s[32];
+    util_iso8601(due, eta);
+    strcat(eta, "+00:00");
+    snprintf(score, sizeof(score), "%.6f", due);
+    snprintf(due_s, sizeof(due_s), "%.3f", delay);
+    json_t *first = json_real(first_failure(t, now));
+    size_t len = 0;
+    char *env = celery_reencode(&t->msg, t->msg.retries + 1, eta, "turnout_first_failure_at", first, &len);
+    json_decref(first);
+    if (!env) {
+        give_back(t, "out of memory scheduling the retry");
+        return;
+    }
+    LOG_INFO("retry scheduled", "task_id", t->task_id, "eval_id", t->eval_id, "policy",
+             wm_policy_names[policy], "delay_s", due_s, "error", message);
+    metrics_add(w->m.retries, (size_t)policy, 1);
+    json_t *res = results_exception(exc_class, message, "turnout");
+    if (res) json_object_set_new(res, "eta", json_string(eta));
+    write_state(t, "RETRY", res);
+    cmd extra[2];
+    cmd_set(&extra[0], 4, "ZADD", "turnout:schedule", score, env);
+    cmd_set(&extra[1], 4, "HSET", "turnout:schedule:ids", t->task_id, env);
+    extra[0].len[3] = extra[1].len[3] = len;
+    ack_with(t, WO_RETRIED, extra, 2);
+    free(env);
+}
+
+/* ---------- running on an executor ---------- */
+
+static void kill_execution(task *t);
+
+static void on_parting_kill(const httpc_response *resp, void *arg)
+{
+    (void)resp;
+    (void)arg;
+}
+
+static void on_kill_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    kill_execution(arg);
+}
+
+static void on_killed(const httpc_response *resp, void *arg)
+{
+    task *t = arg;
+    t->kill_req = NULL;
+    /* 404: the executor has not registered the run yet (a cancel racing the
+     * dispatch).  Ask again while our /execute call is still open, so no
+     * execution is ever left running. */
+    if (t->exec_req && (resp->error != HTTPC_OK || resp->status == 404) && ++t->kill_tries < KILL_MAX_TRIES)
+        arm(&t->kill_timer, t->w, on_kill_retry, t, KILL_RETRY_S);
+}
+
+static void kill_execution(task *t)
+{
+    if (!t->exec_req || t->kill_req || !t->eval_id) return;
+    char *url = NULL, err[256];
+    if (asprintf(&url, "%s/kill/%s", exec_url(t), t->eval_id) < 0) return;
+    httpc_opts o = {.method = "POST", .url = url, .timeout_ms = KILL_TIMEOUT_MS};
+    t->kill_req = httpc_start(t->w->hc, &o, on_killed, t, err);
+    free(url);
+}
+
+static void on_soft_limit(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    task *t = arg;
+    LOG_WARN("soft time limit reached; stopping the execution", "task_id", t->task_id, "eval_id", t->eval_id);
+    t->soft_fired = true;
+    kill_execution(t);
+}
+
+static void on_progress(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    task *t = arg;
+    write_state(t, "PROGRESS", json_pack("{s:s, s:f, s:s}", "eval_id", t->eval_id, "elapsed_s",
+                                         util_monotonic() - t->t_started, "executor", exec_url(t)));
+    arm(&t->progress_timer, t->w, on_progress, t, t->w->cfg.progress_interval_s);
+}
+
+static json_t *eval_result(task *t, const char *status, const char *output, const char *error,
+                           json_t *exit_code, double duration)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:s, s:f}", "eval_id", t->eval_id, "status", status,
+                     "output", output ? output : "", "error", error ? error : "", "exit_code",
+                     exit_code ? exit_code : json_null(), "executor", exec_url(t), "duration_s", duration);
+}
+
+static void on_executed(const httpc_response *resp, void *arg)
+{
+    task *t = arg;
+    worker *w = t->w;
+    t->exec_req = NULL;
+    disarm(&t->soft_timer);
+    disarm(&t->progress_timer);
+    disarm(&t->kill_timer);
+    double took = util_monotonic() - t->t_started;
+    char msg[400];
+
+    if (resp->error == HTTPC_ECANCELLED) { /* shutting down: the message is returned */
+        task_free(t);
+        return;
+    }
+    if (resp->error == HTTPC_ETIMEOUT) {
+        wmetrics_exec(&w->m, t->exec, WE_TIMEOUT);
+        t->hard_fired = true;
+        /* make sure it is gone from the executor too */
+        t->exec_req = NULL;
+        char *url = NULL, err[256];
+        if (asprintf(&url, "%s/kill/%s", exec_url(t), t->eval_id) >= 0) {
+            httpc_opts o = {.method = "POST", .url = url, .timeout_ms = KILL_TIMEOUT_MS};
+            (void)httpc_start(w->hc, &o, on_parting_kill, NULL, err);
+            free(url);
+        }
+        if (t->revoked) {
+            finish_revoked(t, "terminated");
+            return;
+        }
+        finish(t, "SUCCESS", eval_result(t, "timeout", NULL, "hard time limit reached; the execution was killed",
+                                         NULL, took), NULL, WO_TIMEOUT);
+        return;
+    }
+    if (resp->error != HTTPC_OK) {
+        wmetrics_exec(&w->m, t->exec, resp->error == HTTPC_ECONNECT ? WE_CONNECT : WE_ERROR);
+        if (resp->error == HTTPC_ECONNECT) w->execs[t->exec].down_until = util_now() + 5;
+        snprintf(msg, sizeof(msg), "executor %s: %s", exec_url(t), resp->errmsg ? resp->errmsg : "transfer failed");
+        retry_or_dead_letter(t, WP_NETWORK, "ExecutorUnavailable", msg);
+        return;
+    }
+    if (resp->status >= 500 || resp->status == 429) {
+        wmetrics_exec(&w->m, t->exec, resp->status == 503 || resp->status == 429 ? WE_BUSY : WE_ERROR);
+        snprintf(msg, sizeof(msg), "executor %s answered %ld", exec_url(t), resp->status);
+        retry_or_dead_letter(t, WP_NETWORK, resp->status == 503 ? "ExecutorBusy" : "ExecutorError", msg);
+        return;
+    }
+    if (resp->status == 408) {
+        wmetrics_exec(&w->m, t->exec, WE_ERROR);
+        snprintf(msg, sizeof(msg), "executor %s answered 408", exec_url(t));
+        retry_or_dead_letter(t, WP_DEFAULT, "ExecutorTimeout", msg);
+        return;
+    }
+    if (resp->status >= 400) {
+        wmetrics_exec(&w->m, t->exec, WE_ERROR);
+        json_t *doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+        snprintf(msg, sizeof(msg), "executor %s refused the evaluation (%ld): %.200s", exec_url(t), resp->status,
+                 json_string_value(json_object_get(doc, "message")) ? json_string_value(json_object_get(doc, "message"))
+                                                                  : "no message");
+        json_decref(doc);
+        if (t->revoked) finish_revoked(t, t->terminate ? "terminated" : "revoked");
+        else dead_letter(t, "not_retryable", "none", "ExecutorRejected", msg);
+        return;
+    }
+    json_t *doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+    const char *status = json_string_value(json_object_get(doc, "status"));
+    if (!status) {
+        wmetrics_exec(&w->m, t->exec, WE_ERROR);
+        json_decref(doc);
+        snprintf(msg, sizeof(msg), "executor %s answered %ld without a status", exec_url(t), resp->status);
+        retry_or_dead_letter(t, WP_DEFAULT, "ExecutorBadReply", msg);
+        return;
+    }
+    wmetrics_exec(&w->m, t->exec, WE_OK);
+    if (t->revoked && t->terminate) {
+        json_decref(doc);
+        finish_revoked(t, "terminated");
+        return;
+    }
+    enum wm_outcome o = strcmp(status, "completed") == 0 ? WO_COMPLETED
+                        : strcmp(status, "timeout") == 0 ? WO_TIMEOUT
+                        : strcmp(status, "killed") == 0  ? WO_KILLED
+                                                         : WO_FAILED;
+    if (t->soft_fired) { /* the soft limit stopped it: that is a timeout */
+        status = "timeout";
+        o = WO_TIMEOUT;
+    }
+    json_t *dur = json_object_get(doc, "duration_s");
+    json_t *res = eval_result(t, status, json_string_value(json_object_get(doc, "output")),
+                              t->soft_fired ? "soft time limit reached" : json_string_value(json_object_get(doc, "error")),
+                              json_object_get(doc, "exit_code"), json_is_number(dur) ? json_number_value(dur) : took);
+    json_decref(doc);
+    finish(t, "SUCCESS", res, NULL, o);
+}
+
+static void dispatch(task *t)
+{
+    worker *w = t->w;
+    char err[256], url[1100], key[340], ttl[24];
+    json_t *body = json_pack("{s:s, s:s, s:s, s:i}", "eval_id", t->eval_id, "code", t->code, "language",
+                             t->language, "timeout", t->timeout);
+    json_t *running = json_pack("{s:s, s:s, s:f, s:s}", "worker", w->cfg.name, "executor", exec_url(t),
+                                "started_at", util_now(), "eval_id", t->eval_id);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *rtext = running ? json_dumps(running, JSON_COMPACT) : NULL;
+    json_decref(body);
+    json_decref(running);
+    if (!text || !rtext) {
+        free(text);
+        free(rtext);
+        retry_or_dead_letter(t, WP_DEFAULT, "OutOfMemory", "out of memory preparing the execution");
+        return;
+    }
+    snprintf(key, sizeof(key), "turnout:running:%s", t->task_id);
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)t->hard_s + WORKER_SLOT_GRACE_S);
+    const char *argv[5] = {"SET", key, rtext, "EX", ttl};
+    size_t len[5] = {3, strlen(key), strlen(rtext), 2, strlen(ttl)};
+    best_effort(w->rc, noop_cb, NULL, 5, argv, len);
+    write_state(t, "STARTED", json_pack("{s:i, s:s, s:s, s:f}", "pid", 0, "hostname", w->cfg.name, "executor",
+                                        exec_url(t), "started_at", util_now()));
+
+    static const char *const headers[] = {"Content-Type: application/json", NULL};
+    snprintf(url, sizeof(url), "%s/execute", exec_url(t));
+    httpc_opts o = {.method = "POST", .url = url, .body = text, .body_len = strlen(text), .headers = headers,
+                    .timeout_ms = (long)(t->hard_s * 1000), .connect_timeout_ms = 2000,
+                    .max_response_bytes = 8 * 1024 * 1024};
+    t->stage = ST_RUNNING;
+    t->t_started = util_monotonic();
+    t->exec_req = httpc_start(w->hc, &o, on_executed, t, err);
+    free(text);
+    free(rtext);
+    if (!t->exec_req) {
+        retry_or_dead_letter(t, WP_DEFAULT, "OutOfMemory", err);
+        return;
+    }
+    LOG_DEBUG("dispatched", "task_id", t->task_id, "eval_id", t->eval_id, "executor", exec_url(t));
+    if (t->soft_s < t->hard_s) arm(&t->soft_timer, w, on_soft_limit, t, t->soft_s);
+    arm(&t->progress_timer, w, on_progress, t, w->cfg.progress_interval_s);
+}
+
+/* ---------- checks before running ---------- */
+
+static void after_checks(task *t)
+{
+    if (--t->checks_left > 0) return;
+    worker *w = t->w;
+    if (t->give_back_after_checks) {
+        give_back(t, "redis lost right after the take");
+        return;
+    }
+    if (t->result_terminal) {
+        LOG_INFO("already finished; skipping the redelivered message", "task_id", t->task_id);
+        ack_with(t, WO_DUPLICATE, NULL, 0);
+        return;
+    }
+    if (t->revoked) {
+        finish_revoked(t, "revoked");
+        return;
+    }
+    double now = util_now();
+    if (t->msg.expires) {
+        double exp = celery_parse_iso8601(t->msg.expires);
+        if (exp > 0 && exp < now) {
+            finish_revoked(t, "expired");
+            return;
+        }
+    }
+    if (t->msg.eta) {
+        double eta = celery_parse_iso8601(t->msg.eta);
+        if (eta > now + 0.001) {
+            /* Not due: into the schedule, acked in the same transaction. */
+            char score[32];
+            snprintf(score, sizeof(score), "%.6f", eta);
+            cmd extra[2];
+            cmd_set(&extra[0], 4, "ZADD", "turnout:schedule", score, t->raw);
+            cmd_set(&extra[1], 4, "HSET", "turnout:schedule:ids", t->task_id, t->raw);
+            extra[0].len[3] = extra[1].len[3] = t->raw_len;
+            ack_with(t, WO_SCHEDULED, extra, 2);
+            return;
+        }
+    }
+    if (w->returning) return; /* will be put back with the others */
+    dispatch(t);
+}
+
+static void on_result_checked(redisReply *r, const char *err, void *arg)
+{
+    task *t = arg;
+    (void)err;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        json_t *rec = json_loadb(r->str, r->len, 0, NULL);
+        t->result_terminal = results_is_terminal(json_string_value(json_object_get(rec, "status")));
+        json_decref(rec);
+    }
+    after_checks(t);
+}
+
+static void on_revoked_checked(redisReply *r, const char *err, void *arg)
+{
+    task *t = arg;
+    (void)err;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        json_t *m = json_loadb(r->str, r->len, 0, NULL);
+        t->revoked = true;
+        t->terminate = json_is_true(json_object_get(m, "terminate"));
+        json_decref(m);
+    }
+    after_checks(t);
+}
+
+/* Arguments of tasks.evaluate_code: [eval_id, code, language], kwargs timeout. */
+static int check_args(task *t, char *err, size_t n)
+{
+    json_t *a = t->msg.args;
+    if (json_array_size(a) < 2 || !json_is_string(json_array_get(a, 0)) || !json_is_string(json_array_get(a, 1))) {
+        snprintf(err, n, "args must be [eval_id, code, language]");
+        return -1;
+    }
+    t->eval_id = json_string_value(json_array_get(a, 0));
+    t->code = json_string_value(json_array_get(a, 1));
+    json_t *lang = json_array_get(a, 2);
+    if (!lang) lang = json_object_get(t->msg.kwargs, "language");
+    t->language = json_is_string(lang) ? json_string_value(lang) : "python";
+    json_t *to = json_object_get(t->msg.kwargs, "timeout");
+    t->timeout = json_is_integer(to) ? (int)json_integer_value(to) : 30;
+    if (t->timeout < 1 || t->timeout > 86400) {
+        snprintf(err, n, "kwargs.timeout must be 1..86400 seconds");
+        return -1;
+    }
+    if (!util_valid_id(t->eval_id, strlen(t->eval_id), 128)) {
+        snprintf(err, n, "args[0] (eval_id) must be 1-128 characters of [A-Za-z0-9_.:-]");
+        return -1;
+    }
+    return 0;
+}
+
+void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t exec_index)
+{
+    char err[256];
+    task *t = calloc(1, sizeof(*t));
+    if (t) {
+        t->raw = malloc(len + 1);
+        t->tag = strdup(tag);
+    }
+    if (!t || !t->raw || !t->tag) {
+        /* The message is safe in unacked; it comes back after a restart or
+         * the visibility timeout. */
+        LOG_ERROR("out of memory taking a message; it stays in unacked", "tag", tag);
+        if (t) {
+            free(t->raw);
+            free(t->tag);
+            free(t);
+        }
+        return;
+    }
+    memcpy(t->raw, raw, len);
+    t->raw[len] = '\0';
+    t->raw_len = len;
+    t->w = w;
+    t->exec = exec_index;
+    t->t_taken = util_monotonic();
+    t->next = w->tasks;
+    if (w->tasks) w->tasks->prev = t;
+    w->tasks = t;
+    w->in_flight++;
+    metrics_set(w->m.in_flight, 0, (double)w->in_flight);
+
+    if (celery_decode(raw, len, &t->msg, err) != 0) {
+        snprintf(t->task_id, sizeof(t->task_id), "%s", tag);
+        dead_letter(t, "malformed", "none", "MalformedMessage", err);
+        return;
+    }
+    t->decoded = true;
+    snprintf(t->task_id, sizeof(t->task_id), "%s", t->msg.task_id);
+    if (strcmp(t->msg.task_name, w->cfg.task_name) != 0) {
+        snprintf(err, sizeof(err), "task \"%.100s\" is not registered with this worker (it runs %.100s)",
+                 t->msg.task_name, w->cfg.task_name);
+        dead_letter(t, "unknown_task", "none", "NotRegistered", err);
+        return;
+    }
+    if (check_args(t, err, sizeof(err)) != 0) {
+        dead_letter(t, "malformed", "none", "MalformedMessage", err);
+        return;
+    }
+    t->hard_s = w->cfg.hard_limit_s;
+    t->soft_s = w->cfg.soft_limit_s;
+    if (t->msg.hard_limit_s > 0 && t->msg.hard_limit_s < t->hard_s) t->hard_s = t->msg.hard_limit_s;
+    if (t->msg.soft_limit_s > 0 && t->msg.soft_limit_s < t->soft_s) t->soft_s = t->msg.soft_limit_s;
+
+    /* Is it already finished (a redelivery)?  Revoked?  Both in one round. */
+    char key[340], rkey[340];
+    result_key(t, key, sizeof(key));
+    snprintf(rkey, sizeof(rkey), "turnout:revoked:%s", t->task_id);
+    const char *get1[2] = {"GET", key}, *get2[2] = {"GET", rkey};
+    size_t l1[2] = {3, strlen(key)}, l2[2] = {3, strlen(rkey)};
+    t->checks_left = 3;
+    if (rclient_command(w->res, on_result_checked, t, 2, get1, l1) != 0) t->checks_left--;
+    if (rclient_command(w->rc, on_revoked_checked, t, 2, get2, l2) != 0) t->checks_left--;
+    if (t->checks_left < 3) {
+        /* Redis went away between the take and now.  A reply still pending
+         * would come back to a freed task, so the task is not freed until it
+         * arrives: wait for it, then give the message back. */
+        t->checks_left -= 1;
+        if (t->checks_left == 0) give_back(t, "redis lost right after the take");
+        else t->give_back_after_checks = true;
+        return;
+    }
+    after_checks(t);
+}
+
+/* ---------- revokes and the periodic pass ---------- */
+
+void task_revoke(worker *w, const char *task_id, bool terminate)
+{
+    for (task *t = w->tasks; t; t = t->next) {
+        if (strcmp(t->task_id, task_id) != 0) continue;
+        bool first = !t->revoked || (terminate && !t->terminate);
+        t->revoked = true;
+        t->terminate = t->terminate || terminate;
+        if (first) LOG_INFO("revoke received", "task_id", task_id, "terminate", terminate ? "true" : "false");
+        if (t->stage == ST_RUNNING && t->terminate) kill_execution(t);
+    }
+}
+
+typedef struct marker_poll {
+    worker *w;
+    char task_id[];
+} marker_poll;
+
+static void on_marker_polled(redisReply *r, const char *err, void *arg)
+{
+    (void)err;
+    marker_poll *mp = arg;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        json_t *m = json_loadb(r->str, r->len, 0, NULL);
+        task_revoke(mp->w, mp->task_id, json_is_true(json_object_get(m, "terminate")));
+        json_decref(m);
+    }
+    free(mp);
+}
+
+void task_tick_all(worker *w)
+{
+    char now[32], key[340];
+    snprintf(now, sizeof(now), "%.6f", util_now());
+    for (task *t = w->tasks; t; t = t->next) {
+        /* Keep long runs from being restored by others (visibility timeout). */
+        const char *z[5] = {"ZADD", "unacked_index", "XX", now, t->tag};
+        size_t zl[5] = {4, 13, 2, strlen(now), strlen(t->tag)};
+        best_effort(w->rc, noop_cb, NULL, 5, z, zl);
+        if (t->stage != ST_RUNNING || (t->revoked && t->terminate)) continue;
+        /* Pub/sub is lost while disconnected: the marker is the truth. */
+        size_t idlen = strlen(t->task_id);
+        marker_poll *mp = malloc(sizeof(*mp) + idlen + 1);
+        if (!mp) continue;
+        mp->w = w;
+        memcpy(mp->task_id, t->task_id, idlen + 1);
+        snprintf(key, sizeof(key), "turnout:revoked:%s", t->task_id);
+        const char *g[2] = {"GET", key};
+        size_t gl[2] = {3, strlen(key)};
+        if (rclient_command(w->rc, on_marker_polled, mp, 2, g, gl) != 0) free(mp);
+    }
+}
+
+void task_abandon_all(worker *w)
+{
+    for (task *t = w->tasks; t; t = t->next) {
+        if (t->stage == ST_RUNNING && t->exec_req) {
+            t->kill_tries = KILL_MAX_TRIES; /* one attempt: we are leaving */
+            kill_execution(t);
+        }
+    }
+}
+
+void task_free_all(worker *w)
+{
+    while (w->tasks) {
+        task *t = w->tasks;
+        t->w->draining = true;
+        task_free(t);
+    }
+}
