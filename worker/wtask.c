@@ -565,9 +565,9 @@ static void on_executed(const httpc_response *resp, void *arg)
         return;
     }
     wmetrics_exec(&w->m, t->exec, WE_OK);
-    if (t->revoked && t->terminate) {
+    if (t->revoked) {
         json_decref(doc);
-        finish_revoked(t, "terminated");
+        finish_revoked(t, t->terminate ? "terminated" : "revoked");
         return;
     }
     enum wm_outcome o = strcmp(status, "completed") == 0 ? WO_COMPLETED
@@ -803,15 +803,19 @@ void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t 
 
 /* ---------- revokes and the periodic pass ---------- */
 
+/* A revoke of a running evaluation stops it, with or without terminate:
+ * whoever revoked it has stored (or will store) REVOKED, which the run's own
+ * result can no longer replace, so letting it run would only hold a slot.
+ * (Python workers need terminate to stop a running task; turnout's do not.) */
 void task_revoke(worker *w, const char *task_id, bool terminate)
 {
     for (task *t = w->tasks; t; t = t->next) {
         if (strcmp(t->task_id, task_id) != 0) continue;
-        bool first = !t->revoked || (terminate && !t->terminate);
+        bool first = !t->revoked;
         t->revoked = true;
         t->terminate = t->terminate || terminate;
         if (first) LOG_INFO("revoke received", "task_id", task_id, "terminate", terminate ? "true" : "false");
-        if (t->stage == ST_RUNNING && t->terminate) kill_execution(t);
+        if (t->stage == ST_RUNNING) kill_execution(t);
     }
 }
 
@@ -841,7 +845,7 @@ void task_tick_all(worker *w)
         const char *z[5] = {"ZADD", "unacked_index", "XX", now, t->tag};
         size_t zl[5] = {4, 13, 2, strlen(now), strlen(t->tag)};
         best_effort(w->rc, noop_cb, NULL, 5, z, zl);
-        if (t->stage != ST_RUNNING || (t->revoked && t->terminate)) continue;
+        if (t->stage != ST_RUNNING || t->revoked) continue;
         /* Pub/sub is lost while disconnected: the marker is the truth. */
         size_t idlen = strlen(t->task_id);
         marker_poll *mp = malloc(sizeof(*mp) + idlen + 1);
