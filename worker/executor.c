@@ -1,0 +1,801 @@
+/* turnout-executor — the reference executor of DESIGN §8: an evhttp server
+ * that runs each POST /execute in a sandboxed child (executor_run) and
+ * answers when the run ends, with a bounded number of slots.
+ *
+ * POST /execute {eval_id, code, language, timeout} · POST /kill/{eval_id} ·
+ * GET /capacity · GET /health.  It exists so the whole system runs on one
+ * machine; real deployments point EXECUTOR_SERVICE_URL at their own. */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+
+#include "cfg.h"
+#include "executor_run.h"
+#include "log.h"
+#include "util.h"
+
+#define PROGRAM "turnout-executor"
+#define MAX_BODY_BYTES (2u * 1024 * 1024)
+#define EVHTTP_BODY_CEILING (4u * 1024 * 1024) /* above it evhttp sends its own HTML 413 */
+#define MAX_EVAL_ID 128
+#define MIN_TIMEOUT_S 1
+#define MAX_TIMEOUT_S 900
+#define DEFAULT_TIMEOUT_S 30
+/* A connection waits for its reply as long as the longest run may take. */
+#define HTTP_TIMEOUT_S (MAX_TIMEOUT_S + 60)
+#define BUSY_RETRY_S 1
+#define DRAIN_S 0.2          /* replies already queued get this long to flush */
+#define STOP_DEADLINE_S 5.0  /* SIGTERM: exit even if a run would not end */
+#define SUPPORTED_LANGUAGES "python"
+
+/* ---------- configuration ---------- */
+
+typedef struct settings {
+    char *listen;
+    long long max_concurrent;
+    char *executor_id;
+    long long memory_mb;
+    long long file_mb;
+    long long max_procs;
+    long long output_limit;
+    char *log_level;
+    char *log_format;
+} settings;
+
+static const cfg_option options[] = {
+    {"EXECUTOR_LISTEN", CFG_ADDR, "127.0.0.1:8083", 0, 0, NULL, offsetof(settings, listen),
+     "address:port to serve the executor protocol on (loopback by default)"},
+    {"EXECUTOR_MAX_CONCURRENT", CFG_INT, "2", 1, 256, NULL, offsetof(settings, max_concurrent),
+     "evaluations running at once; beyond it POST /execute answers 503 with Retry-After"},
+    {"EXECUTOR_ID", CFG_STRING, "", 0, 200, NULL, offsetof(settings, executor_id),
+     "name reported as executor_id; empty: executor@<hostname>:<port>"},
+    {"EXECUTOR_MEMORY_MB", CFG_INT, "512", 32, 1048576, NULL, offsetof(settings, memory_mb),
+     "address-space limit of one run (RLIMIT_AS), MiB"},
+    {"EXECUTOR_FILE_MB", CFG_INT, "16", 0, 1048576, NULL, offsetof(settings, file_mb),
+     "largest file one run may write (RLIMIT_FSIZE), MiB"},
+    {"EXECUTOR_MAX_PROCS", CFG_INT, "64", 1, 1000000, NULL, offsetof(settings, max_procs),
+     "processes per uid while a run forks (RLIMIT_NPROC; not enforced for root)"},
+    {"EXECUTOR_OUTPUT_LIMIT", CFG_INT, "1048576", 1, 268435456, NULL, offsetof(settings, output_limit),
+     "bytes of stdout and of stderr kept per run; the rest is dropped and marked [output truncated]"},
+    {"LOG_LEVEL", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", offsetof(settings, log_level),
+     "lowest level logged"},
+    {"LOG_FORMAT", CFG_ENUM, "logfmt", 0, 0, "logfmt|json", offsetof(settings, log_format),
+     "log line format"},
+};
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+/* The environment, or TURNOUT_ENV_FILE over it when that is set. */
+static int settings_read(settings *s, char *errs, size_t size)
+{
+    const char *path = getenv("TURNOUT_ENV_FILE");
+    if (!path || !*path) return cfg_load(options, NOPTIONS, s, sizeof(*s), cfg_getenv, NULL, errs, size);
+    char err[256];
+    cfg_envfile *f = cfg_envfile_read(path, err);
+    if (!f) {
+        snprintf(errs, size, "TURNOUT_ENV_FILE=\"%s\": %s\n", path, err);
+        return 1;
+    }
+    int problems = cfg_load(options, NOPTIONS, s, sizeof(*s), cfg_envfile_lookup, f, errs, size);
+    cfg_envfile_free(f);
+    return problems;
+}
+
+/* ---------- state ---------- */
+
+typedef struct executor executor;
+
+/* One slot per allowed concurrent run; busy while the run is alive. */
+typedef struct slot {
+    executor *ex;
+    bool busy;
+    char eval_id[MAX_EVAL_ID + 1];
+    struct evhttp_request *req;      /* NULL once the client is gone */
+    struct evhttp_connection *evcon; /* to match the close callback */
+    struct event *hangup;            /* EOF watch on the client's socket */
+    exec_run *run;
+} slot;
+
+struct executor {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *listener;
+    settings cfg;
+    char *id;                        /* executor_id */
+    exec_ctx *runs;
+    slot *slots;
+    size_t nslots, running;
+    struct event *sig_term, *sig_int, *sig_hup, *stop_timer;
+    bool stopping;
+};
+
+/* ---------- replies ---------- */
+
+/* Sends `o` (stolen) as JSON; 503 when it could not be built. */
+static void reply_obj(struct evhttp_request *req, int status, json_t *o)
+{
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    if (text) util_reply_json(req, status, text, strlen(text));
+    else util_reply_error(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1);
+    free(text);
+    json_decref(o);
+}
+
+static void reply_field(struct evhttp_request *req, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* 422 naming the field, both in the message and as "field". */
+static void reply_field(struct evhttp_request *req, const char *field, const char *fmt, ...)
+{
+    char msg[512];
+    int n = snprintf(msg, sizeof(msg), "%s: ", field);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+    va_end(ap);
+    LOG_INFO("request refused", "status", "422", "field", field, "reason", msg);
+    reply_obj(req, 422, json_pack("{s:s, s:s, s:s}", "error", "invalid_field", "message", msg, "field", field));
+}
+
+/* util_reply_error plus the log line every refusal gets. */
+static void refuse(struct evhttp_request *req, int status, const char *code, const char *msg, int retry_after_s,
+                   const char *eval_id)
+{
+    char st[8];
+    snprintf(st, sizeof(st), "%d", status);
+    LOG_INFO("request refused", "status", st, "error", code, "eval_id", eval_id, "reason", msg);
+    util_reply_error(req, status, code, msg, retry_after_s);
+}
+
+/* Replaces each invalid UTF-8 sequence with U+FFFD: program output is bytes,
+ * JSON strings are Unicode.  New string (caller frees), NULL on OOM. */
+static char *utf8_repair(const char *s, size_t n, size_t *outlen)
+{
+    char *out = malloc(n * 3 + 1);
+    size_t o = 0, i = 0;
+    if (!out) return NULL;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+        bool ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] & 0xc0) == 0x80;
+        if (ok && len > 1) { /* no overlongs, surrogates or > U+10FFFF */
+            unsigned char d = (unsigned char)s[i + 1];
+            ok = !(len == 2 && c < 0xc2) && !(len == 3 && c == 0xe0 && d < 0xa0) &&
+                 !(len == 3 && c == 0xed && d >= 0xa0) && !(len == 4 && c == 0xf0 && d < 0x90) &&
+                 !(len == 4 && (c > 0xf4 || (c == 0xf4 && d >= 0x90)));
+        }
+        if (ok) {
+            memcpy(out + o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    out[o] = '\0';
+    *outlen = o;
+    return out;
+}
+
+/* A JSON string of program output, repaired when it is not UTF-8. */
+static json_t *text_json(const char *s, size_t n)
+{
+    json_t *j = json_stringn(s, n);
+    if (j) return j;
+    size_t len;
+    char *fixed = utf8_repair(s, n, &len);
+    if (!fixed) return NULL;
+    j = json_stringn(fixed, len);
+    free(fixed);
+    return j;
+}
+
+static const char *signal_note(int sig)
+{
+    switch (sig) {
+    case SIGKILL: return "SIGKILL";
+    case SIGXCPU: return "SIGXCPU: CPU time limit reached";
+    case SIGXFSZ: return "SIGXFSZ: file size limit (EXECUTOR_FILE_MB) reached";
+    case SIGSEGV: return "SIGSEGV: invalid memory access";
+    case SIGABRT: return "SIGABRT: aborted";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGTERM: return "SIGTERM";
+    default: return "signal";
+    }
+}
+
+/* The "error" text: stderr, then why it ended when that is not plain exit
+ * code 0/1 with a traceback (signals, timeout, kill).  New string (caller
+ * frees), NULL on OOM.  Built with memcpy: stderr may hold NUL bytes. */
+static char *error_text(const exec_result *res, size_t *len)
+{
+    char why[256] = "";
+    switch (res->outcome) {
+    case EXEC_COMPLETED: break;
+    case EXEC_FAILED:
+        if (res->term_signal)
+            snprintf(why, sizeof(why), "[ended by signal %d (%s)]", res->term_signal, signal_note(res->term_signal));
+        else if (res->err_len == 0)
+            snprintf(why, sizeof(why), "[exited with code %d]", res->exit_code);
+        break;
+    case EXEC_TIMEOUT:
+        snprintf(why, sizeof(why), "[timed out: still running after %g s; its process group was killed]",
+                 res->timeout_s);
+        break;
+    case EXEC_KILLED:
+        snprintf(why, sizeof(why), "[killed: %s]", res->kill_reason ? res->kill_reason : "on request");
+        break;
+    }
+    size_t wlen = strlen(why);
+    bool sep = wlen && res->err_len && res->err[res->err_len - 1] != '\n';
+    char *text = malloc(res->err_len + sep + wlen + 1);
+    if (!text) return NULL;
+    memcpy(text, res->err, res->err_len);
+    if (sep) text[res->err_len] = '\n';
+    memcpy(text + res->err_len + sep, why, wlen + 1);
+    *len = res->err_len + sep + wlen;
+    return text;
+}
+
+/* ---------- runs ---------- */
+
+static slot *find_running(executor *ex, const char *eval_id)
+{
+    for (size_t i = 0; i < ex->nslots; i++)
+        if (ex->slots[i].busy && strcmp(ex->slots[i].eval_id, eval_id) == 0) return &ex->slots[i];
+    return NULL;
+}
+
+static void maybe_exit(executor *ex)
+{
+    if (!ex->stopping || ex->running > 0) return;
+    struct timeval tv = {0, (suseconds_t)(DRAIN_S * 1e6)};
+    event_base_loopexit(ex->base, &tv);
+}
+
+static void hangup_stop(slot *s)
+{
+    if (s->hangup) event_free(s->hangup);
+    s->hangup = NULL;
+}
+
+/* evhttp stops reading a connection while its request is being answered,
+ * so it would not notice the client leaving before the run ends; this
+ * watch does, without consuming anything evhttp may want to read later. */
+static void on_hangup(evutil_socket_t fd, short what, void *arg)
+{
+    slot *s = arg;
+    char c;
+    (void)what;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    hangup_stop(s);
+    if (n > 0) return; /* a pipelined request: the client is still there */
+    LOG_INFO("client went away; killing its run", "eval_id", s->eval_id);
+    exec_run_kill(s->run, "the client closed the connection");
+}
+
+static void hangup_watch(executor *ex, slot *s)
+{
+    struct bufferevent *bev = s->evcon ? evhttp_connection_get_bufferevent(s->evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0) return;
+    s->hangup = event_new(ex->base, fd, EV_READ | EV_PERSIST, on_hangup, s);
+    if (!s->hangup || event_add(s->hangup, NULL) != 0) {
+        /* Only an early kill is lost: the run still ends by its timeout. */
+        LOG_WARN("cannot watch the client connection", "eval_id", s->eval_id);
+        hangup_stop(s);
+    }
+}
+
+static void on_run_done(const exec_result *res, void *ud)
+{
+    slot *s = ud;
+    executor *ex = s->ex;
+    struct evhttp_request *req = s->req;
+    size_t elen = 0;
+    char *etext = error_text(res, &elen);
+    json_t *error = res->outcome == EXEC_COMPLETED && elen == 0 ? json_null() : etext ? text_json(etext, elen) : NULL;
+    json_t *exit_code = res->exited ? json_integer(res->exit_code)
+                        : res->term_signal ? json_integer(-res->term_signal) /* subprocess's convention */
+                                           : json_null();
+    json_t *o = json_pack("{s:s, s:s, s:o, s:o, s:o, s:s, s:f}", "eval_id", s->eval_id, "status",
+                          exec_outcome_name(res->outcome), "output", text_json(res->out, res->out_len), "error",
+                          error, "exit_code", exit_code, "executor_id", ex->id, "duration_s", res->duration_s);
+    char dur[32], code[16];
+    snprintf(dur, sizeof(dur), "%.3f", res->duration_s);
+    snprintf(code, sizeof(code), "%d", res->exited ? res->exit_code : -res->term_signal);
+    LOG_INFO("run finished", "eval_id", s->eval_id, "status", exec_outcome_name(res->outcome), "exit_code", code,
+             "duration_s", dur, "client", req ? NULL : "gone");
+
+    /* Free the slot before replying: the reply may close the connection,
+     * and its close callback must not find this run any more. */
+    hangup_stop(s);
+    s->busy = false;
+    s->req = NULL;
+    s->evcon = NULL;
+    s->run = NULL;
+    ex->running--;
+    if (req) reply_obj(req, 200, o);
+    else json_decref(o);
+    free(etext);
+    maybe_exit(ex);
+}
+
+/* The client of a pending /execute went away: nobody wants the result. */
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    executor *ex = arg;
+    for (size_t i = 0; i < ex->nslots; i++) {
+        slot *s = &ex->slots[i];
+        if (!s->busy || s->evcon != evcon) continue;
+        /* Still attached, libevent frees the request with the connection;
+         * detached, it is ours and replying to it just frees it. */
+        if (s->req && evhttp_request_get_connection(s->req) == evcon) s->req = NULL;
+        s->evcon = NULL;
+        hangup_stop(s);
+        LOG_INFO("client went away; killing its run", "eval_id", s->eval_id);
+        exec_run_kill(s->run, "the client closed the connection");
+    }
+}
+
+/* ---------- handlers ---------- */
+
+static bool valid_eval_id(const char *s, size_t n)
+{
+    if (n == 0 || n > MAX_EVAL_ID || strlen(s) != n) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '.' || c == ':' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* Reads the body as a JSON object.  On failure the reply is sent and NULL
+ * returned. */
+static json_t *read_json_object(struct evhttp_request *req)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    char msg[400];
+    if (len > MAX_BODY_BYTES) {
+        snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %u are accepted", len, MAX_BODY_BYTES);
+        refuse(req, 413, "body_too_large", msg, 0, NULL);
+        return NULL;
+    }
+    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    if (len && !data) {
+        refuse(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1, NULL);
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *doc = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc) {
+        snprintf(msg, sizeof(msg), "the body is not valid JSON (%s at line %d, column %d); send a JSON object",
+                 jerr.text, jerr.line, jerr.column);
+        refuse(req, 400, "bad_json", msg, 0, NULL);
+        return NULL;
+    }
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        refuse(req, 400, "bad_json",
+               "the body must be a JSON object, e.g. {\"eval_id\": \"e1\", \"code\": \"print(1)\", \"language\": "
+               "\"python\", \"timeout\": 30}",
+               0, NULL);
+        return NULL;
+    }
+    return doc;
+}
+
+static void handle_execute(executor *ex, struct evhttp_request *req)
+{
+    char msg[400], err[256];
+    json_t *doc = read_json_object(req);
+    if (!doc) return;
+
+    json_t *id = json_object_get(doc, "eval_id");
+    json_t *code = json_object_get(doc, "code");
+    json_t *lang = json_object_get(doc, "language");
+    json_t *timeout = json_object_get(doc, "timeout");
+    const char *eval_id = json_string_value(id);
+    double timeout_s = DEFAULT_TIMEOUT_S;
+
+    if (!eval_id || !valid_eval_id(eval_id, json_string_length(id))) {
+        reply_field(req, "eval_id", "%s; it must be 1 to %d characters of A-Z a-z 0-9 _ . : -",
+                    id ? "is not valid" : "is required", MAX_EVAL_ID);
+        goto done;
+    }
+    if (!json_is_string(code) || json_string_length(code) == 0) {
+        reply_field(req, "code", "%s; send the program text as a non-empty string",
+                    code ? "must be a non-empty string" : "is required");
+        goto done;
+    }
+    if (lang && !json_is_null(lang) &&
+        (!json_is_string(lang) || strcmp(json_string_value(lang), "python") != 0)) {
+        reply_field(req, "language", "\"%.64s\" is not supported; supported: " SUPPORTED_LANGUAGES,
+                    json_is_string(lang) ? json_string_value(lang) : "(not a string)");
+        goto done;
+    }
+    if (timeout && !json_is_null(timeout)) {
+        double tv = json_number_value(timeout);
+        if (!json_is_number(timeout) || !(tv >= MIN_TIMEOUT_S && tv <= MAX_TIMEOUT_S)) {
+            reply_field(req, "timeout", "must be a number of seconds from %d to %d (default %d)", MIN_TIMEOUT_S,
+                        MAX_TIMEOUT_S, DEFAULT_TIMEOUT_S);
+            goto done;
+        }
+        timeout_s = tv;
+    }
+    if (ex->stopping) {
+        refuse(req, 503, "shutting_down", "the executor is shutting down; send it to another executor", BUSY_RETRY_S,
+               eval_id);
+        goto done;
+    }
+    if (find_running(ex, eval_id)) {
+        snprintf(msg, sizeof(msg), "eval_id \"%s\" is already running here; wait for its result or POST /kill/%s",
+                 eval_id, eval_id);
+        refuse(req, 409, "already_running", msg, 0, eval_id);
+        goto done;
+    }
+    slot *s = NULL;
+    for (size_t i = 0; i < ex->nslots && !s; i++)
+        if (!ex->slots[i].busy) s = &ex->slots[i];
+    if (!s) {
+        snprintf(msg, sizeof(msg), "all %zu slots are busy (EXECUTOR_MAX_CONCURRENT); retry shortly", ex->nslots);
+        refuse(req, 503, "at_capacity", msg, BUSY_RETRY_S, eval_id);
+        goto done;
+    }
+    exec_spec spec = {
+        .eval_id = eval_id,
+        .code = json_string_value(code),
+        .code_len = json_string_length(code),
+        .timeout_s = timeout_s,
+    };
+    bool busy;
+    exec_run *run = exec_run_start(ex->runs, &spec, on_run_done, s, err, &busy);
+    if (!run) {
+        LOG_ERROR("cannot start a run", "eval_id", eval_id, "error", err);
+        snprintf(msg, sizeof(msg), "cannot start the run: %s", err);
+        refuse(req, busy ? 503 : 500, busy ? "no_resources" : "spawn_failed", msg, busy ? BUSY_RETRY_S : 0, eval_id);
+        goto done;
+    }
+    s->busy = true;
+    snprintf(s->eval_id, sizeof(s->eval_id), "%s", eval_id);
+    s->req = req;
+    s->evcon = evhttp_request_get_connection(req);
+    s->run = run;
+    ex->running++;
+    if (s->evcon) evhttp_connection_set_closecb(s->evcon, on_conn_close, ex);
+    hangup_watch(ex, s);
+    char t[32];
+    snprintf(t, sizeof(t), "%g", timeout_s);
+    LOG_DEBUG("run started", "eval_id", eval_id, "timeout_s", t);
+done:
+    json_decref(doc);
+}
+
+static void handle_kill(executor *ex, struct evhttp_request *req, const char *rest)
+{
+    char msg[400];
+    size_t n = 0;
+    char *id = evhttp_uridecode(rest, 0, &n);
+    if (!id) {
+        refuse(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1, NULL);
+        return;
+    }
+    slot *s = valid_eval_id(id, n) ? find_running(ex, id) : NULL;
+    if (!s) {
+        snprintf(msg, sizeof(msg), "no run \"%.130s\" is running here (never started, or already finished)", id);
+        refuse(req, 404, "not_running", msg, 0, valid_eval_id(id, n) ? id : NULL);
+        goto done;
+    }
+    LOG_INFO("kill requested", "eval_id", id);
+    exec_run_kill(s->run, "stopped by POST /kill");
+    reply_obj(req, 200, json_pack("{s:s, s:b}", "eval_id", s->eval_id, "killed", 1));
+done:
+    free(id);
+}
+
+static void handle_capacity(executor *ex, struct evhttp_request *req)
+{
+    size_t avail = ex->stopping ? 0 : ex->nslots - ex->running;
+    reply_obj(req, 200, json_pack("{s:s, s:b, s:I, s:I, s:I}", "executor_id", ex->id, "can_accept", avail > 0,
+                                  "running", (json_int_t)ex->running, "max_concurrent", (json_int_t)ex->nslots,
+                                  "available_slots", (json_int_t)avail));
+}
+
+static void handle_health(executor *ex, struct evhttp_request *req)
+{
+    reply_obj(req, 200, json_pack("{s:s, s:s, s:I}", "status", ex->stopping ? "stopping" : "ok", "executor_id",
+                                  ex->id, "running", (json_int_t)ex->running));
+}
+
+static void reply_method(struct evhttp_request *req, const char *allow, const char *path)
+{
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s accepts %s only", path, allow);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    refuse(req, 405, "method_not_allowed", msg, 0, NULL);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    executor *ex = arg;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    char buf[512];
+
+    if (!path || !*path) path = "/";
+    size_t n = strlen(path);
+    if (n > 1 && path[n - 1] == '/' && n < sizeof(buf)) { /* "/health/" as "/health" */
+        memcpy(buf, path, n - 1);
+        buf[n - 1] = '\0';
+        path = buf;
+    }
+    bool get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
+    if (strcmp(path, "/execute") == 0) {
+        if (cmd != EVHTTP_REQ_POST) reply_method(req, "POST", path);
+        else handle_execute(ex, req);
+    } else if (strncmp(path, "/kill/", 6) == 0 && path[6]) {
+        if (cmd != EVHTTP_REQ_POST) reply_method(req, "POST", "/kill/{eval_id}");
+        else handle_kill(ex, req, path + 6);
+    } else if (strcmp(path, "/capacity") == 0) {
+        if (!get) reply_method(req, "GET", path);
+        else handle_capacity(ex, req);
+    } else if (strcmp(path, "/health") == 0) {
+        if (!get) reply_method(req, "GET", path);
+        else handle_health(ex, req);
+    } else {
+        refuse(req, 404, "not_found",
+               "unknown path; see POST /execute, POST /kill/{eval_id}, GET /capacity, GET /health", 0, NULL);
+    }
+}
+
+/* ---------- signals ---------- */
+
+static void on_stop_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    executor *ex = arg;
+    (void)fd;
+    (void)what;
+    LOG_WARN("runs did not end in time after SIGTERM; exiting anyway");
+    event_base_loopbreak(ex->base);
+}
+
+static void on_stop(evutil_socket_t sig, short what, void *arg)
+{
+    executor *ex = arg;
+    (void)what;
+    if (ex->stopping) return;
+    ex->stopping = true;
+    char n[24];
+    snprintf(n, sizeof(n), "%zu", ex->running);
+    LOG_INFO("shutting down; killing running evaluations", "signal", sig == SIGTERM ? "TERM" : "INT", "running", n);
+    if (ex->listener) evhttp_del_accept_socket(ex->http, ex->listener);
+    ex->listener = NULL;
+    /* Their replies say "killed", sent as each child is reaped. */
+    for (size_t i = 0; i < ex->nslots; i++)
+        if (ex->slots[i].busy) exec_run_kill(ex->slots[i].run, "the executor is shutting down");
+    struct timeval tv = {(time_t)STOP_DEADLINE_S, 0};
+    if (event_add(ex->stop_timer, &tv) != 0) LOG_ERROR("cannot arm the stop deadline");
+    maybe_exit(ex);
+}
+
+static exec_limits limits_of(const settings *cfg)
+{
+    exec_limits l = {
+        .memory_mb = cfg->memory_mb,
+        .file_mb = cfg->file_mb,
+        .max_procs = cfg->max_procs,
+        .output_limit = (size_t)cfg->output_limit,
+    };
+    return l;
+}
+
+/* Re-reads the settings; limits and logging apply to runs started from now
+ * on.  Slots and the listener stay: they cannot change without a restart. */
+static void on_reload(evutil_socket_t sig, short what, void *arg)
+{
+    executor *ex = arg;
+    settings fresh = {0};
+    char errs[4096] = "";
+    (void)sig;
+    (void)what;
+    if (settings_read(&fresh, errs, sizeof(errs)) != 0) {
+        size_t n = strlen(errs);
+        if (n && errs[n - 1] == '\n') errs[n - 1] = '\0';
+        LOG_ERROR("reload refused; keeping the current settings", "problems", errs);
+        cfg_free(options, NOPTIONS, &fresh);
+        return;
+    }
+    if (strcmp(fresh.listen, ex->cfg.listen) != 0 || fresh.max_concurrent != ex->cfg.max_concurrent ||
+        strcmp(fresh.executor_id ? fresh.executor_id : "", ex->cfg.executor_id ? ex->cfg.executor_id : "") != 0)
+        LOG_WARN("EXECUTOR_LISTEN, EXECUTOR_MAX_CONCURRENT and EXECUTOR_ID change only on restart; kept");
+    cfg_free(options, NOPTIONS, &ex->cfg);
+    ex->cfg = fresh;
+    exec_limits limits = limits_of(&ex->cfg);
+    exec_ctx_set_limits(ex->runs, &limits);
+    if (log_setup(ex->cfg.log_level, ex->cfg.log_format, PROGRAM) != 0) LOG_WARN("bad log settings ignored");
+    LOG_INFO("settings reloaded");
+}
+
+/* ---------- main ---------- */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: " PROGRAM " [--help | --version | --check-config | --print-config-markdown]\n"
+            "The reference executor of turnout (DESIGN §8): POST /execute runs python code in a sandboxed\n"
+            "child process; POST /kill/{eval_id}, GET /capacity, GET /health.\n"
+            "Configured from the environment (and TURNOUT_ENV_FILE, re-read on SIGHUP); runs get their\n"
+            "temp dirs under $TMPDIR (default /tmp).\n\n");
+}
+
+static int make_id(executor *ex, int port)
+{
+    if (ex->cfg.executor_id && *ex->cfg.executor_id) {
+        ex->id = strdup(ex->cfg.executor_id);
+        return ex->id ? 0 : -1;
+    }
+    char host[256];
+    if (gethostname(host, sizeof(host)) != 0) snprintf(host, sizeof(host), "localhost");
+    host[sizeof(host) - 1] = '\0';
+    if (asprintf(&ex->id, "executor@%s:%d", host, port) < 0) {
+        ex->id = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int serve(executor *ex)
+{
+    char host[256], err[256];
+    int port;
+
+    if (cfg_split_addr(ex->cfg.listen, host, sizeof(host), &port) != 0) {
+        fprintf(stderr, PROGRAM ": EXECUTOR_LISTEN=\"%s\" is not host:port\n", ex->cfg.listen);
+        return 2;
+    }
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || !*tmp) tmp = "/tmp";
+    struct stat st;
+    if (stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode) || access(tmp, W_OK | X_OK) != 0) {
+        fprintf(stderr, PROGRAM ": TMPDIR=\"%s\" must be a writable directory (each run gets its own dir in it)\n",
+                tmp);
+        return 1;
+    }
+    exec_limits limits = limits_of(&ex->cfg);
+    ex->nslots = (size_t)ex->cfg.max_concurrent;
+    ex->slots = calloc(ex->nslots, sizeof(*ex->slots));
+    if (!ex->slots || make_id(ex, port) != 0) {
+        fprintf(stderr, PROGRAM ": cannot start: out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < ex->nslots; i++) ex->slots[i].ex = ex;
+    ex->base = event_base_new();
+    if (!ex->base) {
+        fprintf(stderr, PROGRAM ": cannot start: event_base_new failed\n");
+        return 1;
+    }
+    ex->runs = exec_ctx_new(ex->base, &limits, tmp, err);
+    if (!ex->runs) {
+        fprintf(stderr, PROGRAM ": cannot start: %s\n", err);
+        return 1;
+    }
+    ex->http = evhttp_new(ex->base);
+    ex->stop_timer = ex->http ? evtimer_new(ex->base, on_stop_deadline, ex) : NULL;
+    ex->sig_term = ex->stop_timer ? evsignal_new(ex->base, SIGTERM, on_stop, ex) : NULL;
+    ex->sig_int = ex->sig_term ? evsignal_new(ex->base, SIGINT, on_stop, ex) : NULL;
+    ex->sig_hup = ex->sig_int ? evsignal_new(ex->base, SIGHUP, on_reload, ex) : NULL;
+    if (!ex->sig_hup || event_add(ex->sig_term, NULL) != 0 || event_add(ex->sig_int, NULL) != 0 ||
+        event_add(ex->sig_hup, NULL) != 0) {
+        fprintf(stderr, PROGRAM ": cannot start (out of memory or event setup failed)\n");
+        return 1;
+    }
+    evhttp_set_max_body_size(ex->http, EVHTTP_BODY_CEILING);
+    evhttp_set_max_headers_size(ex->http, 64 * 1024);
+    evhttp_set_timeout(ex->http, HTTP_TIMEOUT_S);
+    evhttp_set_allowed_methods(ex->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD |
+                                             EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(ex->http, on_request, ex);
+    ex->listener = evhttp_bind_socket_with_handle(ex->http, host, (ev_uint16_t)port);
+    if (!ex->listener) {
+        LOG_ERROR("cannot listen", "listen", ex->cfg.listen, "error", strerror(errno));
+        return 1;
+    }
+    if (access("/usr/bin/python3", X_OK) != 0)
+        LOG_WARN("/usr/bin/python3 is not executable; every run will fail", "error", strerror(errno));
+    char conc[24];
+    snprintf(conc, sizeof(conc), "%lld", ex->cfg.max_concurrent);
+    LOG_INFO("listening", "listen", ex->cfg.listen, "version", TURNOUT_VERSION, "executor_id", ex->id,
+             "max_concurrent", conc, "tmp_root", tmp);
+    if (event_base_dispatch(ex->base) < 0) {
+        LOG_ERROR("event loop failed");
+        return 1;
+    }
+    LOG_INFO("stopped");
+    return 0;
+}
+
+static void teardown(executor *ex)
+{
+    /* Runs still alive (stop deadline hit) are killed and reaped here; the
+     * HTTP server goes first so no reply is attempted into it. */
+    if (ex->http) evhttp_free(ex->http);
+    exec_ctx_free(ex->runs);
+    for (size_t i = 0; ex->slots && i < ex->nslots; i++) hangup_stop(&ex->slots[i]);
+    if (ex->stop_timer) event_free(ex->stop_timer);
+    if (ex->sig_term) event_free(ex->sig_term);
+    if (ex->sig_int) event_free(ex->sig_int);
+    if (ex->sig_hup) event_free(ex->sig_hup);
+    if (ex->base) event_base_free(ex->base);
+    free(ex->slots);
+    free(ex->id);
+    cfg_free(options, NOPTIONS, &ex->cfg);
+}
+
+int main(int argc, char **argv)
+{
+    bool check_only = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            cfg_print_help(options, NOPTIONS, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf(PROGRAM " " TURNOUT_VERSION "\n");
+            return 0;
+        } else if (strcmp(argv[i], "--print-config-markdown") == 0) {
+            cfg_print_markdown(options, NOPTIONS, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--check-config") == 0) {
+            check_only = true;
+        } else {
+            fprintf(stderr, PROGRAM ": unknown argument \"%s\"\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+
+    executor ex = {0};
+    char errs[8192] = "";
+    int problems = settings_read(&ex.cfg, errs, sizeof(errs));
+    if (problems) {
+        fprintf(stderr, PROGRAM ": %d configuration problem%s:\n%s", problems, problems == 1 ? "" : "s", errs);
+        return 2;
+    }
+    if (check_only) {
+        printf(PROGRAM ": configuration OK\n");
+        cfg_free(options, NOPTIONS, &ex.cfg);
+        return 0;
+    }
+    if (log_setup(ex.cfg.log_level, ex.cfg.log_format, PROGRAM) != 0) {
+        fprintf(stderr, PROGRAM ": bad LOG_LEVEL or LOG_FORMAT\n");
+        cfg_free(options, NOPTIONS, &ex.cfg);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN); /* a peer closing mid-write is an error return, not a death */
+    int rc = serve(&ex);
+    teardown(&ex);
+    return rc;
+}
