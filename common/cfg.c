@@ -1,5 +1,11 @@
 #include "cfg.h"
 
+#ifdef TURNOUT_VERSION
+#define TURNOUT_VERSION_TEXT TURNOUT_VERSION
+#else
+#define TURNOUT_VERSION_TEXT "0.0.0-dev"
+#endif
+
 #include <ctype.h>
 #include <strings.h>
 #include <errno.h>
@@ -375,4 +381,54 @@ const char *cfg_envfile_lookup(const char *name, void *envfile)
     for (size_t i = f->n; i-- > 0;)
         if (strcmp(f->names[i], name) == 0) return f->values[i];
     return getenv(name);
+}
+
+void cfg_append_error(char *errs, size_t size, const char *fmt, ...)
+{
+    size_t used = strnlen(errs, size);
+    if (used + 1 >= size) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errs + used, size - used, fmt, ap);
+    va_end(ap);
+}
+
+int cfg_cli(int argc, char **argv, const char *program, const char *summary, const cfg_option *table,
+            size_t n, bool *check_only)
+{
+    *check_only = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("%s %s — %s\n\nUsage: %s [--help | --version | --check-config | --print-config-markdown]\n"
+                   "Configuration comes from the environment only.\n\n",
+                   program, TURNOUT_VERSION_TEXT, summary, program);
+            cfg_print_help(table, n, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("%s %s\n", program, TURNOUT_VERSION_TEXT);
+            return 0;
+        } else if (strcmp(argv[i], "--print-config-markdown") == 0) {
+            cfg_print_markdown(table, n, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--check-config") == 0) {
+            *check_only = true;
+        } else {
+            fprintf(stderr, "%s: unknown argument \"%s\"; see --help\n", program, argv[i]);
+            return 2;
+        }
+    }
+    return -1;
+}
+
+int cfg_report(const char *program, int problems, const char *errs, bool check_only)
+{
+    if (problems) {
+        fprintf(stderr, "%s: %d configuration problem%s:\n%s", program, problems, problems == 1 ? "" : "s", errs);
+        return 2;
+    }
+    if (check_only) {
+        printf("%s: configuration OK\n", program);
+        return 0;
+    }
+    return -1;
 }

@@ -62,6 +62,20 @@ cfg_envfile *cfg_envfile_read(const char *path, char err[256]);
 const char *cfg_envfile_lookup(const char *name, void *envfile);
 void cfg_envfile_free(cfg_envfile *f);
 
+/* Appends one problem line (printf-style) to a NUL-terminated errs buffer. */
+void cfg_append_error(char *errs, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The flags every binary shares: --help (summary + the table), --version,
+ * --print-config-markdown, --check-config.  Returns -1 when the program
+ * should go on (*check_only tells whether only to check), else its exit code. */
+int cfg_cli(int argc, char **argv, const char *program, const char *summary, const cfg_option *table,
+            size_t n, bool *check_only) __attribute__((warn_unused_result));
+
+/* After loading: prints the problems (exit code 2), or for --check-config
+ * "configuration OK" (exit code 0); -1 when the program should go on. */
+int cfg_report(const char *program, int problems, const char *errs, bool check_only)
+    __attribute__((warn_unused_result));
+
 /* Splits "host:port" into host (copied into host[hostlen]) and port.
  * Returns 0, or -1 when malformed. */
 int cfg_split_addr(const char *addr, char *host, size_t hostlen, int *port)

@@ -10,6 +10,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
+#include "cfg.h"
 #include "log.h"
 #include "util.h"
 
@@ -378,3 +379,32 @@ int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char 
 bool rclient_is_up(const rclient *rc) { return rc->state == RC_UP; }
 int rclient_db(const rclient *rc) { return rc->db; }
 size_t rclient_pending(const rclient *rc) { return rc->npending; }
+
+void rclient_noop(struct redisReply *reply, const char *err, void *arg)
+{
+    (void)reply;
+    (void)err;
+    (void)arg;
+}
+
+void rclient_send(rclient *rc, int argc, const char **argv, const size_t *argvlen)
+{
+    if (rclient_command(rc, rclient_noop, NULL, argc, argv, argvlen) != 0)
+        LOG_DEBUG("redis command skipped: not connected", "redis", rc->name, "command", argv[0]);
+}
+
+int rclient_check_urls(const char *const *names, const char *const *urls, size_t n, char *errs,
+                       size_t errs_size)
+{
+    int problems = 0;
+    for (size_t i = 0; i < n; i++) {
+        char err[256], host[64], pw[256];
+        int port, db;
+        if (!urls[i][0]) continue;
+        if (rclient_parse_url(urls[i], host, sizeof(host), &port, &db, pw, sizeof(pw), err) != 0) {
+            problems++;
+            cfg_append_error(errs, errs_size, "%s=%s\n", names[i], err);
+        }
+    }
+    return problems;
+}

@@ -67,6 +67,18 @@ typedef void (*rclient_msg_cb)(const char *channel, const char *payload, size_t 
 int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void *arg)
     __attribute__((warn_unused_result));
 
+/* A callback for replies nobody needs. */
+void rclient_noop(struct redisReply *reply, const char *err, void *arg);
+
+/* Fire and forget: for writes whose loss only costs freshness (states,
+ * markers, scores); logged at debug level when not sent. */
+void rclient_send(rclient *rc, int argc, const char **argv, const size_t *argvlen);
+
+/* Checks Redis URL settings (empty values allowed) with rclient_parse_url;
+ * appends "NAME=<why>" per problem to errs and returns the count. */
+int rclient_check_urls(const char *const *names, const char *const *urls, size_t n, char *errs,
+                       size_t errs_size);
+
 bool rclient_is_up(const rclient *rc);
 int rclient_db(const rclient *rc);
 size_t rclient_pending(const rclient *rc);

@@ -963,14 +963,6 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 
 /* ---------- main ---------- */
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: " PROGRAM " [--help | --version | --check-config | --print-config-markdown]\n"
-            "The reference legacy Queue Service of turnout (POST /tasks, GET /tasks/next, GET /tasks/{id},\n"
-            "POST /tasks/{id}/complete|fail, DELETE /tasks/{id}, GET /status, GET /health).\n"
-            "Configured from the environment (and TURNOUT_ENV_FILE, re-read on SIGHUP).\n\n");
-}
 
 static int serve(legacyd *ld)
 {
@@ -1037,38 +1029,17 @@ static void teardown(legacyd *ld)
 
 int main(int argc, char **argv)
 {
-    bool check_only = false;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            cfg_print_help(options, NOPTIONS, stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf(PROGRAM " " TURNOUT_VERSION "\n");
-            return 0;
-        } else if (strcmp(argv[i], "--print-config-markdown") == 0) {
-            cfg_print_markdown(options, NOPTIONS, stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--check-config") == 0) {
-            check_only = true;
-        } else {
-            fprintf(stderr, PROGRAM ": unknown argument \"%s\"\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
+    bool check_only;
+    int exit_code = cfg_cli(argc, argv, PROGRAM, "the reference legacy Queue Service of turnout (POST /tasks, GET /tasks/next, GET /tasks/{id}, POST /tasks/{id}/complete|fail, DELETE /tasks/{id}, GET /status, GET /health)", options, NOPTIONS, &check_only);
+    if (exit_code >= 0) return exit_code;
 
     legacyd ld = {0};
     char errs[8192] = "";
     int problems = settings_read(&ld.cfg, errs, sizeof(errs));
-    if (problems) {
-        fprintf(stderr, PROGRAM ": %d configuration problem%s:\n%s", problems, problems == 1 ? "" : "s", errs);
-        return 2;
-    }
-    if (check_only) {
-        printf(PROGRAM ": configuration OK\n");
+    exit_code = cfg_report(PROGRAM, problems, errs, check_only);
+    if (exit_code >= 0) {
         cfg_free(options, NOPTIONS, &ld.cfg);
-        return 0;
+        return exit_code;
     }
     if (log_setup(ld.cfg.log_level, ld.cfg.log_format, PROGRAM) != 0) {
         fprintf(stderr, PROGRAM ": bad LOG_LEVEL or LOG_FORMAT\n");

@@ -12,16 +12,6 @@
 #include "proxy.h"
 #include "util.h"
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "turnout-proxy %s — splits evaluation submissions between the legacy queue and\n"
-            "a Celery-format Redis priority queue, and measures both.\n\n"
-            "Usage: turnout-proxy [--help | --version | --check-config | --print-config-markdown]\n"
-            "Configuration comes from the environment only.\n\n",
-            TURNOUT_VERSION);
-    cfg_print_help(pconfig_table, pconfig_count, out);
-}
 
 static void on_term(evutil_socket_t sig, short what, void *arg)
 {
@@ -39,36 +29,20 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
-    bool check_only = false;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf("turnout-proxy %s\n", TURNOUT_VERSION);
-            return 0;
-        } else if (strcmp(argv[i], "--check-config") == 0) {
-            check_only = true;
-        } else if (strcmp(argv[i], "--print-config-markdown") == 0) {
-            cfg_print_markdown(pconfig_table, pconfig_count, stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "turnout-proxy: unknown argument \"%s\"; see --help\n", argv[i]);
-            return 2;
-        }
-    }
+    bool check_only;
+    int exit_code = cfg_cli(argc, argv, "turnout-proxy",
+                            "splits evaluation submissions between the legacy queue and a Celery-format "
+                            "Redis priority queue, and measures both",
+                            pconfig_table, pconfig_count, &check_only);
+    if (exit_code >= 0) return exit_code;
 
     proxy_settings s = {0};
-    char errs[8192];
+    char errs[8192] = "";
     int n = pconfig_load(&s, cfg_getenv, NULL, errs, sizeof(errs));
-    if (n) {
-        fprintf(stderr, "turnout-proxy: %d configuration problem%s:\n%s", n, n == 1 ? "" : "s", errs);
-        return 2;
-    }
-    if (check_only) {
-        printf("turnout-proxy: configuration OK\n");
+    exit_code = cfg_report("turnout-proxy", n, errs, check_only);
+    if (exit_code >= 0) {
         pconfig_free(&s);
-        return 0;
+        return exit_code;
     }
     if (log_setup(s.log_level, s.log_format, "turnout-proxy") != 0) {
         pconfig_free(&s);

@@ -2,7 +2,6 @@
 
 #include "rclient.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -56,17 +55,6 @@ const cfg_option pconfig_table[] = {
 };
 const size_t pconfig_count = sizeof(pconfig_table) / sizeof(pconfig_table[0]);
 
-__attribute__((format(printf, 3, 4)))
-static void append(char *errs, size_t size, const char *fmt, ...)
-{
-    size_t used = strnlen(errs, size);
-    if (used + 1 >= size) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errs + used, size - used, fmt, ap);
-    va_end(ap);
-}
-
 int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
 {
     proxy_settings tmp = {0};
@@ -76,22 +64,14 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     /* Cross-field checks, reported in the same style. */
     if ((tmp.tls_cert[0] != '\0') != (tmp.tls_key[0] != '\0')) {
         n++;
-        append(errs, errs_size, "PROXY_TLS_CERT and PROXY_TLS_KEY: set both for HTTPS, or neither\n");
+        cfg_append_error(errs, errs_size, "PROXY_TLS_CERT and PROXY_TLS_KEY: set both for HTTPS, or neither\n");
     }
-    char rerr[256], host[64], pw[256];
-    int port, db;
-    const char *const urls[2][2] = {{"CELERY_BROKER_URL", tmp.broker_url},
-                                     {"CELERY_RESULT_BACKEND", tmp.result_backend}};
-    for (int i = 0; i < 2; i++) {
-        if (!urls[i][1][0]) continue;
-        if (rclient_parse_url(urls[i][1], host, sizeof(host), &port, &db, pw, sizeof(pw), rerr) != 0) {
-            n++;
-            append(errs, errs_size, "%s=%s\n", urls[i][0], rerr);
-        }
-    }
+    const char *const names[2] = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"};
+    const char *const urls[2] = {tmp.broker_url, tmp.result_backend};
+    n += rclient_check_urls(names, urls, 2, errs, errs_size);
     if (tmp.allowed_languages[0] == '\0') {
         n++;
-        append(errs, errs_size, "ALLOWED_LANGUAGES=\"\": must name at least one language, e.g. python\n");
+        cfg_append_error(errs, errs_size, "ALLOWED_LANGUAGES=\"\": must name at least one language, e.g. python\n");
     }
     if (n) {
         cfg_free(pconfig_table, pconfig_count, &tmp);

@@ -641,15 +641,6 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 
 /* ---------- main ---------- */
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: " PROGRAM " [--help | --version | --check-config | --print-config-markdown]\n"
-            "The reference executor of turnout (DESIGN §8): POST /execute runs python code in a sandboxed\n"
-            "child process; POST /kill/{eval_id}, GET /capacity, GET /health.\n"
-            "Configured from the environment (and TURNOUT_ENV_FILE, re-read on SIGHUP); runs get their\n"
-            "temp dirs under $TMPDIR (default /tmp).\n\n");
-}
 
 static int make_id(executor *ex, int port)
 {
@@ -756,38 +747,17 @@ static void teardown(executor *ex)
 
 int main(int argc, char **argv)
 {
-    bool check_only = false;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            cfg_print_help(options, NOPTIONS, stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf(PROGRAM " " TURNOUT_VERSION "\n");
-            return 0;
-        } else if (strcmp(argv[i], "--print-config-markdown") == 0) {
-            cfg_print_markdown(options, NOPTIONS, stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--check-config") == 0) {
-            check_only = true;
-        } else {
-            fprintf(stderr, PROGRAM ": unknown argument \"%s\"\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
+    bool check_only;
+    int exit_code = cfg_cli(argc, argv, PROGRAM, "the reference executor of turnout: POST /execute runs code in a sandboxed child process; POST /kill/{eval_id}, GET /capacity, GET /health", options, NOPTIONS, &check_only);
+    if (exit_code >= 0) return exit_code;
 
     executor ex = {0};
     char errs[8192] = "";
     int problems = settings_read(&ex.cfg, errs, sizeof(errs));
-    if (problems) {
-        fprintf(stderr, PROGRAM ": %d configuration problem%s:\n%s", problems, problems == 1 ? "" : "s", errs);
-        return 2;
-    }
-    if (check_only) {
-        printf(PROGRAM ": configuration OK\n");
+    exit_code = cfg_report(PROGRAM, problems, errs, check_only);
+    if (exit_code >= 0) {
         cfg_free(options, NOPTIONS, &ex.cfg);
-        return 0;
+        return exit_code;
     }
     if (log_setup(ex.cfg.log_level, ex.cfg.log_format, PROGRAM) != 0) {
         fprintf(stderr, PROGRAM ": bad LOG_LEVEL or LOG_FORMAT\n");

@@ -1,6 +1,5 @@
 #include "wconfig.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,43 +66,24 @@ const cfg_option wconfig_table[] = {
 };
 const size_t wconfig_count = sizeof(wconfig_table) / sizeof(wconfig_table[0]);
 
-__attribute__((format(printf, 3, 4)))
-static void append(char *errs, size_t size, const char *fmt, ...)
-{
-    size_t used = strnlen(errs, size);
-    if (used + 1 >= size) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errs + used, size - used, fmt, ap);
-    va_end(ap);
-}
-
 int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
 {
     worker_settings tmp = {0};
     int n = cfg_load(wconfig_table, wconfig_count, &tmp, sizeof(tmp), lookup, ud, errs, errs_size);
     if (n) return n;
-    char rerr[256], host[64], pw[256];
-    int port, db;
-    const char *const urls[2][2] = {{"CELERY_BROKER_URL", tmp.broker_url},
-                                     {"CELERY_RESULT_BACKEND", tmp.result_backend}};
-    for (int i = 0; i < 2; i++) {
-        if (urls[i][1][0] &&
-            rclient_parse_url(urls[i][1], host, sizeof(host), &port, &db, pw, sizeof(pw), rerr) != 0) {
-            n++;
-            append(errs, errs_size, "%s=%s\n", urls[i][0], rerr);
-        }
-    }
+    const char *const names[2] = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"};
+    const char *const urls[2] = {tmp.broker_url, tmp.result_backend};
+    n += rclient_check_urls(names, urls, 2, errs, errs_size);
     if (!tmp.executors[0]) {
         n++;
-        append(errs, errs_size, "EXECUTOR_SERVICE_URL=\"\": name at least one executor, e.g. http://127.0.0.1:8083\n");
+        cfg_append_error(errs, errs_size, "EXECUTOR_SERVICE_URL=\"\": name at least one executor, e.g. http://127.0.0.1:8083\n");
     }
     for (const char *p = tmp.executors; *p;) {
         while (*p == ' ') p++;
         size_t len = strcspn(p, ",");
         if (len && strncmp(p, "http://", 7) != 0 && strncmp(p, "https://", 8) != 0) {
             n++;
-            append(errs, errs_size, "EXECUTOR_SERVICE_URL: \"%.*s\" must start with http:// or https://\n",
+            cfg_append_error(errs, errs_size, "EXECUTOR_SERVICE_URL: \"%.*s\" must start with http:// or https://\n",
                    (int)len, p);
         }
         p += len;
@@ -111,11 +91,11 @@ int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs,
     }
     if (!tmp.queues[0]) {
         n++;
-        append(errs, errs_size, "CELERY_QUEUES=\"\": name at least one queue, e.g. evaluation\n");
+        cfg_append_error(errs, errs_size, "CELERY_QUEUES=\"\": name at least one queue, e.g. evaluation\n");
     }
     if (tmp.soft_limit_s > tmp.hard_limit_s) {
         n++;
-        append(errs, errs_size,
+        cfg_append_error(errs, errs_size,
                "SOFT_TIME_LIMIT_S=%g is above TIME_LIMIT_S=%g: the soft limit must come first\n",
                tmp.soft_limit_s, tmp.hard_limit_s);
     }
@@ -129,7 +109,7 @@ int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs,
         host_name[sizeof(host_name) - 1] = '\0';
         if (asprintf(&name, "turnout@%s", host_name) < 0) {
             cfg_free(wconfig_table, wconfig_count, &tmp);
-            append(errs, errs_size, "out of memory\n");
+            cfg_append_error(errs, errs_size, "out of memory\n");
             return 1;
         }
         free(tmp.name);

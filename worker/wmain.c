@@ -21,16 +21,6 @@
 #define TICK_S 1.0
 #define POLL_MIN_S 0.001
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "turnout-worker %s — runs evaluations from the Celery-format Redis queue on\n"
-            "executors, with retries, dead letters, cancellation and no lost work.\n\n"
-            "Usage: turnout-worker [--help | --version | --check-config | --print-config-markdown]\n"
-            "Configuration comes from the environment only.\n\n",
-            TURNOUT_VERSION);
-    cfg_print_help(wconfig_table, wconfig_count, out);
-}
 
 bool worker_exec_usable(const worker *w, size_t i)
 {
@@ -420,35 +410,20 @@ static int worker_init(worker *w, struct event_base *base, char err[256])
 
 int main(int argc, char **argv)
 {
-    bool check_only = false;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf("turnout-worker %s\n", TURNOUT_VERSION);
-            return 0;
-        } else if (strcmp(argv[i], "--check-config") == 0) {
-            check_only = true;
-        } else if (strcmp(argv[i], "--print-config-markdown") == 0) {
-            cfg_print_markdown(wconfig_table, wconfig_count, stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "turnout-worker: unknown argument \"%s\"; see --help\n", argv[i]);
-            return 2;
-        }
-    }
+    bool check_only;
+    int exit_code = cfg_cli(argc, argv, "turnout-worker",
+                            "runs evaluations from the Celery-format Redis queue on executors, with "
+                            "retries, dead letters, cancellation and no lost work",
+                            wconfig_table, wconfig_count, &check_only);
+    if (exit_code >= 0) return exit_code;
+
     static worker w; /* one per process; static keeps it off the stack */
-    char errs[8192];
+    char errs[8192] = "";
     int n = wconfig_load(&w.cfg, cfg_getenv, NULL, errs, sizeof(errs));
-    if (n) {
-        fprintf(stderr, "turnout-worker: %d configuration problem%s:\n%s", n, n == 1 ? "" : "s", errs);
-        return 2;
-    }
-    if (check_only) {
-        printf("turnout-worker: configuration OK\n");
+    exit_code = cfg_report("turnout-worker", n, errs, check_only);
+    if (exit_code >= 0) {
         wconfig_free(&w.cfg);
-        return 0;
+        return exit_code;
     }
     if (log_setup(w.cfg.log_level, w.cfg.log_format, "turnout-worker") != 0) return 2;
     signal(SIGPIPE, SIG_IGN);

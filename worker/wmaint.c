@@ -24,18 +24,7 @@ static const double job_interval_s[WJ_COUNT] = {
     [WJ_RESTORE] = 10, [WJ_SCHEDULE] = 0.5, [WJ_DLQ_PRUNE] = 60, [WJ_ORPHANS] = 10, [WJ_EXECUTORS] = 5,
 };
 
-static void noop_cb(redisReply *r, const char *err, void *arg)
-{
-    (void)r;
-    (void)err;
-    (void)arg;
-}
 
-static void best_effort(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv, const size_t *len)
-{
-    if (rclient_command(rc, cb, arg, argc, argv, len) != 0)
-        LOG_DEBUG("redis command skipped: not connected", "command", argv[0]);
-}
 
 typedef struct job_ctx {
     worker *w;
@@ -78,10 +67,10 @@ static void on_capacity(const httpc_response *resp, void *arg)
         if (pr->publish) {
             const char *a[4] = {"HSET", "turnout:pool:capacity", e->url, val};
             size_t l[4] = {4, 21, strlen(e->url), strlen(val)};
-            best_effort(w->rc, noop_cb, NULL, 4, a, l);
+            rclient_send(w->rc, 4, a, l);
             const char *d[3] = {"HDEL", "turnout:pool:down", e->url};
             size_t dl[3] = {4, 17, strlen(e->url)};
-            best_effort(w->rc, noop_cb, NULL, 3, d, dl);
+            rclient_send(w->rc, 3, d, dl);
         }
     } else {
         if (e->down_until <= util_now())
@@ -92,7 +81,7 @@ static void on_capacity(const httpc_response *resp, void *arg)
         if (pr->publish) {
             const char *a[4] = {"HSET", "turnout:pool:down", e->url, val};
             size_t l[4] = {4, 17, strlen(e->url), strlen(val)};
-            best_effort(w->rc, noop_cb, NULL, 4, a, l);
+            rclient_send(w->rc, 4, a, l);
         }
     }
     json_decref(doc);
@@ -226,7 +215,7 @@ static void on_heartbeat_checked(redisReply *r, const char *err, void *arg)
         if (j && rclient_command(w->rc, on_job_done, j, 5, a, l) != 0) free(j);
         const char *s[3] = {"SREM", "turnout:workers", wname};
         size_t sl[3] = {4, 15, strlen(wname)};
-        best_effort(w->rc, noop_cb, NULL, 3, s, sl);
+        rclient_send(w->rc, 3, s, sl);
         LOG_WARN("worker gone; restoring its messages", "worker", wname);
     }
     free(name);
@@ -269,7 +258,7 @@ static void on_lock(redisReply *r, const char *err, void *arg)
     if (job == WJ_ORPHANS) {
         const char *a[2] = {"SMEMBERS", "turnout:workers"};
         size_t l[2] = {8, 15};
-        best_effort(w->rc, on_workers_listed, w, 2, a, l);
+        if (rclient_command(w->rc, on_workers_listed, w, 2, a, l) != 0) wmetrics_job(&w->m, WJ_ORPHANS, WJO_ERROR);
         return;
     }
     run_job(w, job);
@@ -299,18 +288,18 @@ void maint_tick(worker *w)
     if (hb) {
         const char *a[5] = {"SET", w->heartbeat_key, hb, "EX", HEARTBEAT_TTL};
         size_t l[5] = {3, strlen(w->heartbeat_key), strlen(hb), 2, strlen(HEARTBEAT_TTL)};
-        best_effort(w->rc, noop_cb, NULL, 5, a, l);
+        rclient_send(w->rc, 5, a, l);
         free(hb);
     }
     const char *s[3] = {"SADD", "turnout:workers", w->cfg.name};
     size_t sl[3] = {4, 15, strlen(w->cfg.name)};
-    best_effort(w->rc, noop_cb, NULL, 3, s, sl);
+    rclient_send(w->rc, 3, s, sl);
     /* two reads in one reply keep the callback simple */
     static const char pool_view[] =
         "return {redis.call('HGETALL', 'turnout:pool:capacity'), redis.call('HGETALL', 'turnout:pool:down')}";
     const char *pv[3] = {"EVAL", pool_view, "0"};
     size_t pl[3] = {4, strlen(pool_view), 1};
-    best_effort(w->rc, on_pool_view, w, 3, pv, pl);
+    if (rclient_command(w->rc, on_pool_view, w, 3, pv, pl) != 0) LOG_DEBUG("pool view skipped: redis not connected");
 
     task_tick_all(w);
     for (int job = 0; job < WJ_COUNT; job++) {
@@ -331,7 +320,7 @@ static void persist_revoke(worker *w, const char *tid, bool terminate)
     const char *a[6] = {"SET", key, val, "EX", REVOKED_TTL, "NX"};
     size_t l[6];
     for (int i = 0; i < 6; i++) l[i] = strlen(a[i]);
-    best_effort(w->rc, noop_cb, NULL, 6, a, l);
+    rclient_send(w->rc, 6, a, l);
 }
 
 static void on_turnout_revoke(const char *channel, const char *payload, size_t len, void *arg)

@@ -63,19 +63,7 @@ struct task {
 
 /* ---------- small helpers ---------- */
 
-static void noop_cb(redisReply *r, const char *err, void *arg)
-{
-    (void)r;
-    (void)err;
-    (void)arg;
-}
 
-/* A command whose failure only costs freshness (states, markers, scores). */
-static void best_effort(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv, const size_t *len)
-{
-    if (rclient_command(rc, cb, arg, argc, argv, len) != 0)
-        LOG_DEBUG("redis command skipped: not connected", "command", argv[0]);
-}
 
 typedef struct cmd {
     int argc;
@@ -100,15 +88,15 @@ static int send_multi(rclient *rc, rclient_cb cb, void *arg, cmd *cmds, size_t n
 {
     static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"}, *discard[] = {"DISCARD"};
     static const size_t l5[] = {5}, l4[] = {4}, l7[] = {7};
-    if (rclient_command(rc, noop_cb, NULL, 1, multi, l5) != 0) return -1;
+    if (rclient_command(rc, rclient_noop, NULL, 1, multi, l5) != 0) return -1;
     for (size_t i = 0; i < n; i++) {
-        if (rclient_command(rc, noop_cb, NULL, cmds[i].argc, cmds[i].argv, cmds[i].len) != 0) {
-            best_effort(rc, noop_cb, NULL, 1, discard, l7);
+        if (rclient_command(rc, rclient_noop, NULL, cmds[i].argc, cmds[i].argv, cmds[i].len) != 0) {
+            rclient_send(rc, 1, discard, l7);
             return -1;
         }
     }
     if (rclient_command(rc, cb, arg, 1, exec, l4) != 0) {
-        best_effort(rc, noop_cb, NULL, 1, discard, l7);
+        rclient_send(rc, 1, discard, l7);
         return -1;
     }
     return 0;
@@ -163,7 +151,7 @@ static void give_back(task *t, const char *why)
     const char *a[6] = {"EVAL", wscript_give_back, "1", w->tagset_key, t->tag, nexec};
     size_t l[6] = {4, strlen(wscript_give_back), 1, strlen(w->tagset_key), strlen(t->tag), strlen(nexec)};
     LOG_WARN("message given back to its queue", "task_id", t->task_id, "reason", why);
-    best_effort(w->rc, noop_cb, NULL, 6, a, l);
+    rclient_send(w->rc, 6, a, l);
     metrics_add(w->m.tasks, WO_RETURNED, 1);
     task_free(t);
 }
@@ -183,7 +171,7 @@ static void write_state(task *t, const char *status, json_t *result)
     snprintf(exp, sizeof(exp), "%lld", t->w->cfg.result_expires_s);
     const char *argv[6] = {"EVAL", results_write_unless_terminal_script, "1", key, rec, exp};
     size_t len[6] = {4, strlen(results_write_unless_terminal_script), 1, strlen(key), strlen(rec), strlen(exp)};
-    best_effort(t->w->res, noop_cb, NULL, 6, argv, len);
+    rclient_send(t->w->res, 6, argv, len);
     free(rec);
 }
 
@@ -608,7 +596,7 @@ static void dispatch(task *t)
     snprintf(ttl, sizeof(ttl), "%lld", (long long)t->hard_s + WORKER_SLOT_GRACE_S);
     const char *argv[5] = {"SET", key, rtext, "EX", ttl};
     size_t len[5] = {3, strlen(key), strlen(rtext), 2, strlen(ttl)};
-    best_effort(w->rc, noop_cb, NULL, 5, argv, len);
+    rclient_send(w->rc, 5, argv, len);
     write_state(t, "STARTED", json_pack("{s:i, s:s, s:s, s:f}", "pid", 0, "hostname", w->cfg.name, "executor",
                                         exec_url(t), "started_at", util_now()));
 
@@ -844,7 +832,7 @@ void task_tick_all(worker *w)
         /* Keep long runs from being restored by others (visibility timeout). */
         const char *z[5] = {"ZADD", "unacked_index", "XX", now, t->tag};
         size_t zl[5] = {4, 13, 2, strlen(now), strlen(t->tag)};
-        best_effort(w->rc, noop_cb, NULL, 5, z, zl);
+        rclient_send(w->rc, 5, z, zl);
         if (t->stage != ST_RUNNING || t->revoked) continue;
         /* Pub/sub is lost while disconnected: the marker is the truth. */
         size_t idlen = strlen(t->task_id);
