@@ -1,5 +1,6 @@
 #include "results.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,19 @@ const char results_write_unless_terminal_script[] =
     "redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])\n"
     "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
     "return 1\n";
+
+void results_write_argv(const char *key, const char *record, long expires_s, char expires_buf[24],
+                        const char *argv[RESULTS_WRITE_ARGC], size_t len[RESULTS_WRITE_ARGC])
+{
+    snprintf(expires_buf, 24, "%ld", expires_s);
+    argv[0] = "EVAL";
+    argv[1] = results_write_unless_terminal_script;
+    argv[2] = "1";
+    argv[3] = key;
+    argv[4] = record;
+    argv[5] = expires_buf;
+    for (int i = 0; i < RESULTS_WRITE_ARGC; i++) len[i] = strlen(argv[i]);
+}
 
 int results_is_terminal(const char *status)
 {

@@ -15,6 +15,14 @@ extern const char results_write_unless_terminal_script[];
 
 #define RESULTS_KEY_PREFIX "celery-task-meta-"
 
+/* The EVAL command running results_write_unless_terminal_script:
+ * argv/len get RESULTS_WRITE_ARGC entries, all borrowed from the arguments
+ * (key and record must outlive the send; `expires_buf` holds the seconds
+ * as text).  hiredis copies the command when it is sent. */
+#define RESULTS_WRITE_ARGC 6
+void results_write_argv(const char *key, const char *record, long expires_s, char expires_buf[24],
+                        const char *argv[RESULTS_WRITE_ARGC], size_t len[RESULTS_WRITE_ARGC]);
+
 /* Builds a Celery result record.  `result` is stolen (may be NULL = null).
  * date_done is set for ready states.  New string (caller frees), NULL on OOM. */
 char *results_record(const char *task_id, const char *status, json_t *result, const char *traceback);

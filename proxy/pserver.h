@@ -42,7 +42,14 @@ struct proxy {
     struct event *drain_timer;
     struct event *depth_timer;
     SSL_CTX *tls;
+    /* issue 3 (cancel, DLQ): the result backend's own connection, NULL
+     * when CELERY_RESULT_BACKEND is empty or the broker URL; use
+     * px_results_rc(). */
+    rclient *results;
 };
+
+/* The connection holding celery-task-meta-* records. */
+static inline rclient *px_results_rc(const proxy *p) { return p->results ? p->results : p->broker; }
 
 /* One request that waits on a backend.  Completed by finish() exactly once. */
 typedef struct preq {

@@ -17,7 +17,9 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "cancel_api.h"
 #include "celery.h"
+#include "dlq_api.h"
 #include "httpc.h"
 #include "legacy_client.h"
 #include "log.h"
@@ -572,6 +574,10 @@ static void on_request(struct evhttp_request *req, void *arg)
         handle_readyz(p, req, t0);
     } else if (strcmp(path, "/metrics") == 0) {
         handle_metrics(p, req, t0);
+    } else if (strncmp(path, "/api/dlq/", 9) == 0) {
+        dlq_api_handle(p, req, path, t0);
+    } else if (cancel_api_match(path, NULL, NULL)) {
+        cancel_api_handle(p, req, path, t0);
     } else if (p->cfg.upstream_url[0]) {
         handle_passthrough(p, req, t0);
     } else {
@@ -604,6 +610,7 @@ static void on_depth_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     proxy *p = arg;
     if (!rclient_is_up(p->broker)) return;
+    dlq_api_poll(p);
     for (size_t i = 0; i < CELERY_NSTEPS; i++) {
         char key[256];
         size_t n = celery_queue_key(p->cfg.queue, celery_priority_steps[i], key, sizeof(key));
@@ -670,6 +677,17 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     if (!p->broker) {
         snprintf(err, 256, "CELERY_BROKER_URL: %.200s", rerr);
         goto err;
+    }
+    /* issue 3: result records on their own Redis when the backend differs */
+    if (p->cfg.result_backend[0] && strcmp(p->cfg.result_backend, p->cfg.broker_url) != 0) {
+        rclient_opts rr = {.command_timeout_ms = p->cfg.redis_timeout_ms,
+                           .connect_timeout_ms = p->cfg.redis_timeout_ms,
+                           .name = "results"};
+        p->results = rclient_new(base, p->cfg.result_backend, &rr, rerr);
+        if (!p->results) {
+            snprintf(err, 256, "CELERY_RESULT_BACKEND: %.200s", rerr);
+            goto err;
+        }
     }
     p->hc = httpc_new(base, err);
     if (!p->hc) goto err;
@@ -837,6 +855,8 @@ void proxy_free(proxy *p)
     p->draining = true;
     rclient_free(p->broker);
     p->broker = NULL;
+    rclient_free(p->results); /* issue 3 */
+    p->results = NULL;
     httpc_free(p->hc);
     p->hc = NULL;
     if (p->http) evhttp_free(p->http);

@@ -168,10 +168,10 @@ static void write_state(task *t, const char *status, json_t *result)
     char *rec = results_record(t->task_id, status, result, NULL);
     if (!rec) return;
     result_key(t, key, sizeof(key));
-    snprintf(exp, sizeof(exp), "%lld", t->w->cfg.result_expires_s);
-    const char *argv[6] = {"EVAL", results_write_unless_terminal_script, "1", key, rec, exp};
-    size_t len[6] = {4, strlen(results_write_unless_terminal_script), 1, strlen(key), strlen(rec), strlen(exp)};
-    rclient_send(t->w->res, 6, argv, len);
+    const char *argv[RESULTS_WRITE_ARGC];
+    size_t len[RESULTS_WRITE_ARGC];
+    results_write_argv(key, rec, (long)t->w->cfg.result_expires_s, exp, argv, len);
+    rclient_send(t->w->res, RESULTS_WRITE_ARGC, argv, len);
     free(rec);
 }
 
@@ -247,11 +247,10 @@ static void write_final(task *t)
 {
     char key[340], exp[24];
     result_key(t, key, sizeof(key));
-    snprintf(exp, sizeof(exp), "%lld", t->w->cfg.result_expires_s);
-    const char *argv[6] = {"EVAL", results_write_unless_terminal_script, "1", key, t->record, exp};
-    size_t len[6] = {4, strlen(results_write_unless_terminal_script), 1, strlen(key), strlen(t->record),
-                     strlen(exp)};
-    if (rclient_command(t->w->res, on_final_written, t, 6, argv, len) != 0)
+    const char *argv[RESULTS_WRITE_ARGC];
+    size_t len[RESULTS_WRITE_ARGC];
+    results_write_argv(key, t->record, (long)t->w->cfg.result_expires_s, exp, argv, len);
+    if (rclient_command(t->w->res, on_final_written, t, RESULTS_WRITE_ARGC, argv, len) != 0)
         on_final_written(NULL, "redis not connected", t);
 }
 

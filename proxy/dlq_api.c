@@ -1,0 +1,737 @@
+#include "dlq_api.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "admin_auth.h"
+#include "celery.h"
+#include "log.h"
+#include "pserver.h"
+#include "rbatch.h"
+#include "results.h"
+#include "util.h"
+
+#define DLQ_INDEX "turnout:dlq"
+#define DLQ_ENTRY_PREFIX "turnout:dlq:entry:"
+#define DLQ_CLASSES "turnout:dlq:classes"
+#define REVOKED_PREFIX "turnout:revoked:"
+#define TASK_PREFIX "celery-"
+#define KEY_MAX (DLQ_TASK_ID_MAX + 64)
+#define MALFORMED_SHOWN 1024
+
+/* ---------- pure parts ---------- */
+
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < min || v > max) return -1;
+    *out = (long)v;
+    return 0;
+}
+
+int dlq_api_parse_query(const char *query, dlq_query *out, char msg[256])
+{
+    memset(out, 0, sizeof(*out));
+    out->limit = DLQ_LIMIT_DEFAULT;
+    if (!query || !*query) return 0;
+    struct evkeyvalq q = {0};
+    if (evhttp_parse_query_str(query, &q) != 0) {
+        snprintf(msg, 256, "the query string is malformed; use limit=1..%d&offset=0..&eval_id=<id>",
+                 DLQ_LIMIT_MAX);
+        return -1;
+    }
+    int rc = -1;
+    const char *v;
+    if ((v = evhttp_find_header(&q, "limit")) && parse_long(v, 1, DLQ_LIMIT_MAX, &out->limit) != 0) {
+        snprintf(msg, 256, "limit=\"%.40s\": must be an integer from 1 to %d (default %d)", v, DLQ_LIMIT_MAX,
+                 DLQ_LIMIT_DEFAULT);
+        goto done;
+    }
+    if ((v = evhttp_find_header(&q, "offset")) && parse_long(v, 0, DLQ_OFFSET_MAX, &out->offset) != 0) {
+        snprintf(msg, 256, "offset=\"%.40s\": must be an integer from 0 to %ld (default 0)", v, DLQ_OFFSET_MAX);
+        goto done;
+    }
+    if ((v = evhttp_find_header(&q, "eval_id"))) {
+        size_t n = strlen(v);
+        if (!util_valid_id(v, n, sizeof(out->eval_id) - 1)) {
+            snprintf(msg, 256, "eval_id: must be 1 to %zu characters of [A-Za-z0-9_.:-]", sizeof(out->eval_id) - 1);
+            goto done;
+        }
+        memcpy(out->eval_id, v, n + 1);
+        out->has_eval_id = true;
+    }
+    rc = 0;
+done:
+    evhttp_clear_headers(&q);
+    return rc;
+}
+
+enum dlq_target dlq_api_target(const char *path, const char **tid, size_t *tid_len)
+{
+    if (strncmp(path, "/api/dlq/", 9) != 0) return DLQ_T_NONE;
+    const char *rest = path + 9;
+    if (strcmp(rest, "list") == 0) return DLQ_T_LIST;
+    if (strcmp(rest, "stats") == 0) return DLQ_T_STATS;
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    enum dlq_target t;
+    if (!slash) t = DLQ_T_ENTRY;
+    else if (strcmp(slash, "/retry") == 0) t = DLQ_T_RETRY;
+    else return DLQ_T_NONE;
+    *tid = rest;
+    *tid_len = n;
+    return util_valid_id(rest, n, DLQ_TASK_ID_MAX) ? t : DLQ_T_BAD_ID;
+}
+
+/* ---------- requests ---------- */
+
+typedef struct dlq_op {
+    preq *r;
+    char tid[DLQ_TASK_ID_MAX + 1];
+    char entry_key[KEY_MAX];
+    dlq_query q;
+    long long total;
+    /* retry */
+    char *expected;          /* the entry as read: the script checks it is unchanged */
+    size_t expected_len;
+    char *message;           /* the envelope to re-publish */
+    size_t message_len;
+    char queue_key[512];
+    size_t queue_key_len;
+    int step;
+    json_t *eval_id;         /* string or null */
+    json_t *ids;             /* list: the task ids asked for, in order */
+} dlq_op;
+
+static void op_free(dlq_op *op)
+{
+    free(op->expected);
+    free(op->message);
+    json_decref(op->eval_id);
+    json_decref(op->ids);
+    free(op);
+}
+
+static void op_finish_json(dlq_op *op, int status, json_t *body)
+{
+    px_finish_json(op->r, status, body);
+    json_decref(body);
+    op_free(op);
+}
+
+static void op_finish_error(dlq_op *op, int status, const char *code, const char *msg)
+{
+    px_finish_error(op->r, status, code, msg, 0);
+    op_free(op);
+}
+
+static void op_finish_failure(dlq_op *op, const rbatch *b, const char *redis_err, const char *what)
+{
+    rbatch_finish_failure(op->r, b, redis_err, what);
+    op_free(op);
+}
+
+static void op_finish_oom(dlq_op *op)
+{
+    px_count_reject(op->r->p, RJ_OOM);
+    px_finish_error(op->r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+    op_free(op);
+}
+
+/* A request record plus its op, waiting on Redis (new path). NULL after
+ * replying (overload, OOM). */
+static dlq_op *op_new(proxy *p, struct evhttp_request *req, double t0, const char *tid, size_t tid_len)
+{
+    if (p->pending >= (size_t)p->cfg.max_in_flight) {
+        px_count_reject(p, RJ_OVERLOAD);
+        px_reply_error(p, req, RT_DLQ, t0, 503, "overloaded",
+                       "too many requests are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
+        return NULL;
+    }
+    dlq_op *op = calloc(1, sizeof(*op));
+    preq *r = op ? px_req_new(p, req, RT_DLQ, t0) : NULL;
+    if (!r) {
+        free(op);
+        px_count_reject(p, RJ_OOM);
+        px_reply_error(p, req, RT_DLQ, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        return NULL;
+    }
+    op->r = r;
+    r->path = PATH_NEW;
+    px_hold_in_flight(r, PATH_NEW);
+    if (tid) {
+        memcpy(op->tid, tid, tid_len);
+        op->tid[tid_len] = '\0';
+        snprintf(op->entry_key, sizeof(op->entry_key), DLQ_ENTRY_PREFIX "%s", op->tid);
+    }
+    return op;
+}
+
+/* Starts a batch whose completion goes to `done`; on failure replies. */
+static rbatch *op_batch(dlq_op *op, rbatch_done_fn done)
+{
+    rbatch *b = rbatch_new(done, op);
+    if (!b) op_finish_oom(op);
+    return b;
+}
+
+/* The stored entry as JSON; an unparsable one is shown, not hidden, so it
+ * can be found and deleted.  New reference; NULL on OOM. */
+static json_t *entry_json(const char *raw, size_t len, const char *tid)
+{
+    json_t *e = json_loadb(raw, len, 0, NULL);
+    if (json_is_object(e)) return e;
+    json_decref(e);
+    e = json_pack("{s:s, s:s%}", "task_id", tid ? tid : "", "malformed_entry", raw,
+                  len > MALFORMED_SHOWN ? (size_t)MALFORMED_SHOWN : len);
+    if (!e) /* not UTF-8 (or cut inside a character) */
+        e = json_pack("{s:s, s:s}", "task_id", tid ? tid : "", "malformed_entry", "(not UTF-8 text)");
+    return e;
+}
+
+static void not_found(dlq_op *op)
+{
+    char msg[400];
+    snprintf(msg, sizeof(msg), "no dead-letter entry for task_id \"%s\"; GET /api/dlq/list shows the entries",
+             op->tid);
+    op_finish_error(op, 404, "not_found", msg);
+}
+
+/* ---------- GET /api/dlq/list ---------- */
+
+static json_t *list_body(dlq_op *op, json_t *entries)
+{
+    json_t *o = json_pack("{s:I, s:i, s:i, s:o}", "total", (json_int_t)op->total, "limit", (int)op->q.limit,
+                          "offset", (int)op->q.offset, "entries", entries);
+    return o;
+}
+
+static void on_list_entries(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *rep = rbatch_at(b, 0);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
+        op_finish_failure(op, b, rbatch_redis_error(rep), "reading DLQ entries");
+        goto done;
+    }
+    json_t *entries = json_array();
+    if (!entries) {
+        op_finish_oom(op);
+        goto done;
+    }
+    /* MGET answers in the order asked; an id whose entry went in between is
+     * skipped (deleted or retried since the index was read). */
+    const rbatch_reply *ids = rep->type == REDIS_REPLY_ARRAY ? rep : NULL;
+    for (size_t i = 0; ids && i < ids->elements; i++) {
+        const rbatch_reply *e = &ids->element[i];
+        if (e->type != REDIS_REPLY_STRING) continue;
+        json_t *j = entry_json(e->str, e->len, json_string_value(json_array_get(op->ids, i)));
+        if (!j || json_array_append_new(entries, j) != 0) {
+            json_decref(entries);
+            op_finish_oom(op);
+            goto done;
+        }
+    }
+    op_finish_json(op, 200, list_body(op, entries));
+done:
+    rbatch_free(b);
+}
+
+static void on_list_ids(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *card = rbatch_at(b, 0), *ids = rbatch_at(b, 1);
+    const char **argv = NULL;
+    size_t *lens = NULL;
+    char *keys = NULL;
+    if (rbatch_error(b) || !card || !ids || rbatch_redis_error(card) || rbatch_redis_error(ids)) {
+        op_finish_failure(op, b, card && rbatch_redis_error(card) ? card->str : rbatch_redis_error(ids),
+                          "reading the DLQ index");
+        goto done;
+    }
+    op->total = rbatch_int(card, 0);
+    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
+    if (n == 0) {
+        json_t *entries = json_array();
+        if (!entries) op_finish_oom(op);
+        else op_finish_json(op, 200, list_body(op, entries));
+        goto done;
+    }
+    argv = calloc(n + 1, sizeof(*argv));
+    lens = calloc(n + 1, sizeof(*lens));
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += sizeof(DLQ_ENTRY_PREFIX) + ids->element[i].len;
+    keys = malloc(total ? total : 1);
+    op->ids = json_array();
+    if (!argv || !lens || !keys || !op->ids) {
+        op_finish_oom(op);
+        goto done;
+    }
+    argv[0] = "MGET";
+    lens[0] = 4;
+    char *k = keys;
+    for (size_t i = 0; i < n; i++) {
+        const rbatch_reply *id = &ids->element[i];
+        size_t plen = sizeof(DLQ_ENTRY_PREFIX) - 1;
+        memcpy(k, DLQ_ENTRY_PREFIX, plen);
+        if (id->len) memcpy(k + plen, id->str, id->len);
+        argv[i + 1] = k;
+        lens[i + 1] = plen + id->len;
+        k += plen + id->len;
+        if (json_array_append_new(op->ids, json_stringn(id->str ? id->str : "", id->len)) != 0) {
+            op_finish_oom(op);
+            goto done;
+        }
+    }
+    rbatch *b2 = op_batch(op, on_list_entries);
+    if (!b2) goto done;
+    rbatch_add(b2, op->r->p->broker, (int)n + 1, argv, lens);
+    rbatch_run(b2);
+done:
+    free(argv);
+    free(lens);
+    free(keys);
+    rbatch_free(b);
+}
+
+static void on_list_one(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *rep = rbatch_at(b, 0);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
+        op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
+        goto done;
+    }
+    json_t *entries = json_array();
+    if (!entries) {
+        op_finish_oom(op);
+        goto done;
+    }
+    if (rep->type == REDIS_REPLY_STRING) {
+        op->total = 1;
+        json_t *j = op->q.offset == 0 ? entry_json(rep->str, rep->len, op->tid) : NULL;
+        if (j) json_array_append_new(entries, j);
+    }
+    op_finish_json(op, 200, list_body(op, entries));
+done:
+    rbatch_free(b);
+}
+
+static void handle_list(proxy *p, struct evhttp_request *req, double t0)
+{
+    dlq_query q;
+    char msg[256];
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    if (dlq_api_parse_query(uri ? evhttp_uri_get_query(uri) : NULL, &q, msg) != 0) {
+        px_count_reject(p, RJ_INVALID_FIELD);
+        px_reply_error(p, req, RT_DLQ, t0, 422, "invalid_parameter", msg, 0);
+        return;
+    }
+    char tid[sizeof(q.eval_id) + sizeof(TASK_PREFIX)];
+    size_t tid_len = 0;
+    if (q.has_eval_id) tid_len = (size_t)snprintf(tid, sizeof(tid), TASK_PREFIX "%s", q.eval_id);
+    dlq_op *op = op_new(p, req, t0, q.has_eval_id ? tid : NULL, tid_len);
+    if (!op) return;
+    op->q = q;
+    rbatch *b = op_batch(op, q.has_eval_id ? on_list_one : on_list_ids);
+    if (!b) return;
+    if (q.has_eval_id) {
+        const char *argv[] = {"GET", op->entry_key};
+        size_t lens[] = {3, strlen(op->entry_key)};
+        rbatch_add(b, p->broker, 2, argv, lens);
+    } else {
+        char start[32], stop[32];
+        snprintf(start, sizeof(start), "%ld", q.offset);
+        snprintf(stop, sizeof(stop), "%ld", q.offset + q.limit - 1);
+        const char *card[] = {"ZCARD", DLQ_INDEX};
+        size_t card_len[] = {5, sizeof(DLQ_INDEX) - 1};
+        const char *range[] = {"ZREVRANGE", DLQ_INDEX, start, stop};
+        size_t range_len[] = {9, sizeof(DLQ_INDEX) - 1, strlen(start), strlen(stop)};
+        if (rbatch_add(b, p->broker, 2, card, card_len) == 0) rbatch_add(b, p->broker, 4, range, range_len);
+    }
+    rbatch_run(b);
+}
+
+/* ---------- GET /api/dlq/stats ---------- */
+
+static json_t *score_of(const rbatch_reply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[1].type != REDIS_REPLY_STRING)
+        return json_null();
+    char *end;
+    double v = strtod(r->element[1].str, &end);
+    return *end ? json_null() : json_real(v);
+}
+
+static void on_stats(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *card = rbatch_at(b, 0), *classes = rbatch_at(b, 1), *oldest = rbatch_at(b, 2),
+                       *newest = rbatch_at(b, 3);
+    const char *rerr = NULL;
+    for (int i = 0; i < 4 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
+    if (rbatch_error(b) || rerr || !card || !classes || !oldest || !newest) {
+        op_finish_failure(op, b, rerr, "reading DLQ statistics");
+        goto done;
+    }
+    json_t *by = json_object();
+    if (!by) {
+        op_finish_oom(op);
+        goto done;
+    }
+    for (size_t i = 0; classes->type == REDIS_REPLY_ARRAY && i + 1 < classes->elements; i += 2) {
+        const rbatch_reply *k = &classes->element[i];
+        if (k->type != REDIS_REPLY_STRING) continue;
+        json_object_set_new(by, k->str, json_integer(rbatch_int(&classes->element[i + 1], 0)));
+    }
+    json_t *o = json_pack("{s:I, s:o, s:o, s:o}", "count", (json_int_t)rbatch_int(card, 0), "by_exception_class",
+                          by, "oldest_failure_at", score_of(oldest), "newest_failure_at", score_of(newest));
+    if (!o) op_finish_oom(op);
+    else op_finish_json(op, 200, o);
+done:
+    rbatch_free(b);
+}
+
+static void handle_stats(proxy *p, struct evhttp_request *req, double t0)
+{
+    dlq_op *op = op_new(p, req, t0, NULL, 0);
+    if (!op) return;
+    rbatch *b = op_batch(op, on_stats);
+    if (!b) return;
+    size_t il = sizeof(DLQ_INDEX) - 1;
+    const char *card[] = {"ZCARD", DLQ_INDEX};
+    size_t card_len[] = {5, il};
+    const char *classes[] = {"HGETALL", DLQ_CLASSES};
+    size_t classes_len[] = {7, sizeof(DLQ_CLASSES) - 1};
+    const char *oldest[] = {"ZRANGE", DLQ_INDEX, "0", "0", "WITHSCORES"};
+    size_t oldest_len[] = {6, il, 1, 1, 10};
+    const char *newest[] = {"ZREVRANGE", DLQ_INDEX, "0", "0", "WITHSCORES"};
+    size_t newest_len[] = {9, il, 1, 1, 10};
+    if (rbatch_add(b, p->broker, 2, card, card_len) == 0 && rbatch_add(b, p->broker, 2, classes, classes_len) == 1 &&
+        rbatch_add(b, p->broker, 5, oldest, oldest_len) == 2)
+        rbatch_add(b, p->broker, 5, newest, newest_len);
+    rbatch_run(b);
+}
+
+/* ---------- GET /api/dlq/{task_id} ---------- */
+
+static void on_get(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *rep = rbatch_at(b, 0);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
+    else if (rep->type != REDIS_REPLY_STRING) not_found(op);
+    else {
+        json_t *j = entry_json(rep->str, rep->len, op->tid);
+        if (!j) op_finish_oom(op);
+        else op_finish_json(op, 200, j);
+    }
+    rbatch_free(b);
+}
+
+static void start_get(dlq_op *op, rbatch_done_fn done)
+{
+    rbatch *b = op_batch(op, done);
+    if (!b) return;
+    const char *argv[] = {"GET", op->entry_key};
+    size_t lens[] = {3, strlen(op->entry_key)};
+    rbatch_add(b, op->r->p->broker, 2, argv, lens);
+    rbatch_run(b);
+}
+
+/* ---------- DELETE /api/dlq/{task_id} ---------- */
+
+/* KEYS: entry, index, classes.  ARGV: task id.  1 = removed, 0 = unknown. */
+static const char delete_script[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "local n = redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "if not cur then return n end\n"
+    "local ok, d = pcall(cjson.decode, cur)\n"
+    "if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
+    "  if redis.call('HINCRBY', KEYS[3], d.exception_class, -1) <= 0 then\n"
+    "    redis.call('HDEL', KEYS[3], d.exception_class)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n";
+
+static void on_deleted(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *rep = rbatch_at(b, 0);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
+        op_finish_failure(op, b, rbatch_redis_error(rep), "deleting a DLQ entry");
+    } else if (rbatch_int(rep, 0) == 0) {
+        not_found(op);
+    } else {
+        LOG_INFO("DLQ entry deleted", "task_id", op->tid);
+        json_t *o = json_pack("{s:s, s:b}", "task_id", op->tid, "deleted", 1);
+        if (!o) op_finish_oom(op);
+        else op_finish_json(op, 200, o);
+    }
+    rbatch_free(b);
+}
+
+static void start_delete(dlq_op *op)
+{
+    rbatch *b = op_batch(op, on_deleted);
+    if (!b) return;
+    const char *argv[] = {"EVAL", delete_script, "3", op->entry_key, DLQ_INDEX, DLQ_CLASSES, op->tid};
+    size_t lens[] = {4, sizeof(delete_script) - 1, 1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1,
+                     sizeof(DLQ_CLASSES) - 1, strlen(op->tid)};
+    rbatch_add(b, op->r->p->broker, 7, argv, lens);
+    rbatch_run(b);
+}
+
+/* ---------- POST /api/dlq/{task_id}/retry ---------- */
+
+/* KEYS: entry, index, classes, queue list, revoked marker[, result key].
+ * ARGV: task id, the entry as read, the envelope to push.
+ * 1 = re-published, 0 = no such entry, -1 = the entry changed since read.
+ * The result key goes first (a FAILURE must not block the re-run), the
+ * revoked marker too (an operator's explicit re-run wins over an old cancel). */
+static const char retry_script[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur then return 0 end\n"
+    "if cur ~= ARGV[2] then return -1 end\n"
+    "if KEYS[6] then redis.call('DEL', KEYS[6]) end\n"
+    "redis.call('DEL', KEYS[5])\n"
+    "redis.call('LPUSH', KEYS[4], ARGV[3])\n"
+    "local ok, d = pcall(cjson.decode, cur)\n"
+    "if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
+    "  if redis.call('HINCRBY', KEYS[3], d.exception_class, -1) <= 0 then\n"
+    "    redis.call('HDEL', KEYS[3], d.exception_class)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "return 1\n";
+
+static void on_retried(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *rep = rbatch_at(b, 0);
+    long long v = rbatch_int(rep, -2);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
+        op_finish_failure(op, b, rbatch_redis_error(rep), "re-publishing a DLQ entry");
+    } else if (v == 0) {
+        not_found(op);
+    } else if (v != 1) {
+        op_finish_error(op, 409, "entry_changed",
+                        "the DLQ entry changed while being retried (it failed again); GET it and retry again");
+    } else {
+        LOG_INFO("DLQ entry re-published", "task_id", op->tid, "priority",
+                 op->step == 0 ? "0" : op->step == 3 ? "3" : op->step == 6 ? "6" : "9");
+        json_t *o = json_pack("{s:s, s:O, s:b, s:i}", "task_id", op->tid, "eval_id", op->eval_id, "requeued", 1,
+                              "queue_key_priority", op->step);
+        if (!o) op_finish_oom(op);
+        else op_finish_json(op, 202, o);
+    }
+    rbatch_free(b);
+}
+
+static void start_retry_script(dlq_op *op)
+{
+    proxy *p = op->r->p;
+    char revoked[KEY_MAX], result[KEY_MAX];
+    snprintf(revoked, sizeof(revoked), REVOKED_PREFIX "%s", op->tid);
+    snprintf(result, sizeof(result), RESULTS_KEY_PREFIX "%s", op->tid);
+    bool same_db = p->results == NULL;
+    const char *argv[] = {"EVAL", retry_script, same_db ? "6" : "5", op->entry_key, DLQ_INDEX, DLQ_CLASSES,
+                          op->queue_key, revoked, result, op->tid, op->expected, op->message};
+    size_t lens[] = {4, sizeof(retry_script) - 1, 1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1,
+                     sizeof(DLQ_CLASSES) - 1, op->queue_key_len, strlen(revoked), strlen(result),
+                     strlen(op->tid), op->expected_len, op->message_len};
+    int argc = 12;
+    if (!same_db) { /* drop the result key from KEYS */
+        for (int i = 8; i < 11; i++) {
+            argv[i] = argv[i + 1];
+            lens[i] = lens[i + 1];
+        }
+        argc = 11;
+    }
+    rbatch *b = op_batch(op, on_retried);
+    if (!b) return;
+    rbatch_add(b, p->broker, argc, argv, lens);
+    rbatch_run(b);
+}
+
+static void on_result_deleted(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *rep = rbatch_at(b, 0);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep))
+        op_finish_failure(op, b, rbatch_redis_error(rep), "deleting the result record before a DLQ retry");
+    else start_retry_script(op);
+    rbatch_free(b);
+}
+
+/* Prepares the envelope from the entry: 0, or replies and returns -1. */
+static int prepare_retry(dlq_op *op, const char *raw, size_t len)
+{
+    char err[256], msg[800];
+    int rc = -1;
+    celery_message m;
+    bool decoded = false;
+    json_t *e = json_loadb(raw, len, 0, NULL);
+    const char *text = json_string_value(json_object_get(e, "message"));
+    const char *reason = json_string_value(json_object_get(e, "reason"));
+    if (!text || celery_decode(text, strlen(text), &m, err) != 0) {
+        snprintf(msg, sizeof(msg),
+                 "the entry of \"%s\" holds no valid Celery message (%.200s, reason %.40s); it cannot be re-published, delete it",
+                 op->tid, text ? err : "no message field", reason ? reason : "unknown");
+        op_finish_error(op, 409, "not_retryable", msg);
+        goto done;
+    }
+    decoded = true;
+    const char *queue = json_string_value(json_object_get(e, "queue"));
+    if (!queue || !*queue) queue = m.routing_key;
+    json_t *prio = json_object_get(e, "priority");
+    int priority = json_is_integer(prio) ? (int)json_integer_value(prio) : m.priority;
+    op->step = celery_priority_step(priority);
+    op->queue_key_len = queue ? celery_queue_key(queue, priority, op->queue_key, sizeof(op->queue_key)) : 0;
+    if (op->queue_key_len == 0) {
+        snprintf(msg, sizeof(msg), "the entry of \"%s\" names no usable queue (queue or delivery_info.routing_key)",
+                 op->tid);
+        op_finish_error(op, 409, "not_retryable", msg);
+        goto done;
+    }
+    const char *eval_id = json_string_value(json_object_get(e, "eval_id"));
+    if (!eval_id && strncmp(op->tid, TASK_PREFIX, sizeof(TASK_PREFIX) - 1) == 0)
+        eval_id = op->tid + sizeof(TASK_PREFIX) - 1;
+    op->eval_id = eval_id ? json_string(eval_id) : json_null();
+    op->message = celery_reencode(&m, 0, NULL, NULL, NULL, &op->message_len);
+    op->expected = malloc(len + 1);
+    if (!op->eval_id || !op->message || !op->expected) {
+        op_finish_oom(op);
+        goto done;
+    }
+    memcpy(op->expected, raw, len);
+    op->expected[len] = '\0';
+    op->expected_len = len;
+    rc = 0;
+done:
+    if (decoded) celery_message_free(&m);
+    json_decref(e);
+    return rc;
+}
+
+static void on_retry_read(rbatch *b, void *arg)
+{
+    dlq_op *op = arg;
+    const rbatch_reply *rep = rbatch_at(b, 0);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
+        op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
+        goto done;
+    }
+    if (rep->type != REDIS_REPLY_STRING) {
+        not_found(op);
+        goto done;
+    }
+    if (prepare_retry(op, rep->str, rep->len) != 0) goto done;
+    proxy *p = op->r->p;
+    if (!p->results) {
+        start_retry_script(op);
+        goto done;
+    }
+    /* The result backend is another Redis: its DEL cannot join the broker's
+     * script, so it goes first; a retry failing after it leaves PENDING,
+     * which is harmless. */
+    rbatch *b2 = op_batch(op, on_result_deleted);
+    if (!b2) goto done;
+    char key[KEY_MAX];
+    snprintf(key, sizeof(key), RESULTS_KEY_PREFIX "%s", op->tid);
+    const char *argv[] = {"DEL", key};
+    size_t lens[] = {3, strlen(key)};
+    rbatch_add(b2, p->results, 2, argv, lens);
+    rbatch_run(b2);
+done:
+    rbatch_free(b);
+}
+
+/* ---------- dispatch ---------- */
+
+static void method_not_allowed(proxy *p, struct evhttp_request *req, double t0, const char *allow, const char *msg)
+{
+    px_count_reject(p, RJ_METHOD);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    px_reply_error(p, req, RT_DLQ, t0, 405, "method_not_allowed", msg, 0);
+}
+
+void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
+{
+    const char *tid = NULL;
+    size_t tid_len = 0;
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    enum dlq_target t = dlq_api_target(path, &tid, &tid_len);
+    char msg[320];
+    switch (t) {
+    case DLQ_T_NONE:
+        px_reply_error(p, req, RT_DLQ, t0, 404, "not_found",
+                       "DLQ endpoints: GET /api/dlq/list, GET /api/dlq/stats, GET|DELETE /api/dlq/{task_id}, "
+                       "POST /api/dlq/{task_id}/retry",
+                       0);
+        return;
+    case DLQ_T_BAD_ID:
+        px_count_reject(p, RJ_INVALID_FIELD);
+        snprintf(msg, sizeof(msg), "task_id: must be 1 to %d characters of [A-Za-z0-9_.:-]", DLQ_TASK_ID_MAX);
+        px_reply_error(p, req, RT_DLQ, t0, 422, "invalid_task_id", msg, 0);
+        return;
+    case DLQ_T_LIST:
+        if (m != EVHTTP_REQ_GET) method_not_allowed(p, req, t0, "GET", "use GET /api/dlq/list?limit=&offset=&eval_id=");
+        else handle_list(p, req, t0);
+        return;
+    case DLQ_T_STATS:
+        if (m != EVHTTP_REQ_GET) method_not_allowed(p, req, t0, "GET", "use GET /api/dlq/stats");
+        else handle_stats(p, req, t0);
+        return;
+    case DLQ_T_ENTRY:
+        if (m == EVHTTP_REQ_GET) {
+            dlq_op *op = op_new(p, req, t0, tid, tid_len);
+            if (op) start_get(op, on_get);
+        } else if (m == EVHTTP_REQ_DELETE) {
+            if (!px_admin_authorized(p, req, RT_DLQ, t0)) return;
+            dlq_op *op = op_new(p, req, t0, tid, tid_len);
+            if (op) start_delete(op);
+        } else {
+            method_not_allowed(p, req, t0, "GET, DELETE",
+                               "use GET /api/dlq/{task_id} to read an entry, DELETE (admin token) to remove it");
+        }
+        return;
+    case DLQ_T_RETRY:
+        if (m != EVHTTP_REQ_POST) {
+            method_not_allowed(p, req, t0, "POST", "use POST /api/dlq/{task_id}/retry with the admin token");
+            return;
+        }
+        if (!px_admin_authorized(p, req, RT_DLQ, t0)) return;
+        dlq_op *op = op_new(p, req, t0, tid, tid_len);
+        if (op) start_get(op, on_retry_read);
+        return;
+    }
+}
+
+/* ---------- turnout_dlq_size ---------- */
+
+static void on_dlq_size(struct redisReply *reply, const char *err, void *arg)
+{
+    proxy *p = arg;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_INTEGER) metrics_set(p->m.dlq_size, 0, (double)reply->integer);
+}
+
+void dlq_api_poll(proxy *p)
+{
+    const char *argv[] = {"ZCARD", DLQ_INDEX};
+    size_t lens[] = {5, sizeof(DLQ_INDEX) - 1};
+    if (rclient_is_up(p->broker)) (void)!rclient_command(p->broker, on_dlq_size, p, 2, argv, lens);
+}

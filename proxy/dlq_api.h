@@ -1,0 +1,46 @@
+/* dlq_api — the dead-letter queue API of DESIGN §4 over the Redis layout of
+ * docs/worker-redis.md (turnout:dlq index zset, turnout:dlq:entry:<tid>
+ * strings, turnout:dlq:classes counts).  Reads are paged through the index
+ * (ZREVRANGE + MGET), never a scan; writes (retry, delete) need the admin
+ * token and run as one Lua script each, so they are atomic. */
+#ifndef TURNOUT_DLQ_API_H
+#define TURNOUT_DLQ_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct evhttp_request;
+typedef struct proxy proxy;
+
+#define DLQ_LIMIT_DEFAULT 50
+#define DLQ_LIMIT_MAX 500
+#define DLQ_OFFSET_MAX 1000000000L
+#define DLQ_TASK_ID_MAX 255
+
+/* Query of GET /api/dlq/list. */
+typedef struct dlq_query {
+    long limit;
+    long offset;
+    bool has_eval_id;      /* filter on one eval_id */
+    char eval_id[129];
+} dlq_query;
+
+/* Parses "limit=&offset=&eval_id=" (NULL = defaults); unknown parameters
+ * are ignored.  0, or -1 with msg naming the parameter and the range. */
+int dlq_api_parse_query(const char *query, dlq_query *out, char msg[256])
+    __attribute__((warn_unused_result));
+
+enum dlq_target { DLQ_T_LIST, DLQ_T_STATS, DLQ_T_ENTRY, DLQ_T_RETRY, DLQ_T_BAD_ID, DLQ_T_NONE };
+
+/* Which endpoint a path under /api/dlq names; for ENTRY, RETRY and BAD_ID
+ * tid and tid_len give the task id segment (borrowed from path). */
+enum dlq_target dlq_api_target(const char *path, const char **tid, size_t *tid_len);
+
+/* Handles every path under /api/dlq (the caller checked the prefix).
+ * Replies exactly once. */
+void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0);
+
+/* Refreshes the turnout_dlq_size gauge (ZCARD); called by the depth timer. */
+void dlq_api_poll(proxy *p);
+
+#endif
