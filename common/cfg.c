@@ -137,92 +137,108 @@ static bool valid_list(const char *v)
     }
 }
 
-int cfg_load(const cfg_option *table, size_t n, void *dst, size_t dst_size,
-             cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+/* Parses one value into `field`; false (with the problem added) when invalid. */
+static bool parse_one(const cfg_option *o, const char *v, char *field, errbuf *e, const char *origin)
+{
+    char bounds[160];
+    int before = e->count;
+    describe_bounds(o, bounds, sizeof(bounds));
+    switch (o->type) {
+    case CFG_BOOL: {
+        bool b;
+        if (!parse_bool(v, &b)) add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+        else memcpy(field, &b, sizeof(b));
+        break;
+    }
+    case CFG_INT: {
+        char *end;
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || end == v || *end || (double)x < o->min || (double)x > o->max)
+            add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+        else memcpy(field, &x, sizeof(x));
+        break;
+    }
+    case CFG_FRACTION: {
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno || end == v || *end || !isfinite(x) || x < o->min || x > o->max) {
+            if (o->min == 0 && o->max == 1)
+                add_err(e, "%s=\"%s\"%s: must be between 0 and 1 (a fraction, 0.5 = 50%%)", o->name, v, origin);
+            else
+                add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+        } else {
+            memcpy(field, &x, sizeof(x));
+        }
+        break;
+    }
+    case CFG_STRING:
+    case CFG_ENUM:
+    case CFG_ADDR:
+    case CFG_URL:
+    case CFG_LIST: {
+        bool ok = true;
+        if (o->type == CFG_STRING) ok = o->max <= 0 || strlen(v) <= (size_t)o->max;
+        else if (o->type == CFG_ENUM) ok = in_choices(o->choices, v, strlen(v));
+        else if (o->type == CFG_ADDR) {
+            char host[256];
+            int port;
+            ok = cfg_split_addr(v, host, sizeof(host), &port) == 0;
+        } else if (o->type == CFG_URL) ok = *v == '\0' || valid_url(o, v);
+        else ok = valid_list(v);
+        if (!ok) {
+            add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+            break;
+        }
+        char *copy = strdup(v);
+        if (!copy) {
+            add_err(e, "out of memory while reading %s", o->name);
+            break;
+        }
+        memcpy(field, &copy, sizeof(copy));
+        break;
+    }
+    }
+    return e->count == before;
+}
+
+int cfg_parse(const cfg_option *table, size_t n, void *out, cfg_lookup_fn lookup, void *ud, char *errs,
+              size_t errs_size)
 {
     errbuf e = {errs, errs_size, 0, 0};
-    char *tmp = calloc(1, dst_size);
     if (errs && errs_size) errs[0] = '\0';
-    if (!tmp) {
-        add_err(&e, "out of memory while reading the configuration");
-        return e.count;
-    }
     for (size_t i = 0; i < n; i++) {
         const cfg_option *o = &table[i];
         const char *v = lookup(o->name, ud);
-        bool from_env = v != NULL;
-        if (!v) v = o->def ? o->def : "";
-        char *field = tmp + o->offset;
-        char bounds[160];
-        describe_bounds(o, bounds, sizeof(bounds));
-        const char *origin = from_env ? "" : " (the default)";
-
-        switch (o->type) {
-        case CFG_BOOL: {
-            bool b;
-            if (!parse_bool(v, &b)) add_err(&e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
-            else memcpy(field, &b, sizeof(b));
-            break;
-        }
-        case CFG_INT: {
-            char *end;
-            errno = 0;
-            long long x = strtoll(v, &end, 10);
-            if (errno || end == v || *end || (double)x < o->min || (double)x > o->max)
-                add_err(&e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
-            else memcpy(field, &x, sizeof(x));
-            break;
-        }
-        case CFG_FRACTION: {
-            char *end;
-            errno = 0;
-            double x = strtod(v, &end);
-            if (errno || end == v || *end || !isfinite(x) || x < o->min || x > o->max) {
-                if (o->min == 0 && o->max == 1)
-                    add_err(&e, "%s=\"%s\"%s: must be between 0 and 1 (a fraction, 0.5 = 50%%)", o->name, v, origin);
-                else
-                    add_err(&e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
-            } else {
-                memcpy(field, &x, sizeof(x));
-            }
-            break;
-        }
-        case CFG_STRING:
-        case CFG_ENUM:
-        case CFG_ADDR:
-        case CFG_URL:
-        case CFG_LIST: {
-            bool ok = true;
-            if (o->type == CFG_STRING) ok = o->max <= 0 || strlen(v) <= (size_t)o->max;
-            else if (o->type == CFG_ENUM) ok = in_choices(o->choices, v, strlen(v));
-            else if (o->type == CFG_ADDR) {
-                char host[256];
-                int port;
-                ok = cfg_split_addr(v, host, sizeof(host), &port) == 0;
-            } else if (o->type == CFG_URL) ok = *v == '\0' || valid_url(o, v);
-            else ok = valid_list(v);
-            if (!ok) {
-                add_err(&e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
-                break;
-            }
-            char *copy = strdup(v);
-            if (!copy) {
-                add_err(&e, "out of memory while reading %s", o->name);
-                break;
-            }
-            memcpy(field, &copy, sizeof(copy));
-            break;
-        }
-        }
+        const char *def = o->def ? o->def : "";
+        char *field = (char *)out + o->offset;
+        if (parse_one(o, v ? v : def, field, &e, v ? "" : " (the default)") || !v) continue;
+        /* Invalid: fall back to the default so cross-checks still see a
+         * sensible value and can report their own problems too. */
+        errbuf quiet = {NULL, 0, 0, 0};
+        (void)parse_one(o, def, field, &quiet, "");
     }
-    if (e.count == 0) {
+    return e.count;
+}
+
+int cfg_load(const cfg_option *table, size_t n, void *dst, size_t dst_size,
+             cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+{
+    char *tmp = calloc(1, dst_size);
+    if (!tmp) {
+        if (errs && errs_size) snprintf(errs, errs_size, "out of memory while reading the configuration\n");
+        return 1;
+    }
+    int count = cfg_parse(table, n, tmp, lookup, ud, errs, errs_size);
+    if (count == 0) {
         cfg_free(table, n, dst);
         memcpy(dst, tmp, dst_size);
     } else {
         cfg_free(table, n, tmp);
     }
     free(tmp);
-    return e.count;
+    return count;
 }
 
 void cfg_free(const cfg_option *table, size_t n, void *settings)

@@ -45,6 +45,12 @@ int cfg_load(const cfg_option *table, size_t n, void *dst, size_t dst_size,
              cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
     __attribute__((warn_unused_result));
 
+/* Like cfg_load but always fills `out` (zeroed by the caller): an invalid
+ * value is reported and replaced by its default, so cross-field checks can
+ * still run and every problem is reported in one go.  Free with cfg_free. */
+int cfg_parse(const cfg_option *table, size_t n, void *out, cfg_lookup_fn lookup, void *ud, char *errs,
+              size_t errs_size) __attribute__((warn_unused_result));
+
 /* Frees the owned strings of a settings struct filled by cfg_load. */
 void cfg_free(const cfg_option *table, size_t n, void *settings);
 

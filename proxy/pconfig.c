@@ -58,8 +58,7 @@ const size_t pconfig_count = sizeof(pconfig_table) / sizeof(pconfig_table[0]);
 int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
 {
     proxy_settings tmp = {0};
-    int n = cfg_load(pconfig_table, pconfig_count, &tmp, sizeof(tmp), lookup, ud, errs, errs_size);
-    if (n) return n;
+    int n = cfg_parse(pconfig_table, pconfig_count, &tmp, lookup, ud, errs, errs_size);
 
     /* Cross-field checks, reported in the same style. */
     if ((tmp.tls_cert[0] != '\0') != (tmp.tls_key[0] != '\0')) {

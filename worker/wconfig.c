@@ -69,8 +69,7 @@ const size_t wconfig_count = sizeof(wconfig_table) / sizeof(wconfig_table[0]);
 int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
 {
     worker_settings tmp = {0};
-    int n = cfg_load(wconfig_table, wconfig_count, &tmp, sizeof(tmp), lookup, ud, errs, errs_size);
-    if (n) return n;
+    int n = cfg_parse(wconfig_table, wconfig_count, &tmp, lookup, ud, errs, errs_size);
     const char *const names[2] = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"};
     const char *const urls[2] = {tmp.broker_url, tmp.result_backend};
     n += rclient_check_urls(names, urls, 2, errs, errs_size);

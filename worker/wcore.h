@@ -77,6 +77,8 @@ void task_tick_all(worker *w);
 /* Grace is over: cancel executions, ask executors to kill them. */
 void task_abandon_all(worker *w);
 void task_free_all(worker *w);
+/* REVOKED for a message dropped outside any task (a revoked retry). */
+void task_write_revoked(worker *w, const char *task_id);
 
 /* wmaint.c */
 void maint_tick(worker *w);

@@ -20,9 +20,19 @@
 #define REVOKED_TTL "86400"
 #define HEARTBEAT_TTL "30"
 
-static const double job_interval_s[WJ_COUNT] = {
+static const double job_every_s[WJ_COUNT] = {
     [WJ_RESTORE] = 10, [WJ_SCHEDULE] = 0.5, [WJ_DLQ_PRUNE] = 60, [WJ_ORPHANS] = 10, [WJ_EXECUTORS] = 5,
 };
+
+/* Restores come at least twice per visibility timeout, so a lost message
+ * waits at most about 1.5 timeouts. */
+static double job_interval_s(const worker *w, enum wm_job job)
+{
+    double every = job_every_s[job];
+    if (job == WJ_RESTORE && w->cfg.visibility_timeout_s / 2.0 < every)
+        every = w->cfg.visibility_timeout_s / 2.0 < 1 ? 1 : w->cfg.visibility_timeout_s / 2.0;
+    return every;
+}
 
 
 
@@ -138,6 +148,8 @@ static void on_job_done(redisReply *r, const char *err, void *arg)
         wmetrics_job(&w->m, j->job, WJO_SKIPPED); /* another instance holds the mutex */
     } else {
         wmetrics_job(&w->m, j->job, WJO_OK);
+        for (size_t i = 2; j->job == WJ_SCHEDULE && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING) task_write_revoked(w, r->element[i]->str);
         long long moved = r->type == REDIS_REPLY_INTEGER ? r->integer
                           : r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer
                                                                              : 0;
@@ -268,7 +280,9 @@ static void try_job(worker *w, enum wm_job job)
 {
     char key[64], px[32];
     snprintf(key, sizeof(key), "turnout:lock:%s", wm_job_names[job]);
-    snprintf(px, sizeof(px), "%lld", (long long)(job_interval_s[job] * 1000));
+    /* a little under the interval, so the next tick of the instance that
+     * ran it does not find its own lock still there */
+    snprintf(px, sizeof(px), "%lld", (long long)(job_interval_s(w, job) * 900));
     job_ctx *j = job_new(w, job);
     if (!j) return;
     const char *a[6] = {"SET", key, w->cfg.name, "PX", px, "NX"};
@@ -303,7 +317,7 @@ void maint_tick(worker *w)
 
     task_tick_all(w);
     for (int job = 0; job < WJ_COUNT; job++) {
-        if (now - w->last_job[job] < job_interval_s[job]) continue;
+        if (now - w->last_job[job] < job_interval_s(w, (enum wm_job)job)) continue;
         w->last_job[job] = now;
         try_job(w, (enum wm_job)job);
     }

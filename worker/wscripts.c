@@ -95,7 +95,7 @@ const char wscript_restore_expired[] =
     "return n\n";
 
 const char wscript_move_due[] =
-    "local moved, dropped = 0, 0\n"
+    "local moved, dropped, revoked = 0, 0, {}\n"
     "local due = redis.call('ZRANGEBYSCORE', 'turnout:schedule', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))\n"
     "for _, m in ipairs(due) do\n"
     "  redis.call('ZREM', 'turnout:schedule', m)\n"
@@ -107,6 +107,7 @@ const char wscript_move_due[] =
     "    end\n"
     "    if type(tid) == 'string' and redis.call('EXISTS', 'turnout:revoked:' .. tid) == 1 then\n"
     "      dropped = dropped + 1\n"
+    "      revoked[#revoked + 1] = tid\n"
     "    else\n"
     "      local di = env.properties.delivery_info\n"
     "      local q = type(di) == 'table' and di.routing_key or nil\n"
@@ -125,7 +126,9 @@ const char wscript_move_due[] =
     "    dropped = dropped + 1\n"
     "  end\n"
     "end\n"
-    "return {moved, dropped}\n";
+    "local out = {moved, dropped}\n"
+    "for _, tid in ipairs(revoked) do out[#out + 1] = tid end\n"
+    "return out\n";
 
 const char wscript_dlq_prune[] =
     "local n = 0\n"

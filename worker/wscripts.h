@@ -29,7 +29,8 @@ extern const char wscript_restore_expired[];
 
 /* move_due: move up to ARGV[2] due envelopes (score <= ARGV[1]) from
  * turnout:schedule back to their priority list, dropping revoked ones.
- * Returns {moved, dropped}. */
+ * Returns {moved, dropped, revoked task ids...}: the caller stores REVOKED
+ * for those (results may live in another Redis). */
 extern const char wscript_move_due[];
 
 /* dlq_prune: delete up to ARGV[2] DLQ entries older than ARGV[1]. */

@@ -51,6 +51,7 @@ struct task {
     enum stage stage;
     int checks_left;
     bool result_terminal, revoked, terminate, soft_fired, hard_fired, give_back_after_checks;
+    bool known_id; /* task_id is the producer's (not a delivery tag) */
     httpc_req *exec_req;
     httpc_req *kill_req;
     int kill_tries;
@@ -330,8 +331,10 @@ static void dead_letter(task *t, const char *reason, const char *policy, const c
                         const char *message)
 {
     double now = util_now();
+    const char *eval_id = t->eval_id;
+    if (!eval_id && t->known_id && strncmp(t->task_id, "celery-", 7) == 0) eval_id = t->task_id + 7;
     json_t *e = json_pack("{s:s, s:s?, s:s?, s:s?, s:i, s:O?, s:O?, s:s, s:s, s:s, s:i, s:s?, s:f, s:f, s:s}",
-                          "task_id", t->task_id, "eval_id", t->eval_id, "task",
+                          "task_id", t->task_id, "eval_id", eval_id, "task",
                           t->decoded ? t->msg.task_name : NULL, "queue",
                           t->decoded ? t->msg.routing_key : NULL, "priority",
                           t->decoded ? t->msg.priority : 0, "args", t->decoded ? t->msg.args : NULL,
@@ -361,7 +364,7 @@ static void dead_letter(task *t, const char *reason, const char *policy, const c
     LOG_WARN("dead-lettered", "task_id", t->task_id, "eval_id", t->eval_id, "reason", reason, "error", message);
     /* The FAILURE record goes first (never over a terminal one); the DLQ
      * entry and the ack then go together. */
-    if (t->decoded) write_state(t, "FAILURE", results_exception(exc_class, message, "turnout"));
+    if (t->known_id) write_state(t, "FAILURE", results_exception(exc_class, message, "turnout"));
     ack_with(t, strcmp(reason, "malformed") == 0 ? WO_MALFORMED : WO_DEAD_LETTERED, extra, 1);
     free(entry);
 }
@@ -374,7 +377,11 @@ static void retry_or_dead_letter(task *t, enum wm_policy policy, const char *exc
         finish_revoked(t, t->terminate ? "terminated" : "revoked");
         return;
     }
-    if (t->msg.retries >= rp->max || w->returning) {
+    if (w->returning) { /* the message is back on its queue: not a failure */
+        task_free(t);
+        return;
+    }
+    if (t->msg.retries >= rp->max) {
         dead_letter(t, "retries_exhausted", wm_policy_names[policy], exc_class, message);
         return;
     }
@@ -489,7 +496,10 @@ static void on_executed(const httpc_response *resp, void *arg)
     double took = util_monotonic() - t->t_started;
     char msg[400];
 
-    if (resp->error == HTTPC_ECANCELLED) { /* shutting down: the message is returned */
+    if (resp->error == HTTPC_ECANCELLED || w->returning) {
+        /* Shutting down after the grace: the message has been put back on
+         * its queue, so whatever the executor says (often "killed", by our
+         * own kill) must not become its result. */
         task_free(t);
         return;
     }
@@ -746,10 +756,17 @@ void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t 
     metrics_set(w->m.in_flight, 0, (double)w->in_flight);
 
     if (celery_decode(raw, len, &t->msg, err) != 0) {
-        snprintf(t->task_id, sizeof(t->task_id), "%s", tag);
+        /* Keep the producer's task id when the headers hold one, so its
+         * AsyncResult gets a FAILURE and the DLQ is searchable by eval_id. */
+        json_t *env = json_loadb(raw, len, 0, NULL);
+        const char *tid = json_string_value(json_object_get(json_object_get(env, "headers"), "id"));
+        t->known_id = tid && util_valid_id(tid, strlen(tid), sizeof(t->task_id) - 1);
+        snprintf(t->task_id, sizeof(t->task_id), "%s", t->known_id ? tid : tag);
+        json_decref(env);
         dead_letter(t, "malformed", "none", "MalformedMessage", err);
         return;
     }
+    t->known_id = true;
     t->decoded = true;
     snprintf(t->task_id, sizeof(t->task_id), "%s", t->msg.task_id);
     if (strcmp(t->msg.task_name, w->cfg.task_name) != 0) {
@@ -863,4 +880,19 @@ void task_free_all(worker *w)
         t->w->draining = true;
         task_free(t);
     }
+}
+
+void task_write_revoked(worker *w, const char *task_id)
+{
+    char key[340], exp[24];
+    char *rec = results_record(task_id, "REVOKED", results_exception("TaskRevokedError", "revoked", "celery.exceptions"),
+                               NULL);
+    if (!rec) return;
+    snprintf(key, sizeof(key), RESULTS_KEY_PREFIX "%s", task_id);
+    const char *argv[RESULTS_WRITE_ARGC];
+    size_t len[RESULTS_WRITE_ARGC];
+    results_write_argv(key, rec, (long)w->cfg.result_expires_s, exp, argv, len);
+    rclient_send(w->res, RESULTS_WRITE_ARGC, argv, len);
+    free(rec);
+    wmetrics_task(&w->m, WO_REVOKED);
 }

@@ -553,3 +553,207 @@ def proxy_factory(redis_server, legacyd, tmp_path):
     errors = [e for e in (p.cleanup() for p in made) if e]
     if errors:
         pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+# --------------------------------------------------------------- executor and worker
+
+class Executor:
+    """A running turnout-executor (DESIGN §8) on a loopback port, with its own
+    TMPDIR. port may be given (e.g. a port a worker was already pointed at)."""
+
+    def __init__(self, workdir, port=None, env=None, name=None):
+        self.dir = Path(workdir)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = {k: str(v) for k, v in (env or {}).items()}
+        self.name = name or f"turnout-executor:{self.port}"
+        self.mp = None
+        self._starts = 0
+        self.session = http_session()
+
+    def start(self, timeout=WAIT_S):
+        self._starts += 1
+        if self.mp is not None:
+            self.mp.stop(signal.SIGTERM, 10)
+            self.mp.forget()
+        runs = self.dir / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        env = base_env()
+        env.update({"EXECUTOR_LISTEN": f"127.0.0.1:{self.port}", "TMPDIR": str(runs)})
+        env.update(self.extra_env)
+        self.mp = ManagedProcess(self.name, [binary("turnout-executor")], env,
+                                 self.dir / f"executor-{self.port}-{self._starts}.log").start()
+        wait_http(self.url + "/health", timeout, [self.mp])
+        return self
+
+    def capacity(self, timeout=2.0):
+        r = self.session.get(self.url + "/capacity", timeout=timeout)
+        assert r.status_code == 200, f"executor GET /capacity -> {r.status_code} {r.text}"
+        return r.json()
+
+    def describe(self, tail=80):
+        return self.mp.describe(tail) if self.mp else f"<{self.name} never started>"
+
+    def stop(self, timeout=10.0):
+        if self.mp is None:
+            return None
+        return self.mp.stop(signal.SIGTERM, timeout)
+
+    def cleanup(self):
+        if self.mp is None:
+            return None
+        was_running = self.mp.running()
+        rc = self.mp.stop(signal.SIGTERM, 10)
+        self.mp.forget()
+        self.session.close()
+        if was_running and rc != 0:
+            return f"{self.name} exited {rc} on SIGTERM (want 0)\n{self.mp.describe()}"
+        return None
+
+
+class Worker:
+    """A turnout-worker process. /metrics and /healthz on a free port."""
+
+    def __init__(self, workdir, env, name):
+        self.dir = Path(workdir)
+        self.env = dict(env)
+        self.name = name
+        host, _, port = self.env["WORKER_METRICS_LISTEN"].rpartition(":")
+        self.base = f"http://{host}:{port}"
+        self.mp = None
+        self._starts = 0
+        self.session = http_session()
+
+    @property
+    def worker_name(self):
+        return self.env["WORKER_NAME"]
+
+    @property
+    def proc(self):
+        return self.mp.proc if self.mp else None
+
+    def start(self, wait=True, timeout=WAIT_S):
+        """(Re)start with the same environment (same WORKER_NAME)."""
+        self._starts += 1
+        if self.mp is not None and self.mp.running():
+            raise AssertionError(f"{self.name} is still running")
+        if self.mp is not None:
+            self.mp.forget()
+        env = base_env()
+        env.update(self.env)
+        self.mp = ManagedProcess(f"{self.name}#{self._starts}", [binary("turnout-worker")], env,
+                                 self.dir / f"worker-{self._starts}.log").start()
+        if wait:
+            wait_http(self.base + "/healthz", timeout, [self.mp])
+        return self
+
+    def running(self):
+        return self.mp is not None and self.mp.running()
+
+    def describe(self, tail=80):
+        return self.mp.describe(tail) if self.mp else f"<{self.name} never started>"
+
+    def log_text(self):
+        try:
+            return self.mp.log_path.read_text(errors="replace")
+        except (OSError, AttributeError):
+            return ""
+
+    def metrics_text(self):
+        r = self.session.get(self.base + "/metrics", timeout=HTTP_TIMEOUT_S)
+        assert r.status_code == 200, f"worker /metrics -> {r.status_code}: {r.text[:500]}"
+        return r.text
+
+    def metrics(self):
+        return parse_metrics(self.metrics_text())
+
+    def healthz(self):
+        return self.session.get(self.base + "/healthz", timeout=HTTP_TIMEOUT_S)
+
+    def kill(self):
+        """SIGKILL, no chance to clean up (at-least-once tests)."""
+        self.mp._signal(signal.SIGKILL)
+        self.mp.proc.wait(5)
+        return self.mp.proc.returncode
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        if self.mp is None:
+            return None
+        return self.mp.stop(sig, timeout)
+
+    def cleanup(self):
+        if self.mp is None:
+            return None
+        was_running = self.mp.running()
+        rc = self.mp.stop(signal.SIGTERM, 15)
+        self.mp.forget()
+        self.session.close()
+        if was_running and rc != 0:
+            return f"{self.name} exited {rc} on SIGTERM (want 0)\n{self.mp.describe()}"
+        return None
+
+
+@pytest.fixture
+def executor_factory(tmp_path):
+    """make(port=None, start=True, **env) -> Executor (started unless
+    start=False). Stopped at teardown; a non-zero exit on SIGTERM fails."""
+    made = []
+
+    def make(port=None, start=True, **env):
+        ex = Executor(tmp_path / f"executor{len(made)}", port=port, env=env,
+                      name=f"turnout-executor#{len(made)}")
+        made.append(ex)
+        if start:
+            ex.start()
+        return ex
+
+    yield make
+    errors = [e for e in (ex.cleanup() for ex in made) if e]
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+_WORKER_SEQ = [0]
+
+
+@pytest.fixture
+def worker_factory(redis_server, tmp_path):
+    """make(executors, env=None, start=True, wait=True, **env) -> Worker.
+    executors: an Executor, a URL, or a list of them (EXECUTOR_SERVICE_URL).
+    Defaults: broker = the test redis, a unique WORKER_NAME, a free
+    WORKER_METRICS_LISTEN, CELERY_CONCURRENCY=2, WORKER_SHUTDOWN_GRACE_S=2,
+    LOG_LEVEL=debug. A value of None removes the
+    variable. Stopped (SIGTERM) at teardown; a non-zero exit fails."""
+    made = []
+
+    def make(executors, env=None, start=True, wait=True, **kw):
+        if not isinstance(executors, (list, tuple)):
+            executors = [executors]
+        urls = ",".join(e.url if isinstance(e, Executor) else str(e) for e in executors)
+        _WORKER_SEQ[0] += 1
+        full = {
+            "CELERY_BROKER_URL": redis_server.url,
+            "EXECUTOR_SERVICE_URL": urls,
+            "WORKER_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "WORKER_NAME": f"tw{_WORKER_SEQ[0]}-{os.getpid()}-{len(made)}@test",
+            "CELERY_CONCURRENCY": "2",
+            "WORKER_SHUTDOWN_GRACE_S": "2",
+            "LOG_LEVEL": "debug",
+        }
+        for k, v in {**(env or {}), **kw}.items():
+            if v is None:
+                full.pop(k, None)
+            elif isinstance(v, bool):
+                full[k] = "true" if v else "false"
+            else:
+                full[k] = str(v)
+        w = Worker(tmp_path / f"worker{len(made)}", full, name=f"turnout-worker#{len(made)}")
+        made.append(w)
+        if start:
+            w.start(wait=wait)
+        return w
+
+    yield make
+    errors = [e for e in (w.cleanup() for w in made) if e]
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)

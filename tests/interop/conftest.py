@@ -6,8 +6,10 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 
 from fixtures_turnout import (  # noqa: E402,F401  (fixtures and hooks are found by name)
+    executor_factory,
     legacyd,
     proxy_factory,
     pytest_runtest_makereport,
     redis_server,
+    worker_factory,
 )
