@@ -29,6 +29,7 @@ enum rstate { RC_DOWN, RC_CONNECTING, RC_UP };
 
 typedef struct subscription {
     char *channel;
+    bool pattern; /* PSUBSCRIBE */
     rclient_msg_cb cb;
     void *arg;
     struct subscription *next;
@@ -324,33 +325,51 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
     (void)ac;
     redisReply *reply = r;
     subscription *s = privdata;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return;
-    redisReply *kind = reply->element[0], *payload = reply->element[2];
-    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0) return;
-    if (payload->type != REDIS_REPLY_STRING) return;
-    s->cb(s->channel, payload->str, payload->len, s->arg);
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
+    redisReply *kind = reply->element[0];
+    if (kind->type != REDIS_REPLY_STRING) return;
+    if (!s->pattern && reply->elements == 3 && strcmp(kind->str, "message") == 0) {
+        redisReply *payload = reply->element[2];
+        if (payload->type == REDIS_REPLY_STRING) s->cb(s->channel, payload->str, payload->len, s->arg);
+    } else if (s->pattern && reply->elements == 4 && strcmp(kind->str, "pmessage") == 0) {
+        redisReply *channel = reply->element[2], *payload = reply->element[3];
+        if (channel->type == REDIS_REPLY_STRING && payload->type == REDIS_REPLY_STRING)
+            s->cb(channel->str, payload->str, payload->len, s->arg);
+    }
 }
 
 static void send_subscribe(rclient *rc, subscription *s)
 {
     if (!rc->ac) return;
-    if (redisAsyncCommand(rc->ac, on_sub_reply, s, "SUBSCRIBE %b", s->channel, strlen(s->channel)) != REDIS_OK)
+    if (redisAsyncCommand(rc->ac, on_sub_reply, s, s->pattern ? "PSUBSCRIBE %b" : "SUBSCRIBE %b", s->channel,
+                          strlen(s->channel)) != REDIS_OK)
         LOG_WARN("redis subscribe failed", "redis", rc->name, "channel", s->channel);
 }
 
-int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void *arg)
+static int add_subscription(rclient *rc, const char *channel, bool pattern, rclient_msg_cb cb, void *arg)
 {
     subscription *s = calloc(1, sizeof(*s));
     if (!s || !(s->channel = strdup(channel))) {
         free(s);
         return -1;
     }
+    s->pattern = pattern;
     s->cb = cb;
     s->arg = arg;
     s->next = rc->subs;
     rc->subs = s;
     if (rc->state == RC_UP) send_subscribe(rc, s);
     return 0;
+}
+
+int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void *arg)
+{
+    return add_subscription(rc, channel, false, cb, arg);
+}
+
+int rclient_psubscribe(rclient *rc, const char *pattern, rclient_msg_cb cb, void *arg)
+{
+    return add_subscription(rc, pattern, true, cb, arg);
 }
 
 int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv,

@@ -67,6 +67,11 @@ typedef void (*rclient_msg_cb)(const char *channel, const char *payload, size_t 
 int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void *arg)
     __attribute__((warn_unused_result));
 
+/* The same for a glob pattern (PSUBSCRIBE); the callback gets the channel
+ * the message was published on. */
+int rclient_psubscribe(rclient *rc, const char *pattern, rclient_msg_cb cb, void *arg)
+    __attribute__((warn_unused_result));
+
 /* A callback for replies nobody needs. */
 void rclient_noop(struct redisReply *reply, const char *err, void *arg);
 

@@ -12,12 +12,13 @@ struct legacy_client {
     long timeout_ms;
     char tasks_url[1024];
     char health_url[1024];
+    char status_url[1024];
 };
 
 typedef struct call {
     legacy_cb cb;
     void *arg;
-    bool submit;
+    enum { CALL_SUBMIT, CALL_HEALTH, CALL_TASK } kind;
 } call;
 
 legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms)
@@ -31,6 +32,7 @@ legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms
     lc->timeout_ms = timeout_ms;
     snprintf(lc->tasks_url, sizeof(lc->tasks_url), "%.*s/tasks", (int)n, base_url);
     snprintf(lc->health_url, sizeof(lc->health_url), "%.*s/health", (int)n, base_url);
+    snprintf(lc->status_url, sizeof(lc->status_url), "%.*s/status", (int)n, base_url);
     return lc;
 }
 
@@ -39,10 +41,12 @@ void legacy_client_free(legacy_client *lc) { free(lc); }
 static void on_done(const httpc_response *resp, void *arg)
 {
     call *c = arg;
-    legacy_result r = {LEGACY_OK, resp->status, -1, NULL};
+    legacy_result r = {LEGACY_OK, resp->status, -1, NULL, NULL};
     char detail[300];
     json_t *doc = NULL;
 
+    if (resp->error == HTTPC_OK && resp->body_len) doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+    r.doc = doc;
     if (resp->error == HTTPC_ETIMEOUT) {
         r.outcome = LEGACY_TIMEOUT;
         r.detail = "the legacy Queue Service did not answer in time";
@@ -53,23 +57,26 @@ static void on_done(const httpc_response *resp, void *arg)
         r.detail = detail;
     } else if (resp->status == 409) {
         r.outcome = LEGACY_CONFLICT;
-        r.detail = "the legacy Queue Service already has this eval_id";
+        const char *msg = json_string_value(json_object_get(doc, "message"));
+        r.detail = msg ? msg : "the legacy Queue Service already has this eval_id";
+    } else if (resp->status == 404 && c->kind == CALL_TASK) {
+        r.outcome = LEGACY_NOT_FOUND;
+        r.detail = "the legacy Queue Service does not know this eval_id";
     } else if (resp->status < 200 || resp->status > 299) {
         r.outcome = LEGACY_BAD_STATUS;
-        doc = json_loadb(resp->body, resp->body_len, 0, NULL);
         const char *msg = json_string_value(json_object_get(doc, "message"));
         snprintf(detail, sizeof(detail), "the legacy Queue Service answered %ld%s%.200s", resp->status,
                  msg ? ": " : "", msg ? msg : "");
         r.detail = detail;
-    } else if (c->submit) {
-        doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+    } else if (c->kind != CALL_HEALTH && !json_is_object(doc)) {
+        r.outcome = LEGACY_BAD_REPLY;
+        r.detail = "the legacy Queue Service answered with something that is not a JSON object";
+    } else if (c->kind == CALL_SUBMIT) {
         json_t *pos = json_object_get(doc, "position");
-        if (!json_is_object(doc)) {
-            r.outcome = LEGACY_BAD_REPLY;
-            r.detail = "the legacy Queue Service answered with something that is not a JSON object";
-        } else {
-            r.position = json_is_integer(pos) ? (long long)json_integer_value(pos) : -1;
-        }
+        r.position = json_is_integer(pos) ? (long long)json_integer_value(pos) : -1;
+    } else if (c->kind == CALL_TASK) {
+        json_t *pos = json_object_get(doc, "position");
+        r.position = json_is_integer(pos) ? (long long)json_integer_value(pos) : -1;
     }
     c->cb(&r, c->arg);
     json_decref(doc);
@@ -77,7 +84,7 @@ static void on_done(const httpc_response *resp, void *arg)
 }
 
 static httpc_req *start(legacy_client *lc, const char *method, const char *url, const char *body,
-                        size_t len, bool submit, legacy_cb cb, void *arg)
+                        size_t len, int kind, legacy_cb cb, void *arg)
 {
     static const char *const headers[] = {"Content-Type: application/json",
                                           "Accept: application/json", NULL};
@@ -86,7 +93,7 @@ static httpc_req *start(legacy_client *lc, const char *method, const char *url, 
     if (!c) return NULL;
     c->cb = cb;
     c->arg = arg;
-    c->submit = submit;
+    c->kind = kind;
     httpc_opts o = {
         .method = method,
         .url = url,
@@ -109,7 +116,7 @@ httpc_req *legacy_submit(legacy_client *lc, const char *eval_id, const char *cod
                           code_len, "language", language, "engine", engine, "timeout", timeout,
                           "priority", priority);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    httpc_req *r = body ? start(lc, "POST", lc->tasks_url, body, strlen(body), true, cb, arg) : NULL;
+    httpc_req *r = body ? start(lc, "POST", lc->tasks_url, body, strlen(body), CALL_SUBMIT, cb, arg) : NULL;
     free(body);
     json_decref(o);
     return r;
@@ -117,5 +124,44 @@ httpc_req *legacy_submit(legacy_client *lc, const char *eval_id, const char *cod
 
 httpc_req *legacy_health(legacy_client *lc, legacy_cb cb, void *arg)
 {
-    return start(lc, "GET", lc->health_url, NULL, 0, false, cb, arg);
+    return start(lc, "GET", lc->health_url, NULL, 0, CALL_HEALTH, cb, arg);
+}
+
+static httpc_req *task_call(legacy_client *lc, const char *method, const char *eval_id, legacy_cb cb, void *arg)
+{
+    char url[1024 + 160];
+    snprintf(url, sizeof(url), "%s/%s", lc->tasks_url, eval_id);
+    return start(lc, method, url, NULL, 0, CALL_TASK, cb, arg);
+}
+
+httpc_req *legacy_get_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg)
+{
+    return task_call(lc, "GET", eval_id, cb, arg);
+}
+
+httpc_req *legacy_cancel_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg)
+{
+    return task_call(lc, "DELETE", eval_id, cb, arg);
+}
+
+httpc_req *legacy_queue_status(legacy_client *lc, legacy_cb cb, void *arg)
+{
+    return start(lc, "GET", lc->status_url, NULL, 0, CALL_TASK, cb, arg);
+}
+
+const char *legacy_normalized_status(json_t *task)
+{
+    const char *st = json_string_value(json_object_get(task, "status"));
+    const char *outcome = json_string_value(json_object_get(task, "outcome"));
+    if (!st) return NULL;
+    if (strcmp(st, "queued") == 0) return "queued";
+    if (strcmp(st, "processing") == 0 || strcmp(st, "running") == 0) return "running";
+    if (strcmp(st, "completed") == 0) return "completed";
+    if (strcmp(st, "cancelled") == 0) return "cancelled";
+    if (strcmp(st, "failed") == 0) {
+        if (outcome && strcmp(outcome, "timeout") == 0) return "timeout";
+        if (outcome && strcmp(outcome, "killed") == 0) return "cancelled";
+        return "failed";
+    }
+    return NULL;
 }

@@ -8,6 +8,7 @@
 #include "httpc.h"
 
 typedef struct legacy_client legacy_client;
+typedef struct json_t json_t;
 
 enum legacy_outcome {
     LEGACY_OK = 0,
@@ -15,7 +16,9 @@ enum legacy_outcome {
     LEGACY_UNREACHABLE, /* connect refused / reset -> 502 */
     LEGACY_BAD_STATUS,  /* legacy answered with an error status -> 502 */
     LEGACY_BAD_REPLY,   /* a 2xx that is not the protocol's JSON -> 502 */
-    LEGACY_CONFLICT,    /* 409: the eval_id is already known there */
+    LEGACY_CONFLICT,    /* 409: the eval_id is already known there (submit), or the task
+                           is running / finished (cancel: doc's "error" says which) */
+    LEGACY_NOT_FOUND,   /* 404: no such task (task calls only) */
     LEGACY_INTERNAL,    /* could not even start the call (OOM) -> 503 */
 };
 
@@ -24,6 +27,7 @@ typedef struct legacy_result {
     long status;          /* legacy's HTTP status, 0 if none */
     long long position;   /* queue position reported by legacy, -1 unknown */
     const char *detail;   /* human text; borrowed, valid during the callback */
+    json_t *doc;          /* the reply's JSON when it had one; borrowed, valid during the callback */
 } legacy_result;
 
 typedef void (*legacy_cb)(const legacy_result *r, void *arg);
@@ -40,5 +44,20 @@ httpc_req *legacy_submit(legacy_client *lc, const char *eval_id, const char *cod
 
 /* GET /health (for /readyz). */
 httpc_req *legacy_health(legacy_client *lc, legacy_cb cb, void *arg);
+
+/* GET /tasks/{id}: LEGACY_OK with doc = {eval_id, status, ...}, or
+ * LEGACY_NOT_FOUND.  `eval_id` must be a valid id (no escaping is done). */
+httpc_req *legacy_get_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg);
+
+/* DELETE /tasks/{id}: LEGACY_OK (cancelled), LEGACY_CONFLICT (running or
+ * finished), LEGACY_NOT_FOUND. */
+httpc_req *legacy_cancel_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg);
+
+/* GET /status: LEGACY_OK with doc = {queued, processing, queue_length, total_tasks}. */
+httpc_req *legacy_queue_status(legacy_client *lc, legacy_cb cb, void *arg);
+
+/* A task's legacy status in the API's words (queued, running, completed,
+ * failed, timeout, cancelled); NULL when the doc has no known status. */
+const char *legacy_normalized_status(json_t *task);
 
 #endif

@@ -10,9 +10,11 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "evstatus.h"
 #include "log.h"
 #include "pserver.h"
 #include "rbatch.h"
+#include "records.h"
 #include "results.h"
 #include "util.h"
 
@@ -97,6 +99,7 @@ typedef struct cancel_op {
     char eval_id[CANCEL_EVAL_ID_MAX + 1];
     char tid[TID_MAX];
     char result_key[KEY_MAX];
+    bool deleted_once; /* legacy: DELETE already tried */
 } cancel_op;
 
 static void op_free(cancel_op *op) { free(op); }
@@ -124,11 +127,10 @@ static void op_finish_failure(cancel_op *op, const rbatch *b, const char *redis_
 /* The status a finished record stands for, in the API's words. */
 static const char *finished_status(const char *status, json_t *rec)
 {
+    const char *s = evstatus_from_celery(rec);
+    if (s && evstatus_outcome(s) >= 0) return s;
     if (strcmp(status, "FAILURE") == 0) return "failed";
     if (strcmp(status, "REVOKED") == 0) return "cancelled";
-    const char *inner = json_string_value(json_object_get(json_object_get(rec, "result"), "status"));
-    if (inner && (strcmp(inner, "failed") == 0 || strcmp(inner, "timeout") == 0)) return inner;
-    if (inner && strcmp(inner, "killed") == 0) return "cancelled";
     return "completed";
 }
 
@@ -262,18 +264,121 @@ done:
     free(record);
 }
 
+/* ---------- legacy path ---------- */
+
+static void legacy_get(cancel_op *op);
+
+static void legacy_failed(cancel_op *op, const legacy_result *res)
+{
+    proxy *p = op->r->p;
+    enum pm_upstream why = res->outcome == LEGACY_TIMEOUT      ? UP_TIMEOUT
+                           : res->outcome == LEGACY_UNREACHABLE ? UP_CONNECT
+                           : res->outcome == LEGACY_BAD_STATUS  ? UP_BAD_STATUS
+                                                                : UP_BAD_REPLY;
+    px_count_upstream_error(p, PATH_LEGACY, why);
+    px_finish_error(op->r, res->outcome == LEGACY_TIMEOUT ? 504 : 502,
+                    res->outcome == LEGACY_TIMEOUT ? "legacy_timeout" : "legacy_error", res->detail, 0);
+    op_free(op);
+}
+
+static void legacy_not_found(cancel_op *op)
+{
+    char msg[300];
+    snprintf(msg, sizeof(msg), "no evaluation \"%s\" on either path (no route record, nothing on the new queue, unknown to the legacy Queue Service)",
+             op->eval_id);
+    px_finish_error(op->r, 404, "not_found", msg, 0);
+    op_free(op);
+}
+
+static void on_legacy_deleted(const legacy_result *res, void *arg)
+{
+    cancel_op *op = arg;
+    px_hold_in_flight(op->r, NOT_WAITING);
+    if (res->outcome == LEGACY_OK) {
+        LOG_INFO("cancelled", "eval_id", op->eval_id, "path", "legacy", "previous_status", "queued");
+        json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "eval_id", op->eval_id, "previous_status", "queued", "cancelled",
+                              1, "message", "removed from the legacy queue; it will not run");
+        if (!o) op_finish_oom(op);
+        else op_finish_json(op, 200, o);
+    } else if (res->outcome == LEGACY_CONFLICT || res->outcome == LEGACY_NOT_FOUND) {
+        /* it started or ended in between: say what it is now */
+        legacy_get(op);
+    } else {
+        legacy_failed(op, res);
+    }
+}
+
+static void on_legacy_task(const legacy_result *res, void *arg)
+{
+    cancel_op *op = arg;
+    px_hold_in_flight(op->r, NOT_WAITING);
+    if (res->outcome == LEGACY_NOT_FOUND) {
+        legacy_not_found(op);
+        return;
+    }
+    if (res->outcome != LEGACY_OK) {
+        legacy_failed(op, res);
+        return;
+    }
+    const char *status = legacy_normalized_status(res->doc);
+    if (status && strcmp(status, "queued") == 0 && !op->deleted_once) {
+        op->deleted_once = true;
+        px_hold_in_flight(op->r, PATH_LEGACY);
+        if (!legacy_cancel_task(op->r->p->legacy, op->eval_id, on_legacy_deleted, op)) op_finish_oom(op);
+        return;
+    }
+    if (status && strcmp(status, "running") == 0) {
+        px_finish_error(op->r, 409, "running",
+                        "the evaluation is running on the legacy path, and the legacy Queue Service cannot stop a running task (terminate=true works on the new path only); wait for its result",
+                        0);
+        op_free(op);
+        return;
+    }
+    if (!status || strcmp(status, "queued") == 0) {
+        /* unknown status, or queued again after a refused DELETE */
+        px_finish_error(op->r, 502, "legacy_error", "the legacy Queue Service refused to cancel the task; retry", 0);
+        op_free(op);
+        return;
+    }
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "error", "already_finished", "message", "already finished",
+                          "eval_id", op->eval_id, "previous_status", status, "cancelled", 0);
+    if (!o) op_finish_oom(op);
+    else op_finish_json(op, 409, o);
+}
+
+static void legacy_get(cancel_op *op)
+{
+    op->r->path = PATH_LEGACY;
+    px_hold_in_flight(op->r, PATH_LEGACY);
+    if (!legacy_get_task(op->r->p->legacy, op->eval_id, on_legacy_task, op)) op_finish_oom(op);
+}
+
 static void on_looked_up(rbatch *b, void *arg)
 {
     cancel_op *op = arg;
-    const rbatch_reply *res = rbatch_at(b, 0), *running = rbatch_at(b, 1), *sched = rbatch_at(b, 2);
+    const rbatch_reply *res = rbatch_at(b, 0), *running = rbatch_at(b, 1), *sched = rbatch_at(b, 2),
+                       *route = rbatch_at(b, 3);
     const char *rerr = NULL;
     json_t *rec = NULL;
-    for (int i = 0; i < 3 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
-    if (rbatch_error(b) || rerr || !res || !running || !sched) {
+    for (int i = 0; i < 4 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
+    if (rbatch_error(b) || rerr || !res || !running || !sched || !route) {
         op_finish_failure(op, b, rerr, "looking the evaluation up");
         goto done;
     }
+    size_t rlen;
+    const char *rtext = rbatch_str(route, &rlen);
+    json_t *route_rec = rtext ? records_parse(rtext, rlen) : NULL;
+    enum route_path path = records_path(route_rec);
+    json_decref(route_rec);
     const char *status = record_status(res, &rec);
+    if (path == PATH_LEGACY ||
+        (path == PATH_NONE && !status && running->type != REDIS_REPLY_STRING && sched->type != REDIS_REPLY_STRING)) {
+        /* routed to legacy, or not known to the new path: the legacy
+         * Queue Service decides (and says 404 for an id nobody knows) */
+        px_hold_in_flight(op->r, NOT_WAITING);
+        legacy_get(op);
+        goto done;
+    }
     if (status && results_is_terminal(status)) {
         reply_finished(op, status, rec);
         goto done;
@@ -286,10 +391,8 @@ static void on_looked_up(rbatch *b, void *arg)
         op_free(op);
         goto done;
     }
-    /* No route records yet (they come with the legacy path's cancel): an
-     * eval id nobody submitted looks exactly like one still queued, and is
-     * "cancelled" the same way — the marker and REVOKED record are harmless
-     * and expire. */
+    /* New path, not finished: a queued eval (route record, nothing else
+     * yet) is revoked before a worker takes it. */
     op->prev = is_running ? PREV_RUNNING : is_retrying ? PREV_RETRYING : PREV_QUEUED;
     act(op);
 done:
@@ -363,8 +466,13 @@ void cancel_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
     size_t get_run_len[] = {3, strlen(running_key)};
     const char *get_sched[] = {"HGET", SCHEDULE_IDS, op->tid};
     size_t get_sched_len[] = {4, sizeof(SCHEDULE_IDS) - 1, strlen(op->tid)};
+    char route_key[ROUTE_KEY_MAX];
+    records_key(op->eval_id, route_key);
+    const char *get_route[] = {"GET", route_key};
+    size_t get_route_len[] = {3, strlen(route_key)};
     if (rbatch_add(b, px_results_rc(p), 2, get_res, get_res_len) == 0 &&
-        rbatch_add(b, p->broker, 2, get_run, get_run_len) == 1)
-        rbatch_add(b, p->broker, 3, get_sched, get_sched_len);
+        rbatch_add(b, p->broker, 2, get_run, get_run_len) == 1 &&
+        rbatch_add(b, p->broker, 3, get_sched, get_sched_len) == 2)
+        rbatch_add(b, p->broker, 2, get_route, get_route_len);
     rbatch_run(b);
 }

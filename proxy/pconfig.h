@@ -34,6 +34,10 @@ typedef struct proxy_settings {
     long long shutdown_grace_s;
     long long max_in_flight;
     char *env_file;
+    long long route_record_ttl_s;
+    long long route_pending_max;
+    long long completion_poll_s;
+    long long completion_poll_batch;
 } proxy_settings;
 
 extern const cfg_option pconfig_table[];

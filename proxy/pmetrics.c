@@ -1,5 +1,6 @@
 #include "pmetrics.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,9 @@ const char *const pm_outcome_names[] = {"completed", "failed", "timeout", "cance
 static const char *const path2_names[] = {"legacy", "new"};
 static const char *const prio_names[] = {"0", "3", "6", "9"};
 static const char *const version_names[] = {TURNOUT_VERSION};
+/* Submit -> terminal spans queueing and the run (timeouts up to 900 s). */
+static const double completion_buckets[] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1800};
+#define COMPLETION_NBUCKETS (sizeof(completion_buckets) / sizeof(completion_buckets[0]))
 
 size_t pmetrics_code_index(int status)
 {
@@ -56,8 +60,10 @@ int pmetrics_init(pmetrics *m, const char *queue)
 #define PM_ADD(field, kind, name, help, ...)                                                   \
     do {                                                                                       \
         const metrics_dim dims[] = {__VA_ARGS__};                                              \
+        bool wide = strcmp(name, "turnout_eval_completion_seconds") == 0;                      \
         m->field = metrics_family_add(m->reg, kind, name, help, sizeof(dims) / sizeof(dims[0]), \
-                                      dims, metrics_latency_buckets, metrics_latency_nbuckets); \
+                                      dims, wide ? completion_buckets : metrics_latency_buckets, \
+                                      wide ? COMPLETION_NBUCKETS : metrics_latency_nbuckets);  \
         if (!m->field) goto oom;                                                               \
     } while (0);
 /* Families without labels pass an empty list through a dummy first element. */

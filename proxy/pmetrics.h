@@ -40,6 +40,16 @@ extern const char *const pm_upstream_names[UP_COUNT];
       "Evaluations that reached a terminal state, by path and outcome", D_PATH2, D_OUTCOME)   \
     X(eval_completion, METRICS_HISTOGRAM, "turnout_eval_completion_seconds",                  \
       "Time from submission to terminal state, by path", D_PATH2)                             \
+    X(evals_pending, METRICS_GAUGE, "turnout_evals_unfinished",                               \
+      "Routed evals not yet seen in a terminal state, by path (Redis in-flight sets)", D_PATH2) \
+    X(completion_untracked, METRICS_COUNTER, "turnout_completion_untracked_total",           \
+      "Tracked evals given up without a terminal state (the backend forgot them), by path", D_PATH2) \
+    X(duplicates, METRICS_COUNTER, "turnout_duplicate_submissions_total",                     \
+      "Submissions whose eval_id already had a route record (nothing enqueued), by path", D_PATH2) \
+    X(route_records_pending, METRICS_GAUGE, "turnout_route_records_pending",                  \
+      "Route records held in memory until Redis is back")                                     \
+    X(route_records_dropped, METRICS_COUNTER, "turnout_route_records_dropped_total",          \
+      "Route records lost because the in-memory table (ROUTE_PENDING_MAX) was full")          \
     X(queue_depth, METRICS_GAUGE, "turnout_queue_depth",                                      \
       "Messages waiting in the new queue, by queue and priority step", D_QUEUE, D_PRIO)       \
     X(dlq_size, METRICS_GAUGE, "turnout_dlq_size", "Entries in the dead-letter queue")        \

@@ -46,6 +46,8 @@ struct proxy {
      * when CELERY_RESULT_BACKEND is empty or the broker URL; use
      * px_results_rc(). */
     rclient *results;
+    struct records *records;       /* route records (issue 4) */
+    struct completion *completion; /* per-path completion metrics (issue 4) */
 };
 
 /* The connection holding celery-task-meta-* records. */
@@ -81,6 +83,9 @@ void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, do
 /* Moves the request's share of turnout_in_flight_requests to `path`. */
 void px_hold_in_flight(preq *r, enum route_path path);
 void px_count_reject(proxy *p, enum pm_reject why);
+void px_count_decision(proxy *p, enum route_path path, enum route_reason reason);
+/* Adds delta to turnout_in_flight_requests{path} (for work not tied to one preq). */
+void px_in_flight_add(proxy *p, enum route_path path, int delta);
 void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why);
 
 #endif

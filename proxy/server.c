@@ -19,7 +19,12 @@
 
 #include "cancel_api.h"
 #include "celery.h"
+#include "batch_api.h"
+#include "completion.h"
+#include "dispatch.h"
 #include "dlq_api.h"
+#include "records.h"
+#include "status_api.h"
 #include "httpc.h"
 #include "legacy_client.h"
 #include "log.h"
@@ -67,7 +72,13 @@ void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream wh
     metrics_add(p->m.upstream_errors, metrics_at(p->m.upstream_errors, c), 1);
 }
 
-static void count_decision(proxy *p, enum route_path path, enum route_reason reason)
+void px_in_flight_add(proxy *p, enum route_path path, int delta)
+{
+    size_t c = path;
+    metrics_add(p->m.in_flight, metrics_at(p->m.in_flight, &c), delta);
+}
+
+void px_count_decision(proxy *p, enum route_path path, enum route_reason reason)
 {
     size_t c[2] = {path, reason};
     metrics_add(p->m.routing_decisions, metrics_at(p->m.routing_decisions, c), 1);
@@ -157,125 +168,6 @@ void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, do
     after_reply(p, route, PATH_NONE, status, t0);
 }
 
-/* ---------- the two paths ---------- */
-
-static void start_legacy(preq *r);
-
-static void reply_queued(preq *r, enum route_path path, long long position)
-{
-    proxy *p = r->p;
-    r->path = path;
-    count_decision(p, path, r->dec.reason);
-    evhttp_add_header(evhttp_request_get_output_headers(r->req), "X-Turnout-Path",
-                      route_path_names[path]);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "eval_id", r->sub.eval_id, "status", "queued",
-                          "path", route_path_names[path], "reason", route_reason_names[r->dec.reason],
-                          "message",
-                          path == PATH_NEW ? "queued on the new Redis priority queue"
-                                           : "queued on the legacy queue");
-    if (o) json_object_set_new(o, "queue_position", position >= 0 ? json_integer(position) : json_null());
-    px_finish_json(r, 202, o);
-    json_decref(o);
-}
-
-/* The new path could not take it: legacy when allowed, else 503. */
-static void new_path_failed(preq *r, const char *why)
-{
-    proxy *p = r->p;
-    LOG_WARN("new path refused submission", "eval_id", r->sub.eval_id, "error", why,
-             "fallback", p->cfg.fallback_to_legacy && !p->draining ? "legacy" : "none");
-    if (p->cfg.fallback_to_legacy && !p->draining) {
-        r->dec.reason = REASON_FALLBACK;
-        start_legacy(r);
-        return;
-    }
-    count_decision(p, PATH_NONE, r->dec.reason);
-    px_count_reject(p, RJ_NO_PATH);
-    char msg[320];
-    snprintf(msg, sizeof(msg),
-             "the new queue cannot take submissions right now (%s) and FALLBACK_TO_LEGACY is off; retry after the Retry-After delay",
-             why);
-    px_finish_error(r, 503, "no_path_available", msg, 1);
-}
-
-static void on_new_pushed(bool ok, long long depth, const char *err, void *arg)
-{
-    preq *r = arg;
-    px_hold_in_flight(r, NOT_WAITING);
-    if (ok) {
-        LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "new");
-        reply_queued(r, PATH_NEW, depth);
-        return;
-    }
-    bool timeout = err && strcmp(err, "timeout") == 0;
-    px_count_upstream_error(r->p, PATH_NEW, timeout ? UP_TIMEOUT : UP_REDIS_ERROR);
-    new_path_failed(r, err ? err : "redis error");
-}
-
-static void start_new(preq *r)
-{
-    char err[256];
-    px_hold_in_flight(r, PATH_NEW);
-    if (producer_submit(r->p->prod, &r->sub, on_new_pushed, r, err) != 0) {
-        px_hold_in_flight(r, NOT_WAITING);
-        px_count_upstream_error(r->p, PATH_NEW, UP_REDIS_DOWN);
-        new_path_failed(r, err);
-    }
-}
-
-static void on_legacy_submitted(const legacy_result *res, void *arg)
-{
-    preq *r = arg;
-    proxy *p = r->p;
-    px_hold_in_flight(r, NOT_WAITING);
-    switch (res->outcome) {
-    case LEGACY_OK:
-        LOG_DEBUG("submission queued", "eval_id", r->sub.eval_id, "path", "legacy");
-        reply_queued(r, PATH_LEGACY, res->position);
-        return;
-    case LEGACY_CONFLICT:
-        r->path = PATH_LEGACY;
-        count_decision(p, PATH_LEGACY, r->dec.reason);
-        px_finish_error(r, 409, "duplicate_eval_id",
-                     "the legacy queue already holds this eval_id; send a new eval_id, or none to get one generated",
-                     0);
-        return;
-    case LEGACY_TIMEOUT:
-        px_count_upstream_error(p, PATH_LEGACY, UP_TIMEOUT);
-        break;
-    case LEGACY_UNREACHABLE:
-        px_count_upstream_error(p, PATH_LEGACY, UP_CONNECT);
-        break;
-    case LEGACY_BAD_STATUS:
-        px_count_upstream_error(p, PATH_LEGACY, UP_BAD_STATUS);
-        break;
-    case LEGACY_BAD_REPLY:
-    case LEGACY_INTERNAL:
-        px_count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY);
-        break;
-    }
-    r->path = PATH_LEGACY;
-    count_decision(p, PATH_LEGACY, r->dec.reason);
-    LOG_WARN("legacy path failed", "eval_id", r->sub.eval_id, "error", res->detail);
-    if (res->outcome == LEGACY_TIMEOUT)
-        px_finish_error(r, 504, "legacy_timeout", res->detail, 0);
-    else
-        px_finish_error(r, 502, "legacy_error", res->detail, 0);
-}
-
-static void start_legacy(preq *r)
-{
-    px_hold_in_flight(r, PATH_LEGACY);
-    const submission *s = &r->sub;
-    if (!legacy_submit(r->p->legacy, s->eval_id, s->code, s->code_len, s->language, s->engine,
-                       s->timeout, s->priority_name, on_legacy_submitted, r)) {
-        px_hold_in_flight(r, NOT_WAITING);
-        px_count_reject(r->p, RJ_OOM);
-        count_decision(r->p, PATH_NONE, r->dec.reason);
-        px_finish_error(r, 503, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
-    }
-}
-
 /* ---------- POST /api/eval ---------- */
 
 static bool is_json_content_type(const char *ct)
@@ -284,6 +176,20 @@ static bool is_json_content_type(const char *ct)
     while (*ct == ' ') ct++;
     size_t n = strcspn(ct, "; ");
     return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
+}
+
+static void on_submitted(const dispatch_result *res, void *arg)
+{
+    preq *r = arg;
+    r->path = res->path;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
+    if (res->path != PATH_NONE) evhttp_add_header(out, "X-Turnout-Path", route_path_names[res->path]);
+    if (res->retry_after > 0) {
+        char n[16];
+        snprintf(n, sizeof(n), "%d", res->retry_after);
+        evhttp_add_header(out, "Retry-After", n);
+    }
+    px_finish_json(r, res->status, res->body);
 }
 
 static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
@@ -338,10 +244,7 @@ static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
         px_finish_error(r, serr.status, serr.code, serr.message, 0);
         return;
     }
-    const char *key = sticky ? sticky : r->sub.eval_id;
-    r->dec = route_decide(&p->route, key, strlen(key));
-    if (r->dec.path == PATH_NEW) start_new(r);
-    else start_legacy(r);
+    dispatch_start(p, &r->sub, sticky, on_submitted, r);
 }
 
 /* ---------- /healthz, /readyz, /metrics ---------- */
@@ -574,6 +477,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         handle_readyz(p, req, t0);
     } else if (strcmp(path, "/metrics") == 0) {
         handle_metrics(p, req, t0);
+    } else if (strcmp(path, "/api/eval-batch") == 0) {
+        batch_api_handle(p, req, t0);
+    } else if (strcmp(path, "/api/queue-status") == 0) {
+        status_api_queue(p, req, t0);
+    } else if (status_api_match(path, NULL, NULL)) {
+        status_api_handle(p, req, path, t0);
     } else if (strncmp(path, "/api/dlq/", 9) == 0) {
         dlq_api_handle(p, req, path, t0);
     } else if (cancel_api_match(path, NULL, NULL)) {
@@ -645,7 +554,10 @@ static void on_broker_state(rclient *rc, bool up, void *ud)
 {
     (void)rc;
     proxy *p = ud;
-    if (up) on_depth_timer(-1, 0, p);
+    if (up) {
+        on_depth_timer(-1, 0, p);
+        records_flush(p->records);
+    }
 }
 
 proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256])
@@ -693,9 +605,11 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     if (!p->hc) goto err;
     p->legacy = legacy_client_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms);
     p->prod = producer_new(p->broker, p->cfg.queue, p->cfg.task_name);
+    p->records = records_new(p);
+    if (p->records && !(p->completion = completion_new(p, err))) goto err;
     p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
     p->http = evhttp_new(base);
-    if (!p->legacy || !p->prod || !p->depth_timer || !p->http) {
+    if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http) {
         snprintf(err, 256, "out of memory");
         goto err;
     }
@@ -800,6 +714,7 @@ void proxy_drain(proxy *p)
         p->bound = NULL;
     }
     if (p->depth_timer) event_del(p->depth_timer);
+    completion_stop(p->completion);
     p->drain_timer = evtimer_new(p->base, on_drain_deadline, p);
     struct timeval grace = {(time_t)p->cfg.shutdown_grace_s, 0};
     if (p->drain_timer) evtimer_add(p->drain_timer, &grace);
@@ -859,10 +774,13 @@ void proxy_free(proxy *p)
     p->results = NULL;
     httpc_free(p->hc);
     p->hc = NULL;
+    completion_free(p->completion); /* after the backends: their callbacks use it */
+    p->completion = NULL;
     if (p->http) evhttp_free(p->http);
     if (p->drain_timer) event_free(p->drain_timer);
     if (p->depth_timer) event_free(p->depth_timer);
     producer_free(p->prod);
+    records_free(p->records);
     legacy_client_free(p->legacy);
     pmetrics_free(&p->m);
     pconfig_free(&p->cfg);

@@ -1,5 +1,5 @@
 """Integration tests of the proxy's DLQ API, admin token and new-path cancel
-(issue 3) against a real redis-server and the real turnout-proxy binary.
+(issues 3, 4) against a real redis-server and the real turnout-proxy binary.
 
 The worker is not started: DLQ entries, schedule entries, running keys and
 result records are seeded directly in Redis exactly as docs/worker-redis.md
@@ -66,6 +66,14 @@ def r(redis_server):
 
 
 # --------------------------------------------------------------- seeding
+
+def seed_route(client, eval_id, path="new"):
+    """The route record the proxy writes when it routes a submission
+    (docs/records.md): cancel needs one for an eval nothing else shows yet."""
+    client.set(f"turnout:route:{eval_id}", json.dumps({
+        "eval_id": eval_id, "path": path, "reason": "percentage", "priority": 3,
+        "priority_name": "default", "bucket": 1, "submitted_at": time.time()}), ex=3600)
+
 
 def envelope(task_id, eval_id, priority=3, retries=5, queue=QUEUE, eta="2026-01-01T00:00:00+00:00"):
     """A Celery protocol v2 envelope (WIRE.md §A) as a producer and then a
@@ -378,6 +386,7 @@ def marker(r, tid):
 
 def test_cancel_queued(proxy, r, redis_server):
     sub = Subscriber(redis_server, ["celery-task-meta-celery-q1", "/0.celery.pidbox", "turnout:revoke"])
+    seed_route(r, "q1")
     try:
         resp = proxy.post("/api/eval/q1/cancel")
         assert resp.status_code == 200, resp.text
@@ -484,6 +493,9 @@ def test_cancel_running_with_terminate_broadcasts(proxy, r, redis_server):
 def test_cancel_pidbox_channel_uses_broker_db(make_proxy, redis_server):
     proxy = make_proxy(CELERY_BROKER_URL=f"redis://127.0.0.1:{redis_server.port}/3")
     sub = Subscriber(redis_server, ["/3.celery.pidbox"])
+    db3 = redis_server.client(3)
+    seed_route(db3, "db3")
+    db3.close()
     try:
         resp = proxy.post("/api/eval/db3/cancel")
         assert resp.status_code == 200, resp.text
@@ -515,10 +527,11 @@ def test_cancel_finished_409(proxy, r, status, inner, previous):
     assert marker(r, tid) is None
 
 
-def test_cancel_bad_requests(proxy):
+def test_cancel_bad_requests(proxy, r):
     assert_error(proxy.post("/api/eval/bad%20id/cancel"), 422, "invalid_eval_id", names="eval_id")
     assert_error(proxy.post("/api/eval/" + "a" * 129 + "/cancel"), 422, names="eval_id")
     assert_error(proxy.post("/api/eval/a/b/cancel"), 422, names="eval_id")
+    seed_route(r, "a" * 128)
     assert proxy.post("/api/eval/" + "a" * 128 + "/cancel").status_code == 200
     assert_error(proxy.post("/api/eval/x1/cancel?terminate=maybe"), 422, names="terminate")
     resp = proxy.get("/api/eval/x1/cancel")
@@ -534,6 +547,7 @@ def test_separate_result_backend(make_proxy, redis_server, r):
     res = redis_server.client(1)
     try:
         # cancel writes REVOKED in the result db, the marker in the broker db
+        seed_route(r, "sb1")
         resp = proxy.post("/api/eval/sb1/cancel")
         assert resp.status_code == 200, resp.text
         assert_revoked_record(res, "celery-sb1")

@@ -1,0 +1,379 @@
+#include "completion.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "evstatus.h"
+#include "log.h"
+#include "pserver.h"
+#include "records.h"
+#include "results.h"
+#include "util.h"
+
+#define META_TASK_PREFIX RESULTS_KEY_PREFIX "celery-"
+
+struct completion {
+    proxy *p;
+    rclient *sub;         /* PSUBSCRIBE on the result backend */
+    struct event *timer;
+    char owner[40];       /* this proxy's lock value */
+    char cursor[2][40];   /* ZRANGEBYSCORE start per path: "-inf" or "(<score>" */
+    size_t legacy_calls;  /* GET /tasks/{id} in flight */
+    bool sweeping_new;
+};
+
+/* KEYS: in-flight zset, route key.  ARGV: eval id.  The record ('' when it
+ * expired) when this call took the eval out of the set, nil otherwise. */
+static const char count_script[] =
+    "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then\n"
+    "  return redis.call('GET', KEYS[2]) or ''\n"
+    "end\n"
+    "return false\n";
+
+/* KEYS: lock.  ARGV: owner, ms.  1 when this owner holds it now. */
+static const char lock_script[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end\n"
+    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end\n"
+    "return 0\n";
+
+static const char *const inflight_key[2] = {INFLIGHT_LEGACY, INFLIGHT_NEW}; /* by enum route_path */
+
+/* ---------- counting one eval ---------- */
+
+typedef struct count_call {
+    completion *c;
+    enum route_path path;
+    int outcome;     /* index in pm_outcome_names, -1: given up (untracked) */
+    double done_at;  /* when it ended, by the backend's clock; <= 0 unknown */
+} count_call;
+
+static void on_counted(struct redisReply *reply, const char *err, void *arg)
+{
+    count_call *cc = arg;
+    proxy *p = cc->c->p;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_STRING) {
+        size_t path = cc->path;
+        if (cc->outcome < 0) {
+            metrics_add(p->m.completion_untracked, metrics_at(p->m.completion_untracked, &path), 1);
+        } else {
+            size_t c2[2] = {path, (size_t)cc->outcome};
+            metrics_add(p->m.evals_completed, metrics_at(p->m.evals_completed, c2), 1);
+            json_t *rec = records_parse(reply->str, reply->len);
+            json_t *at = json_object_get(rec, "submitted_at");
+            if (json_is_number(at)) {
+                double done = cc->done_at > 0 ? cc->done_at : util_now();
+                double d = done - json_number_value(at);
+                metrics_observe(p->m.eval_completion, metrics_at(p->m.eval_completion, &path), d > 0 ? d : 0);
+            }
+            json_decref(rec);
+        }
+    }
+    free(cc);
+}
+
+/* Takes the eval out of its in-flight set and, when this call did, counts it. */
+static void count(completion *c, enum route_path path, const char *eval_id, int outcome, double done_at)
+{
+    char route_key[ROUTE_KEY_MAX];
+    count_call *cc = malloc(sizeof(*cc));
+    if (!cc) return;
+    *cc = (count_call){c, path, outcome, done_at};
+    records_key(eval_id, route_key);
+    const char *argv[] = {"EVAL", count_script, "2", inflight_key[path], route_key, eval_id};
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+    if (rclient_command(c->p->broker, on_counted, cc, 6, argv, lens) != 0) free(cc);
+}
+
+/* A Celery result record for task celery-<eval_id>: counted when terminal. */
+static void consider_celery(completion *c, const char *eval_id, const char *text, size_t len)
+{
+    json_t *rec = json_loadb(text, len, 0, NULL);
+    int outcome = evstatus_outcome(evstatus_from_celery(rec));
+    if (outcome >= 0 && util_valid_id(eval_id, strlen(eval_id), SUB_MAX_EVAL_ID))
+        count(c, PATH_NEW, eval_id, outcome, evstatus_parse_iso(json_string_value(json_object_get(rec, "date_done"))));
+    json_decref(rec);
+}
+
+static void on_result_published(const char *channel, const char *payload, size_t len, void *arg)
+{
+    completion *c = arg;
+    if (strncmp(channel, META_TASK_PREFIX, sizeof(META_TASK_PREFIX) - 1) != 0) return;
+    consider_celery(c, channel + sizeof(META_TASK_PREFIX) - 1, payload, len);
+}
+
+/* ---------- the sweep: one page of a path's in-flight set ---------- */
+
+typedef struct page {
+    completion *c;
+    enum route_path path;
+    size_t n;
+    char **ids;
+} page;
+
+static void page_free(page *pg)
+{
+    for (size_t i = 0; i < pg->n; i++) free(pg->ids[i]);
+    free(pg->ids);
+    free(pg);
+}
+
+static void on_results(struct redisReply *reply, const char *err, void *arg)
+{
+    page *pg = arg;
+    (void)err;
+    pg->c->sweeping_new = false;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == pg->n)
+        for (size_t i = 0; i < pg->n; i++)
+            if (reply->element[i]->type == REDIS_REPLY_STRING)
+                consider_celery(pg->c, pg->ids[i], reply->element[i]->str, reply->element[i]->len);
+    page_free(pg);
+}
+
+typedef struct legacy_poll {
+    completion *c;
+    char eval_id[SUB_MAX_EVAL_ID + 1];
+} legacy_poll;
+
+static void on_legacy_task(const legacy_result *res, void *arg)
+{
+    legacy_poll *lp = arg;
+    completion *c = lp->c;
+    c->legacy_calls--;
+    if (res->outcome == LEGACY_OK) {
+        int outcome = evstatus_outcome(legacy_normalized_status(res->doc));
+        if (outcome >= 0)
+            count(c, PATH_LEGACY, lp->eval_id, outcome,
+                  evstatus_parse_iso(json_string_value(json_object_get(res->doc, "completed_at"))));
+    } else if (res->outcome == LEGACY_NOT_FOUND) {
+        /* the Queue Service forgot it (restarted, or its results expired) */
+        LOG_WARN("legacy eval no longer known to the Queue Service; its completion is not measured", "eval_id",
+                 lp->eval_id);
+        count(c, PATH_LEGACY, lp->eval_id, -1, 0);
+    }
+    free(lp);
+}
+
+static void on_page(struct redisReply *reply, const char *err, void *arg)
+{
+    page *pg = arg;
+    completion *c = pg->c;
+    (void)err;
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements % 2 == 0;
+    size_t n = ok ? reply->elements / 2 : 0;
+    if (n && !(pg->ids = calloc(n, sizeof(char *)))) ok = false;
+    for (size_t i = 0; ok && i < n; i++) {
+        redisReply *id = reply->element[2 * i], *score = reply->element[2 * i + 1];
+        if (id->type != REDIS_REPLY_STRING || !util_valid_id(id->str, id->len, SUB_MAX_EVAL_ID)) continue;
+        if (!(pg->ids[pg->n] = strdup(id->str))) break;
+        pg->n++;
+        if (score->type == REDIS_REPLY_STRING) snprintf(c->cursor[pg->path], sizeof(c->cursor[0]), "(%s", score->str);
+    }
+    /* a short page: the next sweep starts from the oldest again */
+    if (!ok || n < (size_t)c->p->cfg.completion_poll_batch) snprintf(c->cursor[pg->path], sizeof(c->cursor[0]), "-inf");
+    if (!pg->n) {
+        if (pg->path == PATH_NEW) c->sweeping_new = false;
+        page_free(pg);
+        return;
+    }
+    if (pg->path == PATH_LEGACY) {
+        for (size_t i = 0; i < pg->n; i++) {
+            legacy_poll *lp = malloc(sizeof(*lp));
+            if (!lp) break;
+            lp->c = c;
+            snprintf(lp->eval_id, sizeof(lp->eval_id), "%s", pg->ids[i]);
+            if (legacy_get_task(c->p->legacy, lp->eval_id, on_legacy_task, lp)) c->legacy_calls++;
+            else free(lp);
+        }
+        page_free(pg);
+        return;
+    }
+    /* new path: read the result records of the page at once */
+    const char **argv = calloc(pg->n + 1, sizeof(char *));
+    size_t *lens = calloc(pg->n + 1, sizeof(size_t));
+    char **keys = calloc(pg->n, sizeof(char *));
+    bool sent = false;
+    if (argv && lens && keys) {
+        argv[0] = "MGET";
+        lens[0] = 4;
+        size_t i = 0;
+        for (; i < pg->n; i++) {
+            if (asprintf(&keys[i], META_TASK_PREFIX "%s", pg->ids[i]) < 0) {
+                keys[i] = NULL;
+                break;
+            }
+            argv[i + 1] = keys[i];
+            lens[i + 1] = strlen(keys[i]);
+        }
+        sent = i == pg->n && rclient_command(px_results_rc(c->p), on_results, pg, (int)pg->n + 1, argv, lens) == 0;
+    }
+    for (size_t i = 0; keys && i < pg->n; i++) free(keys[i]);
+    free(keys);
+    free(argv);
+    free(lens);
+    if (!sent) {
+        c->sweeping_new = false;
+        page_free(pg);
+    }
+}
+
+static void read_page(completion *c, enum route_path path)
+{
+    page *pg = calloc(1, sizeof(*pg));
+    if (!pg) return;
+    pg->c = c;
+    pg->path = path;
+    char limit[24];
+    snprintf(limit, sizeof(limit), "%lld", c->p->cfg.completion_poll_batch);
+    const char *argv[] = {"ZRANGEBYSCORE", inflight_key[path], c->cursor[path], "+inf", "WITHSCORES", "LIMIT", "0", limit};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
+    if (rclient_command(c->p->broker, on_page, pg, 8, argv, lens) != 0) {
+        free(pg);
+        return;
+    }
+    if (path == PATH_NEW) c->sweeping_new = true;
+}
+
+/* ---------- the timer ---------- */
+
+typedef struct prune_call {
+    completion *c;
+    enum route_path path;
+} prune_call;
+
+static void on_pruned(struct redisReply *reply, const char *err, void *arg)
+{
+    prune_call *pc = arg;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        size_t path = pc->path;
+        proxy *p = pc->c->p;
+        metrics_add(p->m.completion_untracked, metrics_at(p->m.completion_untracked, &path), (double)reply->integer);
+        char n[24];
+        snprintf(n, sizeof(n), "%lld", reply->integer);
+        LOG_WARN("unfinished evals older than ROUTE_RECORD_TTL_S given up", "path", route_path_names[path], "count", n);
+    }
+    free(pc);
+}
+
+static void on_lock(struct redisReply *reply, const char *err, void *arg)
+{
+    completion *c = arg;
+    (void)err;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1 || !c->timer) return;
+    char cutoff[40];
+    snprintf(cutoff, sizeof(cutoff), "(%.6f", util_now() - (double)c->p->cfg.route_record_ttl_s);
+    for (int path = PATH_LEGACY; path <= PATH_NEW; path++) {
+        prune_call *pc = malloc(sizeof(*pc));
+        if (pc) {
+            *pc = (prune_call){c, path};
+            const char *argv[] = {"ZREMRANGEBYSCORE", inflight_key[path], "-inf", cutoff};
+            size_t lens[4];
+            for (int i = 0; i < 4; i++) lens[i] = strlen(argv[i]);
+            if (rclient_command(c->p->broker, on_pruned, pc, 4, argv, lens) != 0) free(pc);
+        }
+    }
+    if (!c->sweeping_new) read_page(c, PATH_NEW);
+    if (c->legacy_calls == 0) read_page(c, PATH_LEGACY);
+}
+
+typedef struct gauge_call {
+    completion *c;
+    size_t path;
+} gauge_call;
+
+static void on_card(struct redisReply *reply, const char *err, void *arg)
+{
+    gauge_call *g = arg;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_INTEGER)
+        metrics_set(g->c->p->m.evals_pending, metrics_at(g->c->p->m.evals_pending, &g->path), (double)reply->integer);
+    free(g);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    completion *c = arg;
+    proxy *p = c->p;
+    records_flush(p->records);
+    if (!rclient_is_up(p->broker)) return;
+    for (size_t path = PATH_LEGACY; path <= PATH_NEW; path++) {
+        gauge_call *g = malloc(sizeof(*g));
+        if (!g) continue;
+        *g = (gauge_call){c, path};
+        const char *argv[] = {"ZCARD", inflight_key[path]};
+        size_t lens[] = {5, strlen(inflight_key[path])};
+        if (rclient_command(p->broker, on_card, g, 2, argv, lens) != 0) free(g);
+    }
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", p->cfg.completion_poll_s * 3000);
+    const char *argv[] = {"EVAL", lock_script, "1", COMPLETION_LOCK, c->owner, ms};
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+    (void)!rclient_command(p->broker, on_lock, c, 6, argv, lens);
+}
+
+completion *completion_new(proxy *p, char err[256])
+{
+    completion *c = calloc(1, sizeof(*c));
+    if (!c) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    c->p = p;
+    util_uuid4(c->owner);
+    snprintf(c->cursor[0], sizeof(c->cursor[0]), "-inf");
+    snprintf(c->cursor[1], sizeof(c->cursor[1]), "-inf");
+    const char *url = p->cfg.result_backend[0] ? p->cfg.result_backend : p->cfg.broker_url;
+    rclient_opts o = {.command_timeout_ms = p->cfg.redis_timeout_ms,
+                      .connect_timeout_ms = p->cfg.redis_timeout_ms,
+                      .name = "results-sub"};
+    char rerr[256];
+    c->sub = rclient_new(p->base, url, &o, rerr);
+    if (!c->sub) {
+        snprintf(err, 256, "CELERY_RESULT_BACKEND: %.200s", rerr);
+        goto fail;
+    }
+    if (rclient_psubscribe(c->sub, META_TASK_PREFIX "*", on_result_published, c) != 0) {
+        snprintf(err, 256, "out of memory");
+        goto fail;
+    }
+    c->timer = event_new(p->base, -1, EV_PERSIST, on_tick, c);
+    if (!c->timer) {
+        snprintf(err, 256, "out of memory");
+        goto fail;
+    }
+    struct timeval every = {(time_t)p->cfg.completion_poll_s, 0};
+    event_add(c->timer, &every);
+    return c;
+fail:
+    completion_free(c);
+    return NULL;
+}
+
+void completion_stop(completion *c)
+{
+    if (!c) return;
+    if (c->timer) {
+        event_free(c->timer);
+        c->timer = NULL;
+    }
+}
+
+void completion_free(completion *c)
+{
+    if (!c) return;
+    completion_stop(c);
+    rclient_free(c->sub);
+    free(c);
+}

@@ -1,0 +1,317 @@
+#include "records.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "celery.h"
+#include "log.h"
+#include "pserver.h"
+#include "util.h"
+
+/* One record waiting for Redis. */
+typedef struct held {
+    char eval_id[SUB_MAX_EVAL_ID + 1];
+    char *record;
+    double submitted_at;
+} held;
+
+struct records {
+    proxy *p;
+    held *held;       /* ring of ROUTE_PENDING_MAX */
+    size_t cap, head, count;
+    size_t flushing;  /* writes sent and not yet answered */
+};
+
+/* KEYS: route key, queue list, in-flight zset.  ARGV: record, TTL, message,
+ * eval id, submitted_at.  {1, depth} when queued, {0, record} when the
+ * eval id already had one. */
+static const char submit_new_script[] =
+    "local old = redis.call('GET', KEYS[1])\n"
+    "if old then return {0, old} end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+    "local n = redis.call('LPUSH', KEYS[2], ARGV[3])\n"
+    "redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])\n"
+    "return {1, n}\n";
+
+/* KEYS: route key.  ARGV: record, TTL.  {1, ''} claimed, {0, record} taken. */
+static const char claim_script[] =
+    "local old = redis.call('GET', KEYS[1])\n"
+    "if old then return {0, old} end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+    "return {1, ''}\n";
+
+/* KEYS: route key.  ARGV: record.  Deletes the claim if it is still ours. */
+static const char release_script[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+    "return 1\n";
+
+/* KEYS: route key, legacy in-flight zset.  ARGV: record, TTL, eval id,
+ * submitted_at.  Writes a held record unless one is there (another proxy,
+ * or a claim that did reach Redis); tracks it when the record is this one. */
+static const char flush_script[] =
+    "redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])\n"
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end\n"
+    "return 1\n";
+
+records *records_new(proxy *p)
+{
+    records *rs = calloc(1, sizeof(*rs));
+    if (!rs) return NULL;
+    rs->p = p;
+    rs->cap = (size_t)p->cfg.route_pending_max;
+    if (rs->cap && !(rs->held = calloc(rs->cap, sizeof(held)))) {
+        free(rs);
+        return NULL;
+    }
+    return rs;
+}
+
+void records_free(records *rs)
+{
+    if (!rs) return;
+    for (size_t i = 0; i < rs->count; i++) free(rs->held[(rs->head + i) % rs->cap].record);
+    free(rs->held);
+    free(rs);
+}
+
+size_t records_pending(const records *rs) { return rs ? rs->count : 0; }
+
+void records_key(const char *eval_id, char key[ROUTE_KEY_MAX])
+{
+    snprintf(key, ROUTE_KEY_MAX, ROUTE_PREFIX "%s", eval_id);
+}
+
+char *records_build(const submission *sub, enum route_path path, const route_decision *dec, double submitted_at)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:o, s:f}", "eval_id", sub->eval_id, "path",
+                          route_path_names[path], "reason", route_reason_names[dec->reason], "priority",
+                          sub->priority, "priority_name", sub->priority_name, "bucket",
+                          dec->bucket >= 0 ? json_integer(dec->bucket) : json_null(), "submitted_at",
+                          submitted_at);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return text;
+}
+
+json_t *records_parse(const char *text, size_t len)
+{
+    json_t *o = text ? json_loadb(text, len, 0, NULL) : NULL;
+    if (o && (!json_is_object(o) || !json_is_string(json_object_get(o, "path")))) {
+        json_decref(o);
+        o = NULL;
+    }
+    return o;
+}
+
+enum route_path records_path(json_t *rec)
+{
+    const char *path = json_string_value(json_object_get(rec, "path"));
+    if (path && strcmp(path, "new") == 0) return PATH_NEW;
+    if (path && strcmp(path, "legacy") == 0) return PATH_LEGACY;
+    return PATH_NONE;
+}
+
+/* ---------- scripts with a reply ---------- */
+
+typedef struct script_call {
+    rec_cb cb;
+    void *arg;
+} script_call;
+
+static void on_script(struct redisReply *reply, const char *err, void *arg)
+{
+    script_call *c = arg;
+    rec_result res = {REC_FAILED, 0, NULL, err, false};
+    if (!reply) {
+        res.timeout = err && strcmp(err, "timeout") == 0;
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        res.err = reply->str;
+    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+               reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        redisReply *second = reply->element[1];
+        if (reply->element[0]->integer == 1) {
+            res.outcome = REC_WRITTEN;
+            res.depth = second->type == REDIS_REPLY_INTEGER ? second->integer : -1;
+        } else if (second->type == REDIS_REPLY_STRING) {
+            res.outcome = REC_DUPLICATE;
+            res.existing = second->str;
+        } else {
+            res.err = "unexpected reply from the route record script";
+        }
+    } else {
+        res.err = "unexpected reply from the route record script";
+    }
+    c->cb(&res, c->arg);
+    free(c);
+}
+
+static int run_script(records *rs, int argc, const char **argv, const size_t *lens, rec_cb cb, void *arg)
+{
+    script_call *c = malloc(sizeof(*c));
+    if (!c) return -1;
+    c->cb = cb;
+    c->arg = arg;
+    if (rclient_command(rs->p->broker, on_script, c, argc, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+int records_submit_new(records *rs, const submission *sub, const char *record, double submitted_at,
+                       rec_cb cb, void *arg, char err[256])
+{
+    proxy *p = rs->p;
+    if (!rclient_is_up(p->broker)) {
+        snprintf(err, 256, "redis not connected");
+        return -1;
+    }
+    char queue_key[256], route_key[ROUTE_KEY_MAX], ttl[24], at[32];
+    size_t qlen = celery_queue_key(p->cfg.queue, sub->priority, queue_key, sizeof(queue_key));
+    if (!qlen) {
+        snprintf(err, 256, "queue name too long");
+        return -1;
+    }
+    size_t mlen = 0;
+    char *msg = producer_encode(p->prod, sub, &mlen, err);
+    if (!msg) return -1;
+    records_key(sub->eval_id, route_key);
+    snprintf(ttl, sizeof(ttl), "%lld", p->cfg.route_record_ttl_s);
+    snprintf(at, sizeof(at), "%.6f", submitted_at);
+    const char *argv[] = {"EVAL", submit_new_script, "3", route_key, queue_key, INFLIGHT_NEW,
+                          record, ttl, msg, sub->eval_id, at};
+    size_t lens[11];
+    for (int i = 0; i < 11; i++) lens[i] = strlen(argv[i]);
+    lens[4] = qlen;
+    lens[8] = mlen;
+    int rc = run_script(rs, 11, argv, lens, cb, arg);
+    if (rc != 0) snprintf(err, 256, "redis not connected");
+    free(msg);
+    return rc;
+}
+
+int records_claim(records *rs, const char *eval_id, const char *record, rec_cb cb, void *arg)
+{
+    char route_key[ROUTE_KEY_MAX], ttl[24];
+    records_key(eval_id, route_key);
+    snprintf(ttl, sizeof(ttl), "%lld", rs->p->cfg.route_record_ttl_s);
+    const char *argv[] = {"EVAL", claim_script, "1", route_key, record, ttl};
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+    return run_script(rs, 6, argv, lens, cb, arg);
+}
+
+void records_release(records *rs, const char *eval_id, const char *record)
+{
+    char route_key[ROUTE_KEY_MAX];
+    records_key(eval_id, route_key);
+    const char *argv[] = {"EVAL", release_script, "1", route_key, record};
+    size_t lens[5];
+    for (int i = 0; i < 5; i++) lens[i] = strlen(argv[i]);
+    rclient_send(rs->p->broker, 5, argv, lens);
+}
+
+/* ---------- records held while Redis is away ---------- */
+
+static void set_gauge(records *rs)
+{
+    metrics_set(rs->p->m.route_records_pending, 0, (double)rs->count);
+}
+
+static void hold(records *rs, const char *eval_id, const char *record, double submitted_at)
+{
+    char *copy = strdup(record);
+    if (!copy || rs->count == rs->cap) {
+        free(copy);
+        metrics_add(rs->p->m.route_records_dropped, 0, 1);
+        LOG_WARN("route record dropped: the in-memory table is full (ROUTE_PENDING_MAX) or memory is short",
+                 "eval_id", eval_id);
+        return;
+    }
+    held *h = &rs->held[(rs->head + rs->count) % rs->cap];
+    snprintf(h->eval_id, sizeof(h->eval_id), "%s", eval_id);
+    h->record = copy;
+    h->submitted_at = submitted_at;
+    rs->count++;
+    set_gauge(rs);
+}
+
+typedef struct flush_call {
+    records *rs;
+    char eval_id[SUB_MAX_EVAL_ID + 1];
+    char *record;
+    double submitted_at;
+} flush_call;
+
+static void on_flushed(struct redisReply *reply, const char *err, void *arg)
+{
+    flush_call *c = arg;
+    records *rs = c->rs;
+    rs->flushing--;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        /* back in the table; the next flush tries again */
+        LOG_WARN("route record not written yet", "eval_id", c->eval_id, "error",
+                 reply ? reply->str : err ? err : "redis error");
+        hold(rs, c->eval_id, c->record, c->submitted_at);
+    }
+    free(c->record);
+    free(c);
+}
+
+static int send_flush(records *rs, const char *eval_id, char *record, double submitted_at)
+{
+    char route_key[ROUTE_KEY_MAX], ttl[24], at[32];
+    flush_call *c = malloc(sizeof(*c));
+    if (!c) return -1;
+    c->rs = rs;
+    snprintf(c->eval_id, sizeof(c->eval_id), "%s", eval_id);
+    c->record = record;
+    c->submitted_at = submitted_at;
+    records_key(eval_id, route_key);
+    snprintf(ttl, sizeof(ttl), "%lld", rs->p->cfg.route_record_ttl_s);
+    snprintf(at, sizeof(at), "%.6f", submitted_at);
+    const char *argv[] = {"EVAL", flush_script, "2", route_key, INFLIGHT_LEGACY, record, ttl, eval_id, at};
+    size_t lens[9];
+    for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
+    if (rclient_command(rs->p->broker, on_flushed, c, 9, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    rs->flushing++;
+    return 0;
+}
+
+void records_flush(records *rs)
+{
+    if (!rs || !rs->count || !rclient_is_up(rs->p->broker)) return;
+    size_t sent = 0;
+    while (rs->count) {
+        held *h = &rs->held[rs->head];
+        if (send_flush(rs, h->eval_id, h->record, h->submitted_at) != 0) break;
+        h->record = NULL; /* owned by the call now */
+        rs->head = (rs->head + 1) % rs->cap;
+        rs->count--;
+        sent++;
+    }
+    set_gauge(rs);
+    if (sent) {
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", sent);
+        LOG_INFO("held route records written", "count", n);
+    }
+}
+
+void records_confirm_legacy(records *rs, const char *eval_id, const char *record, double submitted_at,
+                            bool claimed)
+{
+    if (claimed && rclient_is_up(rs->p->broker)) {
+        char *copy = strdup(record);
+        if (copy && send_flush(rs, eval_id, copy, submitted_at) == 0) return;
+        free(copy);
+    }
+    hold(rs, eval_id, record, submitted_at);
+}
