@@ -1,0 +1,127 @@
+/* The one status vocabulary (evstatus), legacy's mapping, and route records. */
+#include <stdlib.h>
+
+#include <jansson.h>
+
+#include "evstatus.h"
+#include "legacy_client.h"
+#include "records.h"
+#include "unit.h"
+
+static const char *celery(const char *text)
+{
+    static char out[32];
+    json_t *rec = json_loads(text, 0, NULL);
+    const char *s = evstatus_from_celery(rec);
+    snprintf(out, sizeof(out), "%s", s ? s : "(null)");
+    json_decref(rec);
+    return out;
+}
+
+static void test_celery_states(void)
+{
+    CHECK_STR(celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"completed\"}}"), "completed");
+    CHECK_STR(celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"failed\"}}"), "failed");
+    CHECK_STR(celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"timeout\"}}"), "timeout");
+    CHECK_STR(celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"killed\"}}"), "cancelled");
+    CHECK_STR(celery("{\"status\":\"SUCCESS\",\"result\":9}"), "completed"); /* a plain Celery task */
+    CHECK_STR(celery("{\"status\":\"FAILURE\",\"result\":{\"exc_type\":\"X\"}}"), "failed");
+    CHECK_STR(celery("{\"status\":\"REVOKED\"}"), "cancelled");
+    CHECK_STR(celery("{\"status\":\"RETRY\"}"), "retrying");
+    CHECK_STR(celery("{\"status\":\"STARTED\"}"), "running");
+    CHECK_STR(celery("{\"status\":\"PROGRESS\"}"), "running");
+    CHECK_STR(celery("{\"status\":\"PENDING\"}"), "(null)");
+    CHECK_STR(celery("{}"), "(null)");
+    CHECK(evstatus_from_celery(NULL) == NULL);
+}
+
+static void test_outcomes(void)
+{
+    CHECK_EQ_INT(evstatus_outcome("completed"), 0);
+    CHECK_EQ_INT(evstatus_outcome("failed"), 1);
+    CHECK_EQ_INT(evstatus_outcome("timeout"), 2);
+    CHECK_EQ_INT(evstatus_outcome("cancelled"), 3);
+    CHECK_EQ_INT(evstatus_outcome("running"), -1);
+    CHECK_EQ_INT(evstatus_outcome("queued"), -1);
+    CHECK_EQ_INT(evstatus_outcome(NULL), -1);
+}
+
+static void test_iso(void)
+{
+    /* python3 -c 'import calendar,datetime as d; print(calendar.timegm(d.datetime(2026,11,22,8,42,30).timetuple()))' */
+    CHECK(fabs(evstatus_parse_iso("2026-11-22T08:42:30.022342") - 1795336950.022342) < 1e-5);
+    CHECK(fabs(evstatus_parse_iso("2026-11-22T08:42:30Z") - 1795336950.0) < 1e-6);
+    CHECK(fabs(evstatus_parse_iso("2026-11-22T08:42:30.5+00:00") - 1795336950.5) < 1e-6);
+    CHECK(evstatus_parse_iso("2026-11-22T08:42:30+02:00") < 0); /* offsets other than UTC refused */
+    CHECK(evstatus_parse_iso("2026-13-22T08:42:30") < 0);
+    CHECK(evstatus_parse_iso("yesterday") < 0);
+    CHECK(evstatus_parse_iso("") < 0);
+    CHECK(evstatus_parse_iso(NULL) < 0);
+}
+
+static const char *legacy(const char *text)
+{
+    static char out[32];
+    json_t *t = json_loads(text, 0, NULL);
+    const char *s = legacy_normalized_status(t);
+    snprintf(out, sizeof(out), "%s", s ? s : "(null)");
+    json_decref(t);
+    return out;
+}
+
+static void test_legacy_states(void)
+{
+    CHECK_STR(legacy("{\"status\":\"queued\"}"), "queued");
+    CHECK_STR(legacy("{\"status\":\"processing\"}"), "running");
+    CHECK_STR(legacy("{\"status\":\"completed\",\"outcome\":\"completed\"}"), "completed");
+    CHECK_STR(legacy("{\"status\":\"failed\",\"outcome\":\"timeout\"}"), "timeout");
+    CHECK_STR(legacy("{\"status\":\"failed\",\"outcome\":\"killed\"}"), "cancelled");
+    CHECK_STR(legacy("{\"status\":\"failed\",\"outcome\":\"failed\"}"), "failed");
+    CHECK_STR(legacy("{\"status\":\"failed\"}"), "failed");
+    CHECK_STR(legacy("{\"status\":\"cancelled\"}"), "cancelled");
+    CHECK_STR(legacy("{\"status\":\"exploded\"}"), "(null)");
+    CHECK_STR(legacy("[]"), "(null)");
+}
+
+static void test_route_records(void)
+{
+    submission sub = {0};
+    snprintf(sub.eval_id, sizeof(sub.eval_id), "ev-1");
+    sub.priority = 6;
+    sub.priority_name = "low";
+    route_decision dec = {PATH_LEGACY, REASON_FALLBACK, 4242};
+    char *text = records_build(&sub, PATH_LEGACY, &dec, 1795336950.25);
+    CHECK(text != NULL);
+    json_t *rec = records_parse(text, strlen(text));
+    CHECK(rec != NULL);
+    CHECK_EQ_INT(records_path(rec), PATH_LEGACY);
+    CHECK_STR(json_string_value(json_object_get(rec, "eval_id")), "ev-1");
+    CHECK_STR(json_string_value(json_object_get(rec, "reason")), "fallback");
+    CHECK_EQ_INT(json_integer_value(json_object_get(rec, "priority")), 6);
+    CHECK_EQ_INT(json_integer_value(json_object_get(rec, "bucket")), 4242);
+    CHECK(fabs(json_number_value(json_object_get(rec, "submitted_at")) - 1795336950.25) < 1e-6);
+    json_decref(rec);
+    free(text);
+    dec = (route_decision){PATH_NEW, REASON_FORCED, -1};
+    text = records_build(&sub, PATH_NEW, &dec, 1.0);
+    rec = records_parse(text, strlen(text));
+    CHECK_EQ_INT(records_path(rec), PATH_NEW);
+    CHECK(json_is_null(json_object_get(rec, "bucket")));
+    json_decref(rec);
+    free(text);
+    CHECK(records_parse("not json", 8) == NULL);
+    CHECK(records_parse("{\"eval_id\":\"x\"}", 15) == NULL); /* no path: not a record */
+    char key[ROUTE_KEY_MAX];
+    records_key("ev-1", key);
+    CHECK_STR(key, "turnout:route:ev-1");
+}
+
+int main(void)
+{
+    RUN(test_celery_states);
+    RUN(test_outcomes);
+    RUN(test_iso);
+    RUN(test_legacy_states);
+    RUN(test_route_records);
+    UNIT_END();
+}
