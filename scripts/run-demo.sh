@@ -73,6 +73,13 @@ CELERY_ENABLED=true CELERY_PERCENTAGE=0.5 \
 pids+=($!)
 wait_for turnout-proxy "http://127.0.0.1:$PROXY_PORT/healthz"
 
+# A first batch, so both paths have finished work to show in /metrics.
+items=$(for i in $(seq 1 20); do printf '%s{"eval_id":"demo-%s","code":"print(%s*%s)","priority":"default"}' \
+    "$([ "$i" -gt 1 ] && echo ,)" "$i" "$i" "$i"; done)
+curl -fs -o /dev/null -X POST "http://127.0.0.1:$PROXY_PORT/api/eval-batch" \
+    -H 'Content-Type: application/json' -d "{\"evaluations\":[$items]}" \
+    || echo "run: the first batch was refused; see $DIR/proxy.log" >&2
+
 cat <<MSG
 
 turnout demo is running (50 % of submissions on the new queue):
@@ -86,10 +93,13 @@ turnout demo is running (50 % of submissions on the new queue):
 Try:
   curl -s -X POST http://127.0.0.1:$PROXY_PORT/api/eval \\
        -H 'Content-Type: application/json' -d '{"code": "print(6*7)", "priority": "high"}'
-  curl -s http://127.0.0.1:$PROXY_PORT/metrics | grep turnout_routing_decisions_total
+  curl -s http://127.0.0.1:$PROXY_PORT/api/eval-status/demo-1     # either path, one shape
+  curl -s http://127.0.0.1:$PROXY_PORT/api/queue-status
+  # 20 demo evals were sent at start: both paths' completions, side by side
+  curl -s http://127.0.0.1:$PROXY_PORT/metrics | grep -E 'turnout_(routing_decisions|evals_completed)_total'
   # new path: the result Celery-style;  legacy path: the Queue Service's record
-  redis-cli -p $REDIS_PORT GET celery-task-meta-celery-<eval_id>
-  curl -s http://127.0.0.1:$LEGACY_PORT/tasks/<eval_id>
+  redis-cli -p $REDIS_PORT GET celery-task-meta-celery-demo-1
+  curl -s http://127.0.0.1:$LEGACY_PORT/tasks/demo-1
 
 Ctrl-C stops everything.
 MSG
