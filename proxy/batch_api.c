@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -13,7 +12,6 @@
 #include "pserver.h"
 #include "util.h"
 
-#define STICKY_HEADER "X-Turnout-Sticky-Key"
 #define BATCH_PRIORITY 9
 
 typedef struct batch_op {
@@ -77,39 +75,9 @@ void batch_api_handle(proxy *p, struct evhttp_request *req, double t0)
     struct evbuffer *body = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(body);
     char msg[320];
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        px_reply_error(p, req, RT_BATCH, t0, 405, "method_not_allowed",
-                       "use POST /api/eval-batch with {\"evaluations\": [...]}", 0);
+    const char *sticky = NULL;
+    if (!px_accept_json_post(p, req, RT_BATCH, t0, "use POST /api/eval-batch with {\"evaluations\": [...]}", &sticky))
         return;
-    }
-    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
-    while (ct && *ct == ' ') ct++;
-    if (ct && !(strncasecmp(ct, "application/json", 16) == 0 && (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' '))) {
-        px_count_reject(p, RJ_MEDIA_TYPE);
-        px_reply_error(p, req, RT_BATCH, t0, 415, "unsupported_media_type",
-                       "send the body as JSON with the header Content-Type: application/json", 0);
-        return;
-    }
-    if (len > (size_t)p->cfg.max_body_bytes) {
-        px_count_reject(p, RJ_TOO_LARGE);
-        snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
-                 p->cfg.max_body_bytes);
-        px_reply_error(p, req, RT_BATCH, t0, 413, "body_too_large", msg, 0);
-        return;
-    }
-    const char *sticky = evhttp_find_header(evhttp_request_get_input_headers(req), STICKY_HEADER);
-    if (sticky && (!*sticky || strlen(sticky) > 256)) {
-        reply_field(p, req, t0, 422, "invalid_header", "header " STICKY_HEADER " must be 1 to 256 characters");
-        return;
-    }
-    if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        px_count_reject(p, RJ_OVERLOAD);
-        px_reply_error(p, req, RT_BATCH, t0, 503, "overloaded",
-                       "too many requests are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
-        return;
-    }
     json_error_t jerr;
     json_t *doc = len ? json_loadb((const char *)evbuffer_pullup(body, -1), len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
     if (!doc) {

@@ -430,12 +430,7 @@ void cancel_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
                        "terminate: must be true or false (terminate=true kills a running evaluation)", 0);
         return;
     }
-    if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        px_count_reject(p, RJ_OVERLOAD);
-        px_reply_error(p, req, RT_CANCEL, t0, 503, "overloaded",
-                       "too many requests are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
-        return;
-    }
+    if (px_refuse_overload(p, req, RT_CANCEL, t0)) return;
     cancel_op *op = calloc(1, sizeof(*op));
     preq *r = op ? px_req_new(p, req, RT_CANCEL, t0) : NULL;
     if (!r) {

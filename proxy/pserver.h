@@ -83,6 +83,15 @@ void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, do
 /* Moves the request's share of turnout_in_flight_requests to `path`. */
 void px_hold_in_flight(preq *r, enum route_path path);
 void px_count_reject(proxy *p, enum pm_reject why);
+/* 503 "overloaded" + Retry-After when MAX_IN_FLIGHT requests wait on a
+ * backend: true when it answered. */
+bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);
+/* The checks every JSON POST endpoint makes before reading the body:
+ * method (405 with `usage`), Content-Type (415), MAX_BODY_BYTES (413), the
+ * X-Turnout-Sticky-Key header (422; *sticky gets it or NULL), overload
+ * (503).  false when it answered. */
+bool px_accept_json_post(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, const char *usage,
+                         const char **sticky);
 void px_count_decision(proxy *p, enum route_path path, enum route_reason reason);
 /* Adds delta to turnout_in_flight_requests{path} (for work not tied to one preq). */
 void px_in_flight_add(proxy *p, enum route_path path, int delta);

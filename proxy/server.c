@@ -192,45 +192,57 @@ static void on_submitted(const dispatch_result *res, void *arg)
     px_finish_json(r, res->status, res->body);
 }
 
-static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
+bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
+{
+    if (p->pending < (size_t)p->cfg.max_in_flight) return false;
+    px_count_reject(p, RJ_OVERLOAD);
+    px_reply_error(p, req, route, t0, 503, "overloaded",
+                   "too many requests are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
+    return true;
+}
+
+bool px_accept_json_post(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, const char *usage,
+                         const char **sticky)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    struct evbuffer *body = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(body);
+    size_t len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
     char msg[320];
 
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
         px_count_reject(p, RJ_METHOD);
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        px_reply_error(p, req, RT_SUBMIT, t0, 405, "method_not_allowed", "use POST /api/eval with a JSON body", 0);
-        return;
+        px_reply_error(p, req, route, t0, 405, "method_not_allowed", usage, 0);
+        return false;
     }
     if (!is_json_content_type(evhttp_find_header(in, "Content-Type"))) {
         px_count_reject(p, RJ_MEDIA_TYPE);
-        px_reply_error(p, req, RT_SUBMIT, t0, 415, "unsupported_media_type",
+        px_reply_error(p, req, route, t0, 415, "unsupported_media_type",
                         "send the body as JSON with the header Content-Type: application/json", 0);
-        return;
+        return false;
     }
     if (len > (size_t)p->cfg.max_body_bytes) {
         px_count_reject(p, RJ_TOO_LARGE);
         snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
                  p->cfg.max_body_bytes);
-        px_reply_error(p, req, RT_SUBMIT, t0, 413, "body_too_large", msg, 0);
-        return;
+        px_reply_error(p, req, route, t0, 413, "body_too_large", msg, 0);
+        return false;
     }
-    const char *sticky = evhttp_find_header(in, STICKY_HEADER);
-    if (sticky && (strlen(sticky) == 0 || strlen(sticky) > STICKY_MAX)) {
+    *sticky = evhttp_find_header(in, STICKY_HEADER);
+    if (*sticky && (strlen(*sticky) == 0 || strlen(*sticky) > STICKY_MAX)) {
         px_count_reject(p, RJ_INVALID_FIELD);
         snprintf(msg, sizeof(msg), "header %s must be 1 to %d characters", STICKY_HEADER, STICKY_MAX);
-        px_reply_error(p, req, RT_SUBMIT, t0, 422, "invalid_header", msg, 0);
-        return;
+        px_reply_error(p, req, route, t0, 422, "invalid_header", msg, 0);
+        return false;
     }
-    if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        px_count_reject(p, RJ_OVERLOAD);
-        px_reply_error(p, req, RT_SUBMIT, t0, 503, "overloaded",
-                        "too many submissions are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
-        return;
-    }
+    return !px_refuse_overload(p, req, route, t0);
+}
+
+static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
+{
+    struct evbuffer *body = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(body);
+    const char *sticky = NULL;
+    if (!px_accept_json_post(p, req, RT_SUBMIT, t0, "use POST /api/eval with a JSON body", &sticky)) return;
     preq *r = px_req_new(p, req, RT_SUBMIT, t0);
     if (!r) {
         px_count_reject(p, RJ_OOM);

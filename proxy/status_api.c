@@ -266,12 +266,7 @@ void status_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
         px_reply_error(p, req, RT_STATUS, t0, 422, "invalid_eval_id", msg, 0);
         return;
     }
-    if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        px_count_reject(p, RJ_OVERLOAD);
-        px_reply_error(p, req, RT_STATUS, t0, 503, "overloaded",
-                       "too many requests are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
-        return;
-    }
+    if (px_refuse_overload(p, req, RT_STATUS, t0)) return;
     status_op *op = calloc(1, sizeof(*op));
     preq *r = op ? px_req_new(p, req, RT_STATUS, t0) : NULL;
     rbatch *b = r ? rbatch_new(on_looked_up, op) : NULL;
