@@ -104,9 +104,7 @@ void batch_api_handle(proxy *p, struct evhttp_request *req, double t0)
         if (b) json_decref(b->results);
         free(b);
         json_decref(doc);
-        px_count_reject(p, RJ_OOM);
-        if (r) px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        else px_reply_error(p, req, RT_BATCH, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        px_reply_oom(p, req, RT_BATCH, t0, r);
         return;
     }
     b->r = r;

@@ -83,6 +83,8 @@ void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, do
 /* Moves the request's share of turnout_in_flight_requests to `path`. */
 void px_hold_in_flight(preq *r, enum route_path path);
 void px_count_reject(proxy *p, enum pm_reject why);
+/* 503 out_of_memory + Retry-After, through `r` when there is one. */
+void px_reply_oom(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, preq *r);
 /* 503 "overloaded" + Retry-After when MAX_IN_FLIGHT requests wait on a
  * backend: true when it answered. */
 bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);

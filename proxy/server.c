@@ -192,6 +192,13 @@ static void on_submitted(const dispatch_result *res, void *arg)
     px_finish_json(r, res->status, res->body);
 }
 
+void px_reply_oom(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, preq *r)
+{
+    px_count_reject(p, RJ_OOM);
+    if (r) px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+    else px_reply_error(p, req, route, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+}
+
 bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
 {
     if (p->pending < (size_t)p->cfg.max_in_flight) return false;

@@ -272,9 +272,7 @@ void status_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
     rbatch *b = r ? rbatch_new(on_looked_up, op) : NULL;
     if (!b) {
         free(op);
-        px_count_reject(p, RJ_OOM);
-        if (r) px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        else px_reply_error(p, req, RT_STATUS, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        px_reply_oom(p, req, RT_STATUS, t0, r);
         return;
     }
     op->r = r;
@@ -382,9 +380,7 @@ void status_api_queue(proxy *p, struct evhttp_request *req, double t0)
     rbatch *b = r ? rbatch_new(on_queue_new, q) : NULL;
     if (!b) {
         free(q);
-        px_count_reject(p, RJ_OOM);
-        if (r) px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        else px_reply_error(p, req, RT_STATUS, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        px_reply_oom(p, req, RT_STATUS, t0, r);
         return;
     }
     q->r = r;

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_turnout import ManagedProcess, base_env, priority_lists, wait_until
+from fixtures_turnout import ManagedProcess, base_env, mval, priority_lists, wait_until
 
 HERE = Path(__file__).resolve().parent
 RESULT_WAIT_S = 60
@@ -107,6 +107,16 @@ def test_real_celery_worker_runs_proxy_messages(proxy_factory, redis_server, cel
     submit_new(p, "interop-late")
     rec = wait_results(redis_server, ["interop-late"], worker)["interop-late"]
     assert rec["status"] == "SUCCESS", rec
+    # the results Celery itself wrote and published feed the proxy's status
+    # and its completion metrics (issue 4)
+    codes = {**{eid: fields["code"] for eid, fields in evals.items()}, "interop-late": "print('hi')"}
+    for eid, code in codes.items():
+        st = p.get(f"/api/eval-status/{eid}").json()
+        assert st["status"] == "completed" and st["path"] == "new" and st["success"] is True, st
+        assert st["output"] == f"ran {len(code)} bytes", st
+    wait_until(lambda: mval(p.metrics(), "turnout_evals_completed_total", path="new", outcome="completed")
+               == len(evals) + 1, 10, "Celery completions counted", [p.mp])
+    assert mval(p.metrics(), "turnout_eval_completion_seconds_count", path="new") == len(evals) + 1
 
 
 def test_backlog_runs_high_then_default_then_low(proxy_factory, redis_server, celery_worker):
