@@ -100,6 +100,7 @@ typedef struct cancel_op {
     char tid[TID_MAX];
     char result_key[KEY_MAX];
     bool deleted_once; /* legacy: DELETE already tried */
+    char kept_outcome[16]; /* how it ended, as its route record kept it ("" = not known) */
 } cancel_op;
 
 static void op_free(cancel_op *op) { free(op); }
@@ -281,9 +282,21 @@ static void legacy_failed(cancel_op *op, const legacy_result *res)
     op_free(op);
 }
 
+static void reply_kept_outcome(cancel_op *op)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "error", "already_finished", "message", "already finished",
+                          "eval_id", op->eval_id, "previous_status", op->kept_outcome, "cancelled", 0);
+    if (!o) op_finish_oom(op);
+    else op_finish_json(op, 409, o);
+}
+
 static void legacy_not_found(cancel_op *op)
 {
     char msg[300];
+    if (op->kept_outcome[0]) { /* legacy forgot it; the record kept how it ended */
+        reply_kept_outcome(op);
+        return;
+    }
     snprintf(msg, sizeof(msg), "no evaluation \"%s\" on either path (no route record, nothing on the new queue, unknown to the legacy Queue Service)",
              op->eval_id);
     px_finish_error(op->r, 404, "not_found", msg, 0);
@@ -369,8 +382,14 @@ static void on_looked_up(rbatch *b, void *arg)
     const char *rtext = rbatch_str(route, &rlen);
     json_t *route_rec = rtext ? records_parse(rtext, rlen) : NULL;
     enum route_path path = records_path(route_rec);
+    const char *kept = json_string_value(json_object_get(route_rec, "outcome"));
+    if (kept && evstatus_outcome(kept) >= 0) snprintf(op->kept_outcome, sizeof(op->kept_outcome), "%s", kept);
     json_decref(route_rec);
     const char *status = record_status(res, &rec);
+    if (path == PATH_NEW && !status && op->kept_outcome[0]) { /* the result expired; the record kept it */
+        reply_kept_outcome(op);
+        goto done;
+    }
     if (path == PATH_LEGACY ||
         (path == PATH_NONE && !status && running->type != REDIS_REPLY_STRING && sched->type != REDIS_REPLY_STRING)) {
         /* routed to legacy, or not known to the new path: the legacy

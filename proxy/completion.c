@@ -27,13 +27,20 @@ struct completion {
     bool sweeping_new;
 };
 
-/* KEYS: in-flight zset, route key.  ARGV: eval id.  The record ('' when it
- * expired) when this call took the eval out of the set, nil otherwise. */
+/* KEYS: in-flight zset, route key.  ARGV: eval id, outcome ('' = given
+ * up), end time.  When this call took the eval out of the set: the record
+ * ('' when it expired), which from now on also carries the outcome and end
+ * time (so status and cancel still know after the result expired);
+ * nil otherwise. */
 static const char count_script[] =
-    "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then\n"
-    "  return redis.call('GET', KEYS[2]) or ''\n"
+    "if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end\n"
+    "local r = redis.call('GET', KEYS[2])\n"
+    "if not r then return '' end\n"
+    "if ARGV[2] ~= '' and string.sub(r, -1) == '}' and not string.find(r, '\"outcome\"', 1, true) then\n"
+    "  redis.call('SET', KEYS[2], string.sub(r, 1, -2) .. ',\"outcome\":\"' .. ARGV[2] ..\n"
+    "             '\",\"completed_at\":' .. ARGV[3] .. '}', 'KEEPTTL')\n"
     "end\n"
-    "return false\n";
+    "return r\n";
 
 /* KEYS: lock.  ARGV: owner, ms.  1 when this owner holds it now. */
 static const char lock_script[] =
@@ -86,10 +93,13 @@ static void count(completion *c, enum route_path path, const char *eval_id, int 
     if (!cc) return;
     *cc = (count_call){c, path, outcome, done_at};
     records_key(eval_id, route_key);
-    const char *argv[] = {"EVAL", count_script, "2", inflight_key[path], route_key, eval_id};
-    size_t lens[6];
-    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
-    if (rclient_command(c->p->broker, on_counted, cc, 6, argv, lens) != 0) free(cc);
+    char at[32];
+    snprintf(at, sizeof(at), "%.6f", done_at > 0 ? done_at : util_now());
+    const char *argv[] = {"EVAL", count_script, "2", inflight_key[path], route_key, eval_id,
+                          outcome >= 0 ? pm_outcome_names[outcome] : "", at};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
+    if (rclient_command(c->p->broker, on_counted, cc, 8, argv, lens) != 0) free(cc);
 }
 
 /* A Celery result record for task celery-<eval_id>: counted when terminal. */

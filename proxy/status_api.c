@@ -90,6 +90,8 @@ static json_t *shape(const status_op *op, const char *status, const char *path)
                           "path", path, "created_at", iso_or_null(json_is_number(at) ? json_number_value(at) : 0),
                           "completed_at", "output", "error", "exit_code", "success",
                           terminal ? json_boolean(strcmp(status, "completed") == 0) : json_null());
+    json_t *done = json_object_get(op->record, "completed_at");
+    if (o && terminal && json_is_number(done)) json_object_set_new(o, "completed_at", iso_or_null(json_number_value(done)));
     if (o) {
         json_t *prio = json_object_get(op->record, "priority");
         json_object_set_new(o, "priority", json_is_integer(prio) ? json_integer(json_integer_value(prio)) : json_null());
@@ -132,7 +134,13 @@ static void on_legacy_task(const legacy_result *res, void *arg)
         reply_legacy(op, res->doc);
         return;
     case LEGACY_NOT_FOUND:
-        if (op->record) {
+        if (op->record && json_is_string(json_object_get(op->record, "outcome"))) {
+            /* legacy forgot it; the record kept how it ended */
+            op->r->path = PATH_LEGACY;
+            json_t *o = shape(op, json_string_value(json_object_get(op->record, "outcome")), "legacy");
+            if (o) json_object_set_new(o, "queue_position", json_null());
+            op_reply(op, 200, o);
+        } else if (op->record) {
             op->r->path = PATH_LEGACY;
             snprintf(msg, sizeof(msg),
                      "eval_id \"%s\" was routed to the legacy path, but the legacy Queue Service no longer knows it (its results expire)",
@@ -233,6 +241,8 @@ static void on_looked_up(rbatch *b, void *arg)
     }
     op->r->path = PATH_NEW;
     const char *status = evstatus_from_celery(result);
+    const char *kept = json_string_value(json_object_get(op->record, "outcome"));
+    if (!result && kept && evstatus_outcome(kept) >= 0) status = kept; /* the result expired; the record kept it */
     if (!status || strcmp(status, "queued") == 0) status = is_running ? "running" : is_sched ? "retrying" : "queued";
     json_t *o = shape(op, status, "new");
     if (o) {

@@ -322,8 +322,21 @@ def test_completion_metrics_count_every_finished_eval_on_both_paths(
                 assert b["output"].strip() == str(i) and b["success"] is True, b
         r = redis_server.client()
         assert r.zcard("turnout:inflight:new") == 0 and r.zcard("turnout:inflight:legacy") == 0
+        for i, e in enumerate(ids):
+            rec = route_record(r, e)
+            assert rec["outcome"] == ("failed" if i % 6 == 5 else "completed"), rec
+            assert rec["submitted_at"] <= rec["completed_at"] <= time.time() + 1, rec
         r.close()
         wait_until(lambda: msum(p.metrics(), "turnout_evals_unfinished") == 0, 10, "unfinished gauge 0")
+        # the legacy service restarts and forgets everything: the records still answer
+        leg.stop()
+        leg.start()
+        legacy_ids = [e for e in ids if paths[e] == "legacy"]
+        for e in legacy_ids:
+            b = status_of(p, e)
+            assert b["path"] == "legacy" and b["status"] in ("completed", "failed") and b["completed_at"], b
+            c = p.post(f"/api/eval/{e}/cancel")
+            assert c.status_code == 409 and c.json()["previous_status"] == b["status"], c.text
     finally:
         err = leg.cleanup()
     assert err is None, err
@@ -345,6 +358,16 @@ def test_completion_sweep_finds_results_published_while_unheard(proxy_factory, r
     assert r.zcard("turnout:inflight:new") == 0
     b = status_of(p, "quiet-1")
     assert b["status"] == "failed" and b["error"] == "X: boom", b
+    # the result expires before the route record: the record kept the outcome
+    rec = route_record(r, "quiet-1")
+    assert rec["outcome"] == "failed" and rec["completed_at"] > rec["submitted_at"] - 1, rec  # date_done in whole s
+    assert r.ttl("turnout:route:quiet-1") > 0, "the record keeps its TTL"
+    r.delete("celery-task-meta-celery-quiet-1")
+    b = status_of(p, "quiet-1")
+    assert b["status"] == "failed" and b["path"] == "new" and b["completed_at"] and b["success"] is False, b
+    c = p.post("/api/eval/quiet-1/cancel")
+    assert c.status_code == 409 and c.json()["previous_status"] == "failed", c.text
+    assert r.get("celery-task-meta-celery-quiet-1") is None, "no REVOKED written over a finished eval"
     r.close()
 
 
