@@ -32,6 +32,8 @@ const cfg_option pconfig_table[] = {
      "if set, every path the proxy does not own is passed through to it"},
     {"ADMIN_TOKEN", CFG_STRING, "", 0, 1024, NULL, F(admin_token),
      "bearer token for admin writes; empty = admin writes refused"},
+    {"ADMIN_TOKEN_LABEL", CFG_STRING, "admin", 1, 64, NULL, F(admin_token_label),
+     "who the admin token stands for in the rollout audit list (an X-Turnout-Actor header adds a name)"},
     {"MAX_BODY_BYTES", CFG_INT, "2097152", 1024, 67108864, NULL, F(max_body_bytes),
      "larger request body -> 413"},
     {"ALLOWED_LANGUAGES", CFG_LIST, "python", 0, 0, NULL, F(allowed_languages),

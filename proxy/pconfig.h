@@ -38,6 +38,7 @@ typedef struct proxy_settings {
     long long route_pending_max;
     long long completion_poll_s;
     long long completion_poll_batch;
+    char *admin_token_label;
 } proxy_settings;
 
 extern const cfg_option pconfig_table[];

@@ -48,6 +48,7 @@ struct proxy {
     rclient *results;
     struct records *records;       /* route records (issue 4) */
     struct completion *completion; /* per-path completion metrics (issue 4) */
+    struct rollout *rollout;       /* shared rollout state (issue 5) */
 };
 
 /* The connection holding celery-task-meta-* records. */

@@ -24,6 +24,7 @@
 #include "dispatch.h"
 #include "dlq_api.h"
 #include "records.h"
+#include "rollout.h"
 #include "status_api.h"
 #include "httpc.h"
 #include "legacy_client.h"
@@ -502,6 +503,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         status_api_queue(p, req, t0);
     } else if (status_api_match(path, NULL, NULL)) {
         status_api_handle(p, req, path, t0);
+    } else if (strcmp(path, "/admin/rollout") == 0 || strcmp(path, "/admin/rollout/history") == 0) {
+        rollout_api_handle(p, req, path, t0);
     } else if (strncmp(path, "/api/dlq/", 9) == 0) {
         dlq_api_handle(p, req, path, t0);
     } else if (cancel_api_match(path, NULL, NULL)) {
@@ -559,6 +562,10 @@ static void on_depth_timer(evutil_socket_t fd, short what, void *arg)
 
 static void apply_route_state(proxy *p)
 {
+    if (p->rollout) {
+        rollout_apply(p->rollout); /* the shared state, over the environment */
+        return;
+    }
     p->route.force_legacy = p->cfg.force_legacy;
     p->route.enabled = p->cfg.celery_enabled;
     p->route.percentage = p->cfg.celery_percentage;
@@ -626,6 +633,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     p->prod = producer_new(p->broker, p->cfg.queue, p->cfg.task_name);
     p->records = records_new(p);
     if (p->records && !(p->completion = completion_new(p, err))) goto err;
+    if (!(p->rollout = rollout_new(p, err))) goto err;
     p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
     p->http = evhttp_new(base);
     if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http) {
@@ -795,6 +803,8 @@ void proxy_free(proxy *p)
     p->hc = NULL;
     completion_free(p->completion); /* after the backends: their callbacks use it */
     p->completion = NULL;
+    rollout_free(p->rollout);
+    p->rollout = NULL;
     if (p->http) evhttp_free(p->http);
     if (p->drain_timer) event_free(p->drain_timer);
     if (p->depth_timer) event_free(p->depth_timer);
