@@ -8,6 +8,7 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
+#include "canary.h"
 #include "evstatus.h"
 #include "log.h"
 #include "pserver.h"
@@ -43,7 +44,7 @@ static const char count_script[] =
     "return r\n";
 
 /* KEYS: lock.  ARGV: owner, ms.  1 when this owner holds it now. */
-static const char lock_script[] =
+const char completion_lock_script[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end\n"
     "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end\n"
@@ -78,6 +79,7 @@ static void on_counted(struct redisReply *reply, const char *err, void *arg)
                 double done = cc->done_at > 0 ? cc->done_at : util_now();
                 double d = done - json_number_value(at);
                 metrics_observe(p->m.eval_completion, metrics_at(p->m.eval_completion, &path), d > 0 ? d : 0);
+                canary_record(p->canary, cc->path, cc->outcome, d > 0 ? d : 0);
             }
             json_decref(rec);
         }
@@ -327,7 +329,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
     char ms[24];
     snprintf(ms, sizeof(ms), "%lld", p->cfg.completion_poll_s * 3000);
-    const char *argv[] = {"EVAL", lock_script, "1", COMPLETION_LOCK, c->owner, ms};
+    const char *argv[] = {"EVAL", completion_lock_script, "1", COMPLETION_LOCK, c->owner, ms};
     size_t lens[6];
     for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
     (void)!rclient_command(p->broker, on_lock, c, 6, argv, lens);

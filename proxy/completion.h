@@ -18,6 +18,10 @@ typedef struct completion completion;
 
 #define COMPLETION_LOCK "turnout:lock:completion-poll"
 
+/* EVAL script for a lease: KEYS[1] lock, ARGV[1] owner, ARGV[2] ms.
+ * Returns 1 when the owner holds it (taken or renewed), 0 otherwise. */
+extern const char completion_lock_script[];
+
 completion *completion_new(proxy *p, char err[256]);
 /* No more polling (drain). */
 void completion_stop(completion *c);

@@ -3,6 +3,7 @@
 #include "rclient.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define F(field) offsetof(proxy_settings, field)
@@ -60,6 +61,22 @@ const cfg_option pconfig_table[] = {
      "how often unfinished evals are checked for completion (legacy polled, new path swept)"},
     {"COMPLETION_POLL_BATCH", CFG_INT, "100", 1, 10000, NULL, F(completion_poll_batch),
      "unfinished evals checked per path per poll"},
+    {"ROLLOUT_STEPS", CFG_STRING, "", 0, 400, NULL, F(rollout_steps_text),
+     "canary steps: rising fractions, e.g. 0.1,0.25,0.5,0.9,1.0 (empty: no canary)"},
+    {"ROLLOUT_STEP_INTERVAL_S", CFG_INT, "300", 1, 604800, NULL, F(rollout_step_interval_s),
+     "how long each canary step is held, and judged, before the next"},
+    {"GATE_ERROR_DELTA", CFG_FRACTION, "0.01", 0, 1, NULL, F(gate_error_delta),
+     "canary gate: new-path error ratio at most legacy's + this"},
+    {"GATE_LATENCY_RATIO", CFG_FRACTION, "1.5", 1, 1000, NULL, F(gate_latency_ratio),
+     "canary gate: new-path completion p99 at most this x legacy's"},
+    {"GATE_MIN_SAMPLES", CFG_INT, "50", 1, 100000000, NULL, F(gate_min_samples),
+     "canary: finished evals needed on each path before any verdict"},
+    {"ROLLOUT_ROLLBACK_TO", CFG_ENUM, "zero", 0, 0, "zero|last_good", F(rollout_rollback_to),
+     "where a failed gate sends the percentage: 0, or the last step that passed"},
+    {"SHADOW_PERCENTAGE", CFG_FRACTION, "0", 0, 1, NULL, F(shadow_percentage),
+     "fraction of legacy-routed submissions also run on the new path as shadow-<eval_id> and compared"},
+    {"SHADOW_MISMATCHES_KEPT", CFG_INT, "100", 1, 10000, NULL, F(shadow_mismatches_kept),
+     "shadow mismatches kept for GET /admin/shadow/mismatches"},
     {"TURNOUT_ENV_FILE", CFG_STRING, "", 0, 4096, NULL, F(env_file),
      "KEY=value file re-read on SIGHUP"},
 };
@@ -81,6 +98,29 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     if (tmp.allowed_languages[0] == '\0') {
         n++;
         cfg_append_error(errs, errs_size, "ALLOWED_LANGUAGES=\"\": must name at least one language, e.g. python\n");
+    }
+    tmp.rollout_nsteps = 0;
+    if (tmp.rollout_steps_text && tmp.rollout_steps_text[0]) {
+        const char *c = tmp.rollout_steps_text;
+        double prev = 0;
+        bool ok = true;
+        while (ok && *c) {
+            char *end = NULL;
+            double f = strtod(c, &end);
+            ok = end != c && f > prev && f <= 1 && tmp.rollout_nsteps < ROLLOUT_MAX_STEPS && (*end == ',' || !*end);
+            if (ok) {
+                tmp.rollout_steps[tmp.rollout_nsteps++] = prev = f;
+                c = *end ? end + 1 : end;
+            }
+        }
+        if (!ok) {
+            n++;
+            char line[600];
+            snprintf(line, sizeof(line),
+                     "ROLLOUT_STEPS=\"%.400s\": must be up to %d rising fractions in (0, 1] separated by commas, e.g. 0.1,0.25,0.5,0.9,1.0\n",
+                     tmp.rollout_steps_text, ROLLOUT_MAX_STEPS);
+            cfg_append_error(errs, errs_size, line);
+        }
     }
     if (n) {
         cfg_free(pconfig_table, pconfig_count, &tmp);

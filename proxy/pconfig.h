@@ -7,6 +7,8 @@
 
 #include "cfg.h"
 
+#define ROLLOUT_MAX_STEPS 20
+
 typedef struct proxy_settings {
     char *listen;
     bool celery_enabled;
@@ -39,6 +41,16 @@ typedef struct proxy_settings {
     long long completion_poll_s;
     long long completion_poll_batch;
     char *admin_token_label;
+    char *rollout_steps_text;
+    double rollout_steps[ROLLOUT_MAX_STEPS];
+    int rollout_nsteps;
+    long long rollout_step_interval_s;
+    double gate_error_delta;
+    double gate_latency_ratio;
+    long long gate_min_samples;
+    char *rollout_rollback_to; /* zero | last_good */
+    double shadow_percentage;
+    long long shadow_mismatches_kept;
 } proxy_settings;
 
 extern const cfg_option pconfig_table[];

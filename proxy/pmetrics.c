@@ -18,6 +18,8 @@ const char *const pm_code_names[PM_NCODES] = {"200", "201", "202", "204", "400",
 const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_type", "invalid_field",
                                                "overload", "no_path", "out_of_memory", "method"};
 const char *const pm_outcome_names[] = {"completed", "failed", "timeout", "cancelled"};
+const char *const pm_gate_names[PG_COUNT] = {"min_samples", "error_ratio", "latency_p99"};
+static const char *const gresult_names[] = {"hold", "pass", "fail"};
 static const char *const path2_names[] = {"legacy", "new"};
 static const char *const prio_names[] = {"0", "3", "6", "9"};
 static const char *const version_names[] = {TURNOUT_VERSION};
@@ -54,6 +56,9 @@ int pmetrics_init(pmetrics *m, const char *queue)
     const metrics_dim D_PRIO = {"priority", prio_names, 4};
     const metrics_dim D_REJECT = {"reason", pm_reject_names, RJ_COUNT};
     const metrics_dim D_VERSION = {"version", version_names, 1};
+    const metrics_dim D_GATE = {"gate", pm_gate_names, PG_COUNT};
+    const metrics_dim D_GRESULT = {"result", gresult_names, 3};
+    const metrics_dim D_RBREASON = {"reason", pm_gate_names + 1, 2};
 
     m->reg = metrics_registry_new();
     if (!m->reg) return -1;

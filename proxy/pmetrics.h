@@ -50,6 +50,12 @@ extern const char *const pm_upstream_names[UP_COUNT];
       "Route records held in memory until Redis is back")                                     \
     X(route_records_dropped, METRICS_COUNTER, "turnout_route_records_dropped_total",          \
       "Route records lost because the in-memory table (ROUTE_PENDING_MAX) was full")          \
+    X(rollout_step, METRICS_GAUGE, "turnout_rollout_step",                                    \
+      "Canary step in force, 1-based (0: no canary running or paused)")                      \
+    X(gate_checks, METRICS_COUNTER, "turnout_rollout_gate_checks_total",                      \
+      "Canary gate evaluations by the leading proxy, by gate and result", D_GATE, D_GRESULT)  \
+    X(rollbacks, METRICS_COUNTER, "turnout_rollout_rollbacks_total",                          \
+      "Automatic canary rollbacks, by the gate that failed", D_RBREASON)                      \
     X(queue_depth, METRICS_GAUGE, "turnout_queue_depth",                                      \
       "Messages waiting in the new queue, by queue and priority step", D_QUEUE, D_PRIO)       \
     X(dlq_size, METRICS_GAUGE, "turnout_dlq_size", "Entries in the dead-letter queue")        \
@@ -63,6 +69,8 @@ enum pm_reject { RJ_BAD_JSON, RJ_TOO_LARGE, RJ_MEDIA_TYPE, RJ_INVALID_FIELD, RJ_
                  RJ_NO_PATH, RJ_OOM, RJ_METHOD, RJ_COUNT };
 extern const char *const pm_reject_names[RJ_COUNT];
 extern const char *const pm_outcome_names[];
+enum pm_gate { PG_MIN_SAMPLES, PG_ERROR_RATIO, PG_LATENCY_P99, PG_COUNT };
+extern const char *const pm_gate_names[PG_COUNT];
 
 typedef struct pmetrics {
 #define PM_FIELD(field, ...) metrics_family *field;

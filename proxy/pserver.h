@@ -49,6 +49,7 @@ struct proxy {
     struct records *records;       /* route records (issue 4) */
     struct completion *completion; /* per-path completion metrics (issue 4) */
     struct rollout *rollout;       /* shared rollout state (issue 5) */
+    struct canary *canary;         /* automatic canary (issue 5) */
 };
 
 /* The connection holding celery-task-meta-* records. */

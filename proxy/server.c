@@ -17,6 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "canary.h"
 #include "cancel_api.h"
 #include "celery.h"
 #include "batch_api.h"
@@ -505,6 +506,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         status_api_handle(p, req, path, t0);
     } else if (strcmp(path, "/admin/rollout") == 0 || strcmp(path, "/admin/rollout/history") == 0) {
         rollout_api_handle(p, req, path, t0);
+    } else if (strcmp(path, "/admin/canary") == 0 || strncmp(path, "/admin/canary/", 14) == 0) {
+        canary_api_handle(p, req, path, t0);
     } else if (strncmp(path, "/api/dlq/", 9) == 0) {
         dlq_api_handle(p, req, path, t0);
     } else if (cancel_api_match(path, NULL, NULL)) {
@@ -634,6 +637,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     p->records = records_new(p);
     if (p->records && !(p->completion = completion_new(p, err))) goto err;
     if (!(p->rollout = rollout_new(p, err))) goto err;
+    if (!(p->canary = canary_new(p, err))) goto err;
     p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
     p->http = evhttp_new(base);
     if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http) {
@@ -742,6 +746,7 @@ void proxy_drain(proxy *p)
     }
     if (p->depth_timer) event_del(p->depth_timer);
     completion_stop(p->completion);
+    canary_stop(p->canary);
     p->drain_timer = evtimer_new(p->base, on_drain_deadline, p);
     struct timeval grace = {(time_t)p->cfg.shutdown_grace_s, 0};
     if (p->drain_timer) evtimer_add(p->drain_timer, &grace);
@@ -805,6 +810,8 @@ void proxy_free(proxy *p)
     p->completion = NULL;
     rollout_free(p->rollout);
     p->rollout = NULL;
+    canary_free(p->canary);
+    p->canary = NULL;
     if (p->http) evhttp_free(p->http);
     if (p->drain_timer) event_free(p->drain_timer);
     if (p->depth_timer) event_free(p->depth_timer);

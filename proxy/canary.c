@@ -1,0 +1,547 @@
+#include "canary.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "admin_auth.h"
+#include "completion.h"
+#include "gates.h"
+#include "log.h"
+#include "pserver.h"
+#include "rbatch.h"
+#include "rollout.h"
+#include "util.h"
+
+#define TICK_MS 1000
+#define LEASE_MS "3000"
+#define WINDOW_TTL_S "86400"
+
+struct canary {
+    proxy *p;
+    struct event *timer;
+    char owner[40];
+    json_t *state;     /* last read; NULL: none */
+    long long version;
+    bool judging;      /* a verdict or transition is in flight */
+};
+
+/* KEYS: state, history.  ARGV: expected version, new state, history entry
+ * ('' = none), history length.  1 when written, 0 when the version moved. */
+static const char cas_script[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "local v = 0\n"
+    "if cur then v = cjson.decode(cur).version or 0 end\n"
+    "if tostring(v) ~= ARGV[1] then return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[2])\n"
+    "if ARGV[3] ~= '' then\n"
+    "  redis.call('LPUSH', KEYS[2], ARGV[3])\n"
+    "  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)\n"
+    "end\n"
+    "return 1\n";
+
+static const char *status_of(json_t *s)
+{
+    const char *st = json_string_value(json_object_get(s, "status"));
+    return st ? st : "idle";
+}
+
+static bool is(json_t *s, const char *status) { return strcmp(status_of(s), status) == 0; }
+
+static double step_fraction(json_t *s, long long step)
+{
+    return json_number_value(json_array_get(json_object_get(s, "steps"), (size_t)step));
+}
+
+static void set_step_gauge(canary *c)
+{
+    long long step = json_integer_value(json_object_get(c->state, "step"));
+    bool live = is(c->state, "running") || is(c->state, "paused") || is(c->state, "rolled_back");
+    metrics_set(c->p->m.rollout_step, 0, live ? (double)(step + 1) : 0);
+}
+
+/* ---------- windows ---------- */
+
+void canary_record(canary *c, enum route_path path, int outcome, double seconds)
+{
+    if (!c || !c->state || !is(c->state, "running") || path > PATH_NEW) return;
+    const char *win = json_string_value(json_object_get(c->state, "window"));
+    if (!win) return;
+    char key[160], bucket[16];
+    snprintf(key, sizeof(key), CANARY_WINDOW_PREFIX "%.64s:%s", win, route_path_names[path]);
+    snprintf(bucket, sizeof(bucket), "b%d", gate_bucket(seconds));
+    bool err = outcome == 1 || outcome == 2; /* failed, timeout */
+    const char *a1[] = {"HINCRBY", key, "n", "1"}, *a2[] = {"HINCRBY", key, bucket, "1"},
+               *a3[] = {"HINCRBY", key, "err", "1"}, *a4[] = {"EXPIRE", key, WINDOW_TTL_S};
+    size_t l1[] = {7, strlen(key), 1, 1}, l2[] = {7, strlen(key), strlen(bucket), 1}, l3[] = {7, strlen(key), 3, 1},
+           l4[] = {6, strlen(key), sizeof(WINDOW_TTL_S) - 1};
+    rclient_send(c->p->broker, 4, a1, l1);
+    rclient_send(c->p->broker, 4, a2, l2);
+    if (err) rclient_send(c->p->broker, 4, a3, l3);
+    rclient_send(c->p->broker, 3, a4, l4);
+}
+
+static void read_window(const rbatch_reply *r, gate_stats *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (!r || r->type != REDIS_REPLY_ARRAY) return;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const char *f = r->element[i].str;
+        long long v = rbatch_int(&r->element[i + 1], 0);
+        if (!f) continue;
+        if (strcmp(f, "n") == 0) s->n = v;
+        else if (strcmp(f, "err") == 0) s->err = v;
+        else if (f[0] == 'b') {
+            int k = atoi(f + 1);
+            if (k >= 0 && k < GATE_NBUCKETS) s->buckets[k] = v;
+        }
+    }
+}
+
+/* ---------- transitions ---------- */
+
+typedef struct transition {
+    canary *c;
+    json_t *patch;   /* rollout change after the state is written, or NULL */
+    char reason[400];
+    char by[128];    /* who: "canary", or the admin who acted */
+    preq *r;         /* an admin request waiting for the outcome, or NULL */
+} transition;
+
+static json_t *history_entry(const char *by, const char *reason, json_t *from, json_t *to)
+{
+    return json_pack("{s:s, s:f, s:s, s:s, s:s, s:s, s:O?}", "kind", "canary", "at", util_now(), "by", by, "reason",
+                     reason, "from", status_of(from), "to", status_of(to), "canary", to);
+}
+
+static void on_rolled(const char *state, const char *err, void *arg)
+{
+    transition *t = arg;
+    if (!state)
+        LOG_ERROR("canary could not change the rollout percentage; it will be retried by a resume", "error",
+                  err ? err : "version moved", "reason", t->reason);
+    free(t);
+}
+
+static void on_written(struct redisReply *reply, const char *err, void *arg)
+{
+    transition *t = arg;
+    canary *c = t->c;
+    c->judging = false;
+    bool ok = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+    if (t->r) {
+        px_hold_in_flight(t->r, NOT_WAITING);
+        if (ok) {
+            json_t *o = json_pack("{s:b, s:s}", "ok", 1, "message", t->reason);
+            px_finish_json(t->r, 200, o);
+            json_decref(o);
+        } else if (reply && reply->type == REDIS_REPLY_INTEGER) {
+            px_finish_error(t->r, 409, "conflict", "the canary changed meanwhile (another proxy or person); read GET /admin/canary and retry", 0);
+        } else {
+            px_finish_error(t->r, 503, "redis_unavailable",
+                            reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err ? err : "Redis did not answer", 1);
+        }
+        t->r = NULL;
+    }
+    if (ok) LOG_INFO("canary", "change", t->reason);
+    if (ok && t->patch && rollout_update(c->p->rollout, t->patch, t->by, t->reason, -1, on_rolled, t) == 0) {
+        json_decref(t->patch);
+        return; /* t is freed by on_rolled */
+    }
+    json_decref(t->patch);
+    free(t);
+}
+
+/* Writes `next` (stolen) over the state of version c->version, then applies
+ * `patch` (stolen, may be NULL) to the rollout.  -1 when not sent. */
+static int transition_to(canary *c, json_t *next, json_t *patch, const char *by, const char *reason, preq *r)
+{
+    transition *t = calloc(1, sizeof(*t));
+    json_object_set_new(next, "version", json_integer(c->version + 1));
+    json_object_set_new(next, "updated_at", json_real(util_now()));
+    json_object_set_new(next, "updated_by", json_string(by));
+    json_object_set_new(next, "reason", json_string(reason));
+    json_t *h = history_entry(by, reason, c->state, next);
+    char *text = json_dumps(next, JSON_COMPACT), *htext = h ? json_dumps(h, JSON_COMPACT) : NULL;
+    char expected[24], hmax[16];
+    snprintf(expected, sizeof(expected), "%lld", c->version);
+    snprintf(hmax, sizeof(hmax), "%d", ROLLOUT_HISTORY_MAX);
+    int rc = -1;
+    if (t && text && htext) {
+        t->c = c;
+        t->patch = patch;
+        t->r = r;
+        snprintf(t->reason, sizeof(t->reason), "%s", reason);
+        snprintf(t->by, sizeof(t->by), "%s", by);
+        const char *argv[] = {"EVAL", cas_script, "2", CANARY_KEY, ROLLOUT_HISTORY, expected, text, htext, hmax};
+        size_t lens[9];
+        for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
+        rc = rclient_command(c->p->broker, on_written, t, 9, argv, lens);
+        if (rc == 0) c->judging = true;
+    }
+    if (rc != 0) {
+        free(t);
+        json_decref(patch);
+    }
+    json_decref(next);
+    json_decref(h);
+    free(text);
+    free(htext);
+    return rc;
+}
+
+static json_t *copy_state(canary *c) { return c->state ? json_deep_copy(c->state) : json_object(); }
+
+static void new_window(json_t *s)
+{
+    char win[37];
+    util_uuid4(win);
+    json_object_set_new(s, "window", json_string(win));
+    json_object_set_new(s, "step_started_at", json_real(util_now()));
+}
+
+static json_t *percentage_patch(double f)
+{
+    return json_pack("{s:b, s:f}", "enabled", 1, "percentage", f);
+}
+
+/* ---------- the leader's verdict ---------- */
+
+static void count_check(canary *c, enum pm_gate gate, enum gate_verdict v)
+{
+    size_t k[2] = {gate, v};
+    metrics_add(c->p->m.gate_checks, metrics_at(c->p->m.gate_checks, k), 1);
+}
+
+static void on_window(rbatch *b, void *arg)
+{
+    canary *c = arg;
+    proxy *p = c->p;
+    c->judging = false;
+    if (rbatch_error(b) || !c->state || !is(c->state, "running")) {
+        rbatch_free(b);
+        return;
+    }
+    gate_stats fresh, legacy, baseline;
+    read_window(rbatch_at(b, 0), &fresh);
+    read_window(rbatch_at(b, 1), &legacy);
+    read_window(rbatch_at(b, 2), &baseline);
+    rbatch_free(b);
+    gate_cfg cfg = {p->cfg.gate_error_delta, p->cfg.gate_latency_ratio, p->cfg.gate_min_samples};
+    /* Near 100 % the legacy path gets too little traffic to compare with:
+     * the last step that had enough is the baseline. */
+    bool own_legacy = legacy.n >= cfg.min_samples;
+    const gate_stats *against = own_legacy || baseline.n < cfg.min_samples ? &legacy : &baseline;
+    gate_result g;
+    gate_judge(&fresh, against, &cfg, &g);
+    if (against == &baseline) {
+        size_t n = strlen(g.why);
+        snprintf(g.why + n, sizeof(g.why) - n, " (legacy baseline: an earlier step)");
+    }
+    count_check(c, PG_MIN_SAMPLES, g.samples);
+    if (g.samples != GATE_HOLD) {
+        count_check(c, PG_ERROR_RATIO, g.error);
+        count_check(c, PG_LATENCY_P99, g.latency);
+    }
+    long long step = json_integer_value(json_object_get(c->state, "step"));
+    json_t *steps = json_object_get(c->state, "steps");
+    long long nsteps = (long long)json_array_size(steps);
+    double started = json_number_value(json_object_get(c->state, "step_started_at"));
+    double interval = json_number_value(json_object_get(c->state, "interval_s"));
+    bool elapsed = util_now() - started >= interval;
+    json_t *check = json_pack("{s:s, s:s, s:s, s:f, s:f, s:f, s:f, s:I, s:I, s:s, s:f}", "samples",
+                              gate_verdict_names[g.samples], "error_ratio", gate_verdict_names[g.error], "latency_p99",
+                              gate_verdict_names[g.latency], "err_new", g.err_new, "err_legacy", g.err_legacy,
+                              "p99_new", g.p99_new, "p99_legacy", g.p99_legacy, "n_new", (json_int_t)fresh.n,
+                              "n_legacy", (json_int_t)legacy.n, "why", g.why, "at", util_now());
+    char reason[400];
+    if (g.overall == GATE_FAIL) {
+        bool to_last = strcmp(p->cfg.rollout_rollback_to, "last_good") == 0;
+        double back = to_last ? json_number_value(json_object_get(c->state, "last_good")) : 0;
+        size_t why = g.error == GATE_FAIL ? 0 : 1;
+        metrics_add(p->m.rollbacks, metrics_at(p->m.rollbacks, &why), 1);
+        snprintf(reason, sizeof(reason), "canary rolled back to %g at step %lld/%lld: %s", back, step + 1, nsteps, g.why);
+        LOG_WARN("canary gate failed, rolling back", "why", g.why);
+        json_t *next = copy_state(c);
+        json_object_set_new(next, "status", json_string("rolled_back"));
+        json_object_set_new(next, "last_check", check);
+        (void)transition_to(c, next, percentage_patch(back), "canary", reason, NULL);
+        return;
+    }
+    if (g.overall == GATE_PASS && elapsed) {
+        json_t *next = copy_state(c);
+        json_object_set_new(next, "last_check", check);
+        json_object_set_new(next, "last_good", json_real(step_fraction(c->state, step)));
+        if (own_legacy) json_object_set(next, "baseline_window", json_object_get(c->state, "window"));
+        if (step + 1 >= nsteps) {
+            snprintf(reason, sizeof(reason), "canary completed: the last step (%g) passed; %s", step_fraction(c->state, step),
+                     g.why);
+            json_object_set_new(next, "status", json_string("completed"));
+            (void)transition_to(c, next, NULL, "canary", reason, NULL);
+        } else {
+            double f = step_fraction(c->state, step + 1);
+            snprintf(reason, sizeof(reason), "canary step %lld/%lld passed, now %g: %s", step + 1, nsteps, f, g.why);
+            json_object_set_new(next, "step", json_integer(step + 1));
+            new_window(next);
+            (void)transition_to(c, next, percentage_patch(f), "canary", reason, NULL);
+        }
+        return;
+    }
+    /* hold, or passing within the interval: the state shows the last check */
+    json_t *next = copy_state(c);
+    json_object_set_new(next, "last_check", check);
+    json_object_set_new(next, "version", json_integer(c->version)); /* same version: only the check changes */
+    char *text = json_dumps(next, JSON_COMPACT);
+    if (text) {
+        char expected[24];
+        snprintf(expected, sizeof(expected), "%lld", c->version);
+        const char *argv[] = {"EVAL", cas_script, "2", CANARY_KEY, ROLLOUT_HISTORY, expected, text, "", "1"};
+        size_t lens[9];
+        for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
+        rclient_send(p->broker, 9, argv, lens);
+    }
+    free(text);
+    json_decref(next);
+}
+
+static void judge(canary *c)
+{
+    const char *win = json_string_value(json_object_get(c->state, "window"));
+    if (!win || c->judging) return;
+    rbatch *b = rbatch_new(on_window, c);
+    if (!b) return;
+    const char *base = json_string_value(json_object_get(c->state, "baseline_window"));
+    char kn[160], kl[160], kb[160];
+    snprintf(kn, sizeof(kn), CANARY_WINDOW_PREFIX "%.64s:new", win);
+    snprintf(kl, sizeof(kl), CANARY_WINDOW_PREFIX "%.64s:legacy", win);
+    snprintf(kb, sizeof(kb), CANARY_WINDOW_PREFIX "%.64s:legacy", base ? base : "none");
+    const char *an[] = {"HGETALL", kn}, *al[] = {"HGETALL", kl}, *ab[] = {"HGETALL", kb};
+    size_t ln[] = {7, strlen(kn)}, ll[] = {7, strlen(kl)}, lb[] = {7, strlen(kb)};
+    c->judging = true;
+    if (rbatch_add(b, c->p->broker, 2, an, ln) == 0 && rbatch_add(b, c->p->broker, 2, al, ll) == 1)
+        (void)rbatch_add(b, c->p->broker, 2, ab, lb);
+    rbatch_run(b);
+}
+
+static void on_lock(struct redisReply *reply, const char *err, void *arg)
+{
+    canary *c = arg;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1 && c->timer && c->state &&
+        is(c->state, "running"))
+        judge(c);
+}
+
+static void on_state(struct redisReply *reply, const char *err, void *arg)
+{
+    canary *c = arg;
+    (void)err;
+    if (!reply || (reply->type != REDIS_REPLY_NIL && reply->type != REDIS_REPLY_STRING)) return;
+    json_t *s = reply->type == REDIS_REPLY_STRING ? json_loadb(reply->str, reply->len, 0, NULL) : NULL;
+    if (reply->type == REDIS_REPLY_STRING && !json_is_object(s)) {
+        json_decref(s);
+        return;
+    }
+    json_decref(c->state);
+    c->state = s;
+    c->version = s ? (long long)json_integer_value(json_object_get(s, "version")) : 0;
+    set_step_gauge(c);
+    if (s && is(s, "running") && c->timer) {
+        const char *argv[] = {"EVAL", completion_lock_script, "1", CANARY_LOCK, c->owner, LEASE_MS};
+        size_t lens[6];
+        for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+        (void)!rclient_command(c->p->broker, on_lock, c, 6, argv, lens);
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    canary *c = arg;
+    static const char *argv[] = {"GET", CANARY_KEY};
+    static const size_t lens[] = {3, sizeof(CANARY_KEY) - 1};
+    (void)!rclient_command(c->p->broker, on_state, c, 2, argv, lens);
+}
+
+canary *canary_new(proxy *p, char err[256])
+{
+    canary *c = calloc(1, sizeof(*c));
+    if (!c || !(c->timer = event_new(p->base, -1, EV_PERSIST, on_tick, c))) {
+        free(c);
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    c->p = p;
+    util_uuid4(c->owner);
+    struct timeval every = {TICK_MS / 1000, (TICK_MS % 1000) * 1000};
+    event_add(c->timer, &every);
+    return c;
+}
+
+void canary_stop(canary *c)
+{
+    if (c && c->timer) {
+        event_free(c->timer);
+        c->timer = NULL;
+    }
+}
+
+void canary_free(canary *c)
+{
+    if (!c) return;
+    canary_stop(c);
+    json_decref(c->state);
+    free(c);
+}
+
+/* ---------- the admin API ---------- */
+
+static json_t *iso_or_null(json_t *t)
+{
+    char buf[32];
+    if (!json_is_number(t)) return json_null();
+    util_iso8601(json_number_value(t), buf);
+    return json_string(buf);
+}
+
+static json_t *view(canary *c)
+{
+    proxy *p = c->p;
+    json_t *s = c->state;
+    json_t *steps = json_array();
+    for (int i = 0; i < p->cfg.rollout_nsteps; i++) json_array_append_new(steps, json_real(p->cfg.rollout_steps[i]));
+    long long step = json_integer_value(json_object_get(s, "step"));
+    bool live = s && (is(s, "running") || is(s, "paused") || is(s, "rolled_back"));
+    json_t *o = json_pack("{s:s, s:I, s:O?, s:o, s:f, s:o, s:O?, s:O?, s:o, s:O?, s:I, s:{s:f, s:f, s:I}, s:s, s:I}",
+                          "status", status_of(s), "step", (json_int_t)(live ? step + 1 : 0), "steps",
+                          json_object_get(s, "steps"), "configured_steps", steps, "percentage", p->route.percentage,
+                          "step_started_at", iso_or_null(json_object_get(s, "step_started_at")), "last_check",
+                          json_object_get(s, "last_check"), "reason", json_object_get(s, "reason"), "updated_at",
+                          iso_or_null(json_object_get(s, "updated_at")), "updated_by", json_object_get(s, "updated_by"),
+                          "interval_s", (json_int_t)p->cfg.rollout_step_interval_s, "gates", "error_delta",
+                          p->cfg.gate_error_delta, "latency_ratio", p->cfg.gate_latency_ratio, "min_samples",
+                          (json_int_t)p->cfg.gate_min_samples, "rollback_to", p->cfg.rollout_rollback_to, "version",
+                          (json_int_t)c->version);
+    return o;
+}
+
+static void refuse(preq *r, int status, const char *code, const char *msg)
+{
+    px_hold_in_flight(r, NOT_WAITING);
+    px_finish_error(r, status, code, msg, 0);
+}
+
+static void act(proxy *p, preq *r, const char *action, const char *by)
+{
+    canary *c = p->canary;
+    json_t *s = c->state;
+    char reason[400];
+    json_t *next = NULL, *patch = NULL;
+    if (strcmp(action, "start") == 0) {
+        if (p->cfg.rollout_nsteps == 0) {
+            refuse(r, 409, "no_steps", "set ROLLOUT_STEPS (e.g. 0.1,0.25,0.5,0.9,1.0) to run a canary");
+            return;
+        }
+        if (s && (is(s, "running") || is(s, "paused"))) {
+            refuse(r, 409, "already_running", "a canary is already running or paused; resume or abort it first");
+            return;
+        }
+        if (p->route.force_legacy) {
+            refuse(r, 409, "kill_switch_on", "the kill switch (force_legacy) is on; lift it before starting a canary");
+            return;
+        }
+        next = json_object();
+        json_t *steps = json_array();
+        for (int i = 0; i < p->cfg.rollout_nsteps; i++) json_array_append_new(steps, json_real(p->cfg.rollout_steps[i]));
+        json_object_set_new(next, "steps", steps);
+        json_object_set_new(next, "status", json_string("running"));
+        json_object_set_new(next, "step", json_integer(0));
+        json_object_set_new(next, "last_good", json_real(0));
+        json_object_set_new(next, "interval_s", json_integer(p->cfg.rollout_step_interval_s));
+        new_window(next);
+        patch = percentage_patch(p->cfg.rollout_steps[0]);
+        snprintf(reason, sizeof(reason), "canary started: step 1/%d at %g", p->cfg.rollout_nsteps, p->cfg.rollout_steps[0]);
+    } else if (strcmp(action, "pause") == 0) {
+        if (!s || !is(s, "running")) {
+            refuse(r, 409, "not_running", "only a running canary can be paused");
+            return;
+        }
+        next = copy_state(c);
+        json_object_set_new(next, "status", json_string("paused"));
+        snprintf(reason, sizeof(reason), "canary paused at step %lld", json_integer_value(json_object_get(s, "step")) + 1);
+    } else if (strcmp(action, "resume") == 0) {
+        if (!s || !(is(s, "paused") || is(s, "rolled_back"))) {
+            refuse(r, 409, "not_paused", "only a paused or rolled-back canary can be resumed");
+            return;
+        }
+        long long step = json_integer_value(json_object_get(s, "step"));
+        next = copy_state(c);
+        json_object_set_new(next, "status", json_string("running"));
+        new_window(next);
+        patch = percentage_patch(step_fraction(s, step)); /* after a rollback: the step that failed, judged afresh */
+        snprintf(reason, sizeof(reason), "canary resumed at step %lld (%g)", step + 1, step_fraction(s, step));
+    } else { /* abort */
+        if (!s || !(is(s, "running") || is(s, "paused") || is(s, "rolled_back"))) {
+            refuse(r, 409, "not_running", "no canary to abort");
+            return;
+        }
+        next = copy_state(c);
+        json_object_set_new(next, "status", json_string("aborted"));
+        patch = percentage_patch(0);
+        snprintf(reason, sizeof(reason), "canary aborted; the new path is back to 0");
+    }
+    if (transition_to(c, next, patch, by, reason, r) != 0) {
+        px_hold_in_flight(r, NOT_WAITING);
+        px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the canary state is kept there. Retry shortly", 1);
+    }
+}
+
+void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (strcmp(path, "/admin/canary") == 0) {
+        if (cmd != EVHTTP_REQ_GET) {
+            px_count_reject(p, RJ_METHOD);
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+            px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed",
+                           "GET /admin/canary reads; POST /admin/canary/{start,pause,resume,abort} acts", 0);
+            return;
+        }
+        json_t *o = view(p->canary);
+        px_reply_json(p, req, RT_ADMIN, t0, 200, o);
+        json_decref(o);
+        return;
+    }
+    const char *action = path + strlen("/admin/canary/");
+    static const char *const actions[] = {"start", "pause", "resume", "abort"};
+    bool known = false;
+    for (int i = 0; i < 4; i++) known |= strcmp(action, actions[i]) == 0;
+    if (!known) {
+        px_reply_error(p, req, RT_ADMIN, t0, 404, "not_found",
+                       "canary actions: POST /admin/canary/start, /pause, /resume, /abort", 0);
+        return;
+    }
+    if (cmd != EVHTTP_REQ_POST) {
+        px_count_reject(p, RJ_METHOD);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed", "canary actions take POST", 0);
+        return;
+    }
+    if (!px_admin_authorized(p, req, RT_ADMIN, t0)) return;
+    if (px_refuse_overload(p, req, RT_ADMIN, t0)) return;
+    preq *r = px_req_new(p, req, RT_ADMIN, t0);
+    if (!r) {
+        px_reply_oom(p, req, RT_ADMIN, t0, NULL);
+        return;
+    }
+    char by[128];
+    rollout_actor(p, req, by);
+    px_hold_in_flight(r, PATH_NEW);
+    act(p, r, action, by);
+}

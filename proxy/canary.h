@@ -1,0 +1,38 @@
+/* canary — walks the rollout through ROLLOUT_STEPS while the evidence is
+ * good and rolls it back by itself when it is not (like Flagger or Argo
+ * Rollouts, for a queue migration).
+ *
+ * State: `turnout:canary` (JSON {status, step, steps, interval_s, window,
+ * step_started_at, last_good, last_check, reason, version, updated_at,
+ * updated_by}); status idle | running | paused | rolled_back | completed |
+ * aborted.  Every proxy reads it each second; one proxy leads
+ * (`turnout:lock:canary`) and judges the running step.  Completions
+ * counted by any proxy during a step go to that step's window,
+ * `turnout:canary:w:<window>:<path>` (n, err, latency buckets), so the
+ * verdict covers the whole fleet.  Transitions are compare-and-set on the
+ * state's version and land in the rollout history list. */
+#ifndef TURNOUT_CANARY_H
+#define TURNOUT_CANARY_H
+
+#include "router.h"
+
+typedef struct proxy proxy;
+typedef struct canary canary;
+struct evhttp_request;
+
+#define CANARY_KEY "turnout:canary"
+#define CANARY_LOCK "turnout:lock:canary"
+#define CANARY_WINDOW_PREFIX "turnout:canary:w:"
+
+canary *canary_new(proxy *p, char err[256]);
+void canary_stop(canary *c);
+void canary_free(canary *c);
+
+/* A finished eval of `path` (outcome index of pm_outcome_names), for the
+ * running step's window; nothing when no step runs. */
+void canary_record(canary *c, enum route_path path, int outcome, double seconds);
+
+/* GET /admin/canary; POST /admin/canary/{start,pause,resume,abort}. */
+void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0);
+
+#endif

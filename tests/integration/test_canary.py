@@ -1,0 +1,192 @@
+"""The automatic canary (issue 5): walks ROLLOUT_STEPS while the gates
+hold, rolls back by itself within one step interval when the executor
+behind the new path starts failing, holds on too little traffic, and is
+steered through the admin API.  The whole stack is real: redis-server,
+turnout-executor x2 (one per path), turnout-legacyd, turnout-worker,
+turnout-proxy.  Contracts: shared/DESIGN.md §3, §4, §9."""
+import threading
+import time
+
+import pytest
+
+from fixtures_turnout import Legacyd, http_session, mval, wait_until
+
+TOKEN = "canary-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# exits 3 once the file BROKEN sits next to the executor's run directories
+CODE = "import os, sys\nsys.exit(3 if os.path.exists('../BROKEN') else 0)\n"
+
+
+class Load:
+    """Submissions at a steady pace from a thread, until stopped."""
+
+    def __init__(self, proxy, per_s=12, prefix="load"):
+        self.proxy, self.per_s, self.prefix = proxy, per_s, prefix
+        self.stop_ev = threading.Event()
+        self.sent = 0
+        self.errors = []
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        s = http_session()
+        i = 0
+        while not self.stop_ev.is_set():
+            i += 1
+            try:
+                r = s.post(self.proxy.url("/api/eval"), json={"eval_id": f"{self.prefix}-{i}", "code": CODE},
+                           timeout=5)
+                if r.status_code != 202:
+                    self.errors.append(r.text)
+                self.sent += 1
+            except Exception as e:  # noqa: BLE001 - recorded and asserted on
+                self.errors.append(repr(e))
+            self.stop_ev.wait(1.0 / self.per_s)
+        s.close()
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_ev.set()
+        self.t.join(10)
+
+
+@pytest.fixture
+def stack(redis_server, executor_factory, worker_factory, proxy_factory, tmp_path):
+    """make(**proxy_env) -> (proxy, new-path executor). Legacy and new
+    paths run on executors of their own."""
+    legacies = []
+
+    def make(**env):
+        ex_legacy = executor_factory(EXECUTOR_MAX_CONCURRENT=8)
+        ex_new = executor_factory(EXECUTOR_MAX_CONCURRENT=8)
+        leg = Legacyd(tmp_path / f"legacyd{len(legacies)}", env={"EXECUTOR_SERVICE_URL": ex_legacy.url}).start()
+        legacies.append(leg)
+        worker_factory(ex_new, CELERY_CONCURRENCY=8)
+        full = dict(LEGACY_QUEUE_URL=leg.url, ADMIN_TOKEN=TOKEN, COMPLETION_POLL_S=1,
+                    ROLLOUT_STEPS="0.25,0.5,1.0", ROLLOUT_STEP_INTERVAL_S=2, GATE_MIN_SAMPLES=4,
+                    GATE_ERROR_DELTA=0.1, GATE_LATENCY_RATIO=50)
+        full.update(env)
+        return proxy_factory(**full), ex_new
+
+    yield make
+    errs = [e for e in (leg.cleanup() for leg in legacies) if e]
+    assert not errs, errs
+
+
+def canary(p):
+    r = p.get("/admin/canary")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def act(p, action, headers=AUTH):
+    return p.post(f"/admin/canary/{action}", headers=headers)
+
+
+def history(p):
+    return p.get("/admin/rollout/history?limit=100").json()["entries"]
+
+
+def test_canary_walks_every_step_while_the_new_path_is_healthy(stack):
+    p, _ = stack()
+    c = canary(p)
+    assert c["status"] == "idle" and c["step"] == 0 and c["configured_steps"] == [0.25, 0.5, 1.0], c
+    with Load(p) as load:
+        r = act(p, "start", headers={**AUTH, "X-Turnout-Actor": "carol"})
+        assert r.status_code == 200, r.text
+        wait_until(lambda: canary(p)["step"] == 1 and p.get("/admin/rollout").json()["percentage"] == 0.25, 3,
+                   "step 1 in force", [p.mp])
+        assert mval(p.metrics(), "turnout_rollout_step") == 1
+        seen = set()
+
+        def walked():
+            c = canary(p)
+            seen.add(c["step"])
+            return c if c["status"] == "completed" else None
+        c = wait_until(walked, 40, "canary completed", [p.mp], interval=0.2)
+    assert not load.errors, load.errors[:3]
+    assert {1, 2, 3} <= seen, seen
+    ro = p.get("/admin/rollout").json()
+    assert ro["percentage"] == 1.0 and ro["enabled"] is True and ro["updated_by"] == "canary", ro
+    assert c["last_check"]["error_ratio"] == "pass" and c["last_check"]["n_new"] >= 4, c
+    h = history(p)
+    by_canary = [e for e in h if e["by"] == "canary" and "to" in e and isinstance(e["to"], dict)
+                 and "percentage" in e["to"]]
+    assert [e["to"]["percentage"] for e in reversed(by_canary)] == [0.5, 1.0], h[:6]
+    starts = [e for e in h if e.get("kind") == "canary" and e["to"] == "running" and e["from"] == "idle"]
+    assert starts and starts[0]["by"] == "admin (carol)", h[:8]
+    first = [e for e in h if isinstance(e.get("to"), dict) and e["to"].get("percentage") == 0.25]
+    assert first and first[0]["by"] == "admin (carol)" and "canary started" in first[0]["reason"], h[-3:]
+    m = p.metrics()
+    assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="pass") >= 3
+    assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="fail") == 0
+    assert mval(m, "turnout_rollout_rollbacks_total", reason="error_ratio") == 0
+    assert mval(m, "turnout_rollout_step") == 0
+
+
+def test_canary_rolls_back_when_the_new_paths_executor_starts_failing(stack):
+    p, ex_new = stack(ROLLOUT_STEPS="0.3,0.6,1.0", ROLLOUT_STEP_INTERVAL_S=4)
+    with Load(p, prefix="rb"):
+        assert act(p, "start").status_code == 200
+        wait_until(lambda: canary(p)["step"] == 2, 20, "first step passed", [p.mp], interval=0.2)
+        broke = time.monotonic()
+        (ex_new.dir / "runs" / "BROKEN").write_text("the new path's executor is broken now\n")
+        c = wait_until(lambda: (lambda c: c if c["status"] == "rolled_back" else None)(canary(p)), 15,
+                       "rolled back", [p.mp], interval=0.2)
+        took = time.monotonic() - broke
+    assert took <= 4 + 3, f"rollback took {took:.1f}s, more than one step interval (+ poll slack)"
+    assert "error_ratio" in c["reason"] and c["last_check"]["error_ratio"] == "fail", c
+    ro = p.get("/admin/rollout").json()
+    assert ro["percentage"] == 0 and ro["updated_by"] == "canary" and "rolled back" in ro["reason"], ro
+    m = p.metrics()
+    assert mval(m, "turnout_rollout_rollbacks_total", reason="error_ratio") == 1
+    assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="fail") >= 1
+    # it stays there until a person resumes
+    time.sleep(2.5)
+    assert canary(p)["status"] == "rolled_back" and p.get("/admin/rollout").json()["percentage"] == 0
+    (ex_new.dir / "runs" / "BROKEN").unlink()
+    r = act(p, "resume")
+    assert r.status_code == 200, r.text
+    wait_until(lambda: canary(p)["status"] == "running" and p.get("/admin/rollout").json()["percentage"] == 0.6,
+               3, "resumed at the failed step")
+
+
+def test_too_little_traffic_holds_the_step(stack):
+    p, _ = stack(ROLLOUT_STEP_INTERVAL_S=1, GATE_MIN_SAMPLES=50)
+    assert act(p, "start").status_code == 200
+    time.sleep(4)
+    c = canary(p)
+    assert c["status"] == "running" and c["step"] == 1, c
+    assert c["last_check"]["samples"] == "hold" and "too few" in c["last_check"]["why"], c
+    assert p.get("/admin/rollout").json()["percentage"] == 0.25
+    m = p.metrics()
+    assert mval(m, "turnout_rollout_gate_checks_total", gate="min_samples", result="hold") >= 2
+    assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="pass") == 0
+    # pause and abort through the API
+    assert act(p, "pause").status_code == 200
+    wait_until(lambda: canary(p)["status"] == "paused", 3, "paused")
+    assert act(p, "pause").status_code == 409
+    assert act(p, "abort").status_code == 200
+    wait_until(lambda: canary(p)["status"] == "aborted", 3, "aborted")
+    assert p.get("/admin/rollout").json()["percentage"] == 0
+
+
+def test_canary_api_refusals(proxy_factory):
+    p = proxy_factory(ADMIN_TOKEN=TOKEN)
+    assert act(p, "start", headers={}).status_code == 401
+    assert act(p, "start", headers={"Authorization": "Bearer x"}).status_code == 403
+    r = act(p, "start")
+    assert r.status_code == 409 and "ROLLOUT_STEPS" in r.json()["message"], r.text
+    assert act(p, "pause").status_code == 409
+    assert act(p, "resume").status_code == 409
+    assert act(p, "jump").status_code == 404
+    assert p.get("/admin/canary/start").status_code == 405
+    assert p.post("/admin/canary").status_code == 405
+    killed = proxy_factory(ADMIN_TOKEN=TOKEN, ROLLOUT_STEPS="0.5,1", FORCE_LEGACY_QUEUE=True)
+    r = act(killed, "start")
+    assert r.status_code == 409 and r.json()["error"] == "kill_switch_on", r.text
+    bad = proxy_factory(wait=False, ROLLOUT_STEPS="0.5,0.2")
+    assert bad.proc.wait(10) == 2
+    assert "ROLLOUT_STEPS" in bad.log(10)
