@@ -13,19 +13,22 @@
 #include "log.h"
 #include "pserver.h"
 #include "records.h"
+#include "shadow.h"
 #include "results.h"
 #include "util.h"
 
 #define META_TASK_PREFIX RESULTS_KEY_PREFIX "celery-"
+#define META_SHADOW_PREFIX RESULTS_KEY_PREFIX SHADOW_TASK_PREFIX
+#define KIND_SHADOW PATH_NONE /* the third in-flight set: shadow runs */
 
 struct completion {
     proxy *p;
     rclient *sub;         /* PSUBSCRIBE on the result backend */
     struct event *timer;
     char owner[40];       /* this proxy's lock value */
-    char cursor[2][40];   /* ZRANGEBYSCORE start per path: "-inf" or "(<score>" */
+    char cursor[3][40];   /* ZRANGEBYSCORE start per set: "-inf" or "(<score>" */
     size_t legacy_calls;  /* GET /tasks/{id} in flight */
-    bool sweeping_new;
+    bool sweeping[3];     /* a page of the new or shadow set is being read */
 };
 
 /* KEYS: in-flight zset, route key.  ARGV: eval id, outcome ('' = given
@@ -50,7 +53,8 @@ const char completion_lock_script[] =
     "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end\n"
     "return 0\n";
 
-static const char *const inflight_key[2] = {INFLIGHT_LEGACY, INFLIGHT_NEW}; /* by enum route_path */
+/* by enum route_path; PATH_NONE = KIND_SHADOW */
+static const char *const inflight_key[3] = {INFLIGHT_LEGACY, INFLIGHT_NEW, INFLIGHT_SHADOW};
 
 /* ---------- counting one eval ---------- */
 
@@ -114,11 +118,48 @@ static void consider_celery(completion *c, const char *eval_id, const char *text
     json_decref(rec);
 }
 
+typedef struct shadow_call {
+    completion *c;
+    char eval_id[SUB_MAX_EVAL_ID + 1];
+    json_t *rec;
+} shadow_call;
+
+static void on_shadow_claimed(struct redisReply *reply, const char *err, void *arg)
+{
+    shadow_call *sc = arg;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        shadow_report_new(sc->c->p, sc->eval_id, sc->rec);
+    json_decref(sc->rec);
+    free(sc);
+}
+
+/* A shadow run's result record: when terminal, whoever takes it out of the
+ * shadow set reports it for comparison. */
+static void consider_shadow(completion *c, const char *eval_id, const char *text, size_t len)
+{
+    json_t *rec = json_loadb(text, len, 0, NULL);
+    shadow_call *sc = NULL;
+    if (evstatus_outcome(evstatus_from_celery(rec)) >= 0 && util_valid_id(eval_id, strlen(eval_id), SUB_MAX_EVAL_ID) &&
+        (sc = malloc(sizeof(*sc)))) {
+        sc->c = c;
+        snprintf(sc->eval_id, sizeof(sc->eval_id), "%s", eval_id);
+        sc->rec = rec;
+        const char *argv[] = {"ZREM", INFLIGHT_SHADOW, eval_id};
+        size_t lens[] = {4, sizeof(INFLIGHT_SHADOW) - 1, strlen(eval_id)};
+        if (rclient_command(c->p->broker, on_shadow_claimed, sc, 3, argv, lens) == 0) return;
+        free(sc);
+    }
+    json_decref(rec);
+}
+
 static void on_result_published(const char *channel, const char *payload, size_t len, void *arg)
 {
     completion *c = arg;
-    if (strncmp(channel, META_TASK_PREFIX, sizeof(META_TASK_PREFIX) - 1) != 0) return;
-    consider_celery(c, channel + sizeof(META_TASK_PREFIX) - 1, payload, len);
+    if (strncmp(channel, META_TASK_PREFIX, sizeof(META_TASK_PREFIX) - 1) == 0)
+        consider_celery(c, channel + sizeof(META_TASK_PREFIX) - 1, payload, len);
+    else if (strncmp(channel, META_SHADOW_PREFIX, sizeof(META_SHADOW_PREFIX) - 1) == 0)
+        consider_shadow(c, channel + sizeof(META_SHADOW_PREFIX) - 1, payload, len);
 }
 
 /* ---------- the sweep: one page of a path's in-flight set ---------- */
@@ -141,11 +182,12 @@ static void on_results(struct redisReply *reply, const char *err, void *arg)
 {
     page *pg = arg;
     (void)err;
-    pg->c->sweeping_new = false;
+    pg->c->sweeping[pg->path] = false;
     if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == pg->n)
         for (size_t i = 0; i < pg->n; i++)
             if (reply->element[i]->type == REDIS_REPLY_STRING)
-                consider_celery(pg->c, pg->ids[i], reply->element[i]->str, reply->element[i]->len);
+                (pg->path == KIND_SHADOW ? consider_shadow : consider_celery)(pg->c, pg->ids[i], reply->element[i]->str,
+                                                                            reply->element[i]->len);
     page_free(pg);
 }
 
@@ -161,9 +203,11 @@ static void on_legacy_task(const legacy_result *res, void *arg)
     c->legacy_calls--;
     if (res->outcome == LEGACY_OK) {
         int outcome = evstatus_outcome(legacy_normalized_status(res->doc));
-        if (outcome >= 0)
+        if (outcome >= 0) {
             count(c, PATH_LEGACY, lp->eval_id, outcome,
                   evstatus_parse_iso(json_string_value(json_object_get(res->doc, "completed_at"))));
+            shadow_report_legacy(c->p, lp->eval_id, res->doc); /* nothing unless it has a shadow */
+        }
     } else if (res->outcome == LEGACY_NOT_FOUND) {
         /* the Queue Service forgot it (restarted, or its results expired) */
         LOG_WARN("legacy eval no longer known to the Queue Service; its completion is not measured", "eval_id",
@@ -191,7 +235,7 @@ static void on_page(struct redisReply *reply, const char *err, void *arg)
     /* a short page: the next sweep starts from the oldest again */
     if (!ok || n < (size_t)c->p->cfg.completion_poll_batch) snprintf(c->cursor[pg->path], sizeof(c->cursor[0]), "-inf");
     if (!pg->n) {
-        if (pg->path == PATH_NEW) c->sweeping_new = false;
+        c->sweeping[pg->path] = false;
         page_free(pg);
         return;
     }
@@ -217,7 +261,7 @@ static void on_page(struct redisReply *reply, const char *err, void *arg)
         lens[0] = 4;
         size_t i = 0;
         for (; i < pg->n; i++) {
-            if (asprintf(&keys[i], META_TASK_PREFIX "%s", pg->ids[i]) < 0) {
+            if (asprintf(&keys[i], "%s%s", pg->path == KIND_SHADOW ? META_SHADOW_PREFIX : META_TASK_PREFIX, pg->ids[i]) < 0) {
                 keys[i] = NULL;
                 break;
             }
@@ -231,7 +275,7 @@ static void on_page(struct redisReply *reply, const char *err, void *arg)
     free(argv);
     free(lens);
     if (!sent) {
-        c->sweeping_new = false;
+        c->sweeping[pg->path] = false;
         page_free(pg);
     }
 }
@@ -251,7 +295,7 @@ static void read_page(completion *c, enum route_path path)
         free(pg);
         return;
     }
-    if (path == PATH_NEW) c->sweeping_new = true;
+    c->sweeping[path] = path != PATH_LEGACY;
 }
 
 /* ---------- the timer ---------- */
@@ -268,10 +312,14 @@ static void on_pruned(struct redisReply *reply, const char *err, void *arg)
     if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         size_t path = pc->path;
         proxy *p = pc->c->p;
-        metrics_add(p->m.completion_untracked, metrics_at(p->m.completion_untracked, &path), (double)reply->integer);
+        size_t error = 2; /* a shadow never finished: no comparison */
+        if (path == KIND_SHADOW)
+            metrics_add(p->m.shadow_comparisons, metrics_at(p->m.shadow_comparisons, &error), (double)reply->integer);
+        else
+            metrics_add(p->m.completion_untracked, metrics_at(p->m.completion_untracked, &path), (double)reply->integer);
         char n[24];
         snprintf(n, sizeof(n), "%lld", reply->integer);
-        LOG_WARN("unfinished evals older than ROUTE_RECORD_TTL_S given up", "path", route_path_names[path], "count", n);
+        LOG_WARN("unfinished evals older than ROUTE_RECORD_TTL_S given up", "set", inflight_key[path], "count", n);
     }
     free(pc);
 }
@@ -283,7 +331,7 @@ static void on_lock(struct redisReply *reply, const char *err, void *arg)
     if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1 || !c->timer) return;
     char cutoff[40];
     snprintf(cutoff, sizeof(cutoff), "(%.6f", util_now() - (double)c->p->cfg.route_record_ttl_s);
-    for (int path = PATH_LEGACY; path <= PATH_NEW; path++) {
+    for (int path = PATH_LEGACY; path <= KIND_SHADOW; path++) {
         prune_call *pc = malloc(sizeof(*pc));
         if (pc) {
             *pc = (prune_call){c, path};
@@ -293,7 +341,8 @@ static void on_lock(struct redisReply *reply, const char *err, void *arg)
             if (rclient_command(c->p->broker, on_pruned, pc, 4, argv, lens) != 0) free(pc);
         }
     }
-    if (!c->sweeping_new) read_page(c, PATH_NEW);
+    if (!c->sweeping[PATH_NEW]) read_page(c, PATH_NEW);
+    if (!c->sweeping[KIND_SHADOW]) read_page(c, KIND_SHADOW);
     if (c->legacy_calls == 0) read_page(c, PATH_LEGACY);
 }
 
@@ -344,8 +393,7 @@ completion *completion_new(proxy *p, char err[256])
     }
     c->p = p;
     util_uuid4(c->owner);
-    snprintf(c->cursor[0], sizeof(c->cursor[0]), "-inf");
-    snprintf(c->cursor[1], sizeof(c->cursor[1]), "-inf");
+    for (int i = 0; i < 3; i++) snprintf(c->cursor[i], sizeof(c->cursor[i]), "-inf");
     const char *url = p->cfg.result_backend[0] ? p->cfg.result_backend : p->cfg.broker_url;
     rclient_opts o = {.command_timeout_ms = p->cfg.redis_timeout_ms,
                       .connect_timeout_ms = p->cfg.redis_timeout_ms,
@@ -356,7 +404,8 @@ completion *completion_new(proxy *p, char err[256])
         snprintf(err, 256, "CELERY_RESULT_BACKEND: %.200s", rerr);
         goto fail;
     }
-    if (rclient_psubscribe(c->sub, META_TASK_PREFIX "*", on_result_published, c) != 0) {
+    if (rclient_psubscribe(c->sub, META_TASK_PREFIX "*", on_result_published, c) != 0 ||
+        rclient_psubscribe(c->sub, META_SHADOW_PREFIX "*", on_result_published, c) != 0) {
         snprintf(err, 256, "out of memory");
         goto fail;
     }

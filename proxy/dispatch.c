@@ -9,6 +9,7 @@
 #include "log.h"
 #include "pserver.h"
 #include "records.h"
+#include "shadow.h"
 #include "util.h"
 
 typedef struct dop {
@@ -93,6 +94,7 @@ static void on_legacy(const legacy_result *res, void *arg)
     switch (res->outcome) {
     case LEGACY_OK:
         records_confirm_legacy(p->records, d->sub.eval_id, d->record, d->submitted_at, d->claimed);
+        if (shadow_draw(p)) shadow_start(p, &d->sub); /* fire and forget: never delays this reply */
         LOG_DEBUG("submission queued", "eval_id", d->sub.eval_id, "path", "legacy");
         finish_queued(d, PATH_LEGACY, res->position);
         return;

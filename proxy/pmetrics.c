@@ -19,6 +19,7 @@ const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_t
                                                "overload", "no_path", "out_of_memory", "method"};
 const char *const pm_outcome_names[] = {"completed", "failed", "timeout", "cancelled"};
 const char *const pm_gate_names[PG_COUNT] = {"min_samples", "error_ratio", "latency_p99"};
+static const char *const shadow_names[] = {"match", "mismatch", "error"};
 static const char *const gresult_names[] = {"hold", "pass", "fail"};
 static const char *const path2_names[] = {"legacy", "new"};
 static const char *const prio_names[] = {"0", "3", "6", "9"};
@@ -58,6 +59,7 @@ int pmetrics_init(pmetrics *m, const char *queue)
     const metrics_dim D_VERSION = {"version", version_names, 1};
     const metrics_dim D_GATE = {"gate", pm_gate_names, PG_COUNT};
     const metrics_dim D_GRESULT = {"result", gresult_names, 3};
+    const metrics_dim D_SHADOW = {"result", shadow_names, 3};
     const metrics_dim D_RBREASON = {"reason", pm_gate_names + 1, 2};
 
     m->reg = metrics_registry_new();

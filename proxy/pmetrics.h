@@ -56,6 +56,8 @@ extern const char *const pm_upstream_names[UP_COUNT];
       "Canary gate evaluations by the leading proxy, by gate and result", D_GATE, D_GRESULT)  \
     X(rollbacks, METRICS_COUNTER, "turnout_rollout_rollbacks_total",                          \
       "Automatic canary rollbacks, by the gate that failed", D_RBREASON)                      \
+    X(shadow_comparisons, METRICS_COUNTER, "turnout_shadow_comparisons_total",               \
+      "Shadow runs compared with their legacy run, by result", D_SHADOW)                     \
     X(queue_depth, METRICS_GAUGE, "turnout_queue_depth",                                      \
       "Messages waiting in the new queue, by queue and priority step", D_QUEUE, D_PRIO)       \
     X(dlq_size, METRICS_GAUGE, "turnout_dlq_size", "Entries in the dead-letter queue")        \

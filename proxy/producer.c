@@ -42,10 +42,16 @@ char *producer_encode(const producer *p, const submission *sub, size_t *len, cha
 {
     char task_id[SUB_MAX_EVAL_ID + 8];
     snprintf(task_id, sizeof(task_id), "celery-%s", sub->eval_id);
-    json_t *args = json_pack("[ss#s#]", sub->eval_id, sub->code, sub->code_len, sub->language,
+    return producer_encode_task(p, sub, task_id, sub->eval_id, sub->priority, len, err);
+}
+
+char *producer_encode_task(const producer *p, const submission *sub, const char *task_id, const char *eval_id,
+                           int priority, size_t *len, char err[256])
+{
+    json_t *args = json_pack("[ss#s#]", eval_id, sub->code, sub->code_len, sub->language,
                              sub->language_len);
     json_t *kwargs = json_pack("{s:i, s:s, s:i}", "timeout", sub->timeout, "engine", sub->engine,
-                               "priority", sub->priority);
+                               "priority", priority);
     char *msg = NULL;
     if (!args || !kwargs) {
         snprintf(err, 256, "out of memory building the message");
@@ -55,7 +61,7 @@ char *producer_encode(const producer *p, const submission *sub, size_t *len, cha
         .task_name = p->task_name,
         .task_id = task_id,
         .queue = p->queue,
-        .priority = sub->priority,
+        .priority = priority,
         .args = args,
         .kwargs = kwargs,
         .origin = p->origin,

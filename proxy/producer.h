@@ -23,5 +23,9 @@ int producer_submit(producer *p, const submission *sub, producer_cb cb, void *ar
 
 /* Builds the Redis list element for `sub`; new string, caller frees. */
 char *producer_encode(const producer *p, const submission *sub, size_t *len, char err[256]);
+/* The same with another task id, eval id argument and priority (shadow
+ * tasks run as their own eval, so executors never confuse the two runs). */
+char *producer_encode_task(const producer *p, const submission *sub, const char *task_id, const char *eval_id,
+                           int priority, size_t *len, char err[256]);
 
 #endif

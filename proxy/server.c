@@ -26,6 +26,7 @@
 #include "dlq_api.h"
 #include "records.h"
 #include "rollout.h"
+#include "shadow.h"
 #include "status_api.h"
 #include "httpc.h"
 #include "legacy_client.h"
@@ -506,6 +507,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         status_api_handle(p, req, path, t0);
     } else if (strcmp(path, "/admin/rollout") == 0 || strcmp(path, "/admin/rollout/history") == 0) {
         rollout_api_handle(p, req, path, t0);
+    } else if (strcmp(path, "/admin/shadow/mismatches") == 0) {
+        shadow_api_handle(p, req, path, t0);
     } else if (strcmp(path, "/admin/canary") == 0 || strncmp(path, "/admin/canary/", 14) == 0) {
         canary_api_handle(p, req, path, t0);
     } else if (strncmp(path, "/api/dlq/", 9) == 0) {

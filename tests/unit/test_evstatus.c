@@ -6,6 +6,7 @@
 #include "evstatus.h"
 #include "legacy_client.h"
 #include "records.h"
+#include "shadow.h"
 #include "unit.h"
 
 static const char *celery(const char *text)
@@ -116,8 +117,41 @@ static void test_route_records(void)
     CHECK_STR(key, "turnout:route:ev-1");
 }
 
+static const char *cmp(const char *l, const char *n, const char *want_differs)
+{
+    static char out[16];
+    json_t *a = json_loads(l, 0, NULL), *b = json_loads(n, 0, NULL), *d = json_array();
+    snprintf(out, sizeof(out), "%s", shadow_compare(a, b, d));
+    char *ds = json_dumps(d, JSON_COMPACT);
+    if (want_differs) CHECK_STR(ds, want_differs);
+    free(ds);
+    json_decref(a);
+    json_decref(b);
+    json_decref(d);
+    return out;
+}
+
+static void test_shadow_compare(void)
+{
+    const char *ok = "{\"status\":\"completed\",\"output\":\"a\\nb\\n\",\"exit_code\":0}";
+    CHECK_STR(cmp(ok, ok, "[]"), "match");
+    /* trailing blanks on lines, at the end, and CRLF are not differences */
+    CHECK_STR(cmp(ok, "{\"status\":\"completed\",\"output\":\"a  \\r\\nb\\t\\n\\n\\n\",\"exit_code\":0}", "[]"),
+              "match");
+    /* leading blanks are */
+    CHECK_STR(cmp(ok, "{\"status\":\"completed\",\"output\":\" a\\nb\",\"exit_code\":0}", "[\"output\"]"), "mismatch");
+    CHECK_STR(cmp(ok, "{\"status\":\"failed\",\"output\":\"a\\nb\",\"exit_code\":1}", "[\"status\",\"exit_code\"]"),
+              "mismatch");
+    CHECK_STR(cmp(ok, "{\"status\":\"completed\",\"output\":\"a\\nb\"}", "[\"exit_code\"]"), "mismatch");
+    /* no program verdict on a side: not comparable */
+    CHECK_STR(cmp(ok, "{\"status\":\"failed\"}", NULL), "error");
+    CHECK_STR(cmp("{\"status\":\"cancelled\",\"output\":\"\",\"exit_code\":0}", ok, NULL), "error");
+    CHECK_STR(cmp("{}", ok, NULL), "error");
+}
+
 int main(void)
 {
+    RUN(test_shadow_compare);
     RUN(test_celery_states);
     RUN(test_outcomes);
     RUN(test_iso);

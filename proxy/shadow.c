@@ -1,0 +1,290 @@
+#include "shadow.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "celery.h"
+#include "evstatus.h"
+#include "log.h"
+#include "pserver.h"
+#include "util.h"
+
+#define SHADOW_PRIORITY 9
+
+/* KEYS: shadow hash, queue list, in-flight set.  ARGV: message, eval id,
+ * now, TTL.  Nothing when this eval already has a shadow. */
+static const char start_script[] =
+    "if redis.call('HSETNX', KEYS[1], 'submitted_at', ARGV[3]) == 0 then return 0 end\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[4])\n"
+    "redis.call('LPUSH', KEYS[2], ARGV[1])\n"
+    "redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS: shadow hash.  ARGV: side, verdict JSON.  nil: no shadow (or
+ * compared already); 0: waiting for the other side; {legacy, new} when
+ * this report completed the pair (the hash is gone then). */
+static const char report_script[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return false end\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "local l = redis.call('HGET', KEYS[1], 'legacy')\n"
+    "local n = redis.call('HGET', KEYS[1], 'new')\n"
+    "if l and n then redis.call('DEL', KEYS[1]) return {l, n} end\n"
+    "return 0\n";
+
+bool shadow_draw(const proxy *p)
+{
+    if (p->cfg.shadow_percentage <= 0) return false;
+    if (p->cfg.shadow_percentage >= 1) return true;
+    uint32_t r = 0;
+    if (util_random(&r, sizeof(r)) != 0) return false;
+    return (double)r / 4294967296.0 < p->cfg.shadow_percentage;
+}
+
+void shadow_start(proxy *p, const submission *sub)
+{
+    char tid[SUB_MAX_EVAL_ID + 16], key[SUB_MAX_EVAL_ID + 32], qkey[256], now[32], ttl[24], err[256];
+    if (strlen(sub->eval_id) + sizeof(SHADOW_TASK_PREFIX) - 1 > SUB_MAX_EVAL_ID) {
+        /* shadow-<eval_id> must itself be a valid eval id */
+        LOG_DEBUG("no shadow: the eval_id is too long to prefix", "eval_id", sub->eval_id);
+        return;
+    }
+    snprintf(tid, sizeof(tid), SHADOW_TASK_PREFIX "%s", sub->eval_id);
+    snprintf(key, sizeof(key), SHADOW_KEY_PREFIX "%s", sub->eval_id);
+    size_t qlen = celery_queue_key(p->cfg.queue, SHADOW_PRIORITY, qkey, sizeof(qkey));
+    size_t mlen = 0;
+    char *msg = qlen ? producer_encode_task(p->prod, sub, tid, tid, SHADOW_PRIORITY, &mlen, err) : NULL;
+    if (!msg || !rclient_is_up(p->broker)) {
+        LOG_DEBUG("shadow not started", "eval_id", sub->eval_id, "error", msg ? "redis not connected" : err);
+        free(msg);
+        return;
+    }
+    snprintf(now, sizeof(now), "%.6f", util_now());
+    snprintf(ttl, sizeof(ttl), "%lld", p->cfg.route_record_ttl_s);
+    const char *argv[] = {"EVAL", start_script, "3", key, qkey, INFLIGHT_SHADOW, msg, sub->eval_id, now, ttl};
+    size_t lens[10];
+    for (int i = 0; i < 10; i++) lens[i] = strlen(argv[i]);
+    lens[4] = qlen;
+    lens[6] = mlen;
+    rclient_send(p->broker, 10, argv, lens);
+    free(msg);
+}
+
+/* ---------- comparing ---------- */
+
+/* Output with trailing whitespace cut from every line and the end. */
+static char *normalise(const char *s)
+{
+    size_t n = s ? strlen(s) : 0, o = 0, keep = 0;
+    char *out = malloc(n + 1);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '\r') continue;
+        if (ch == '\n') {
+            o = keep; /* drop the blanks before the newline */
+            out[o++] = '\n';
+            keep = o;
+            continue;
+        }
+        out[o++] = ch;
+        if (ch != ' ' && ch != '\t') keep = o;
+    }
+    o = keep;
+    while (o > 0 && out[o - 1] == '\n') o--;
+    out[o] = '\0';
+    return out;
+}
+
+static bool has_verdict(json_t *side)
+{
+    const char *st = json_string_value(json_object_get(side, "status"));
+    return st && (strcmp(st, "completed") == 0 || strcmp(st, "failed") == 0 || strcmp(st, "timeout") == 0) &&
+           (json_is_integer(json_object_get(side, "exit_code")) || json_is_string(json_object_get(side, "output")));
+}
+
+const char *shadow_compare(json_t *legacy, json_t *fresh, json_t *differs)
+{
+    if (!has_verdict(legacy) || !has_verdict(fresh)) return "error";
+    bool same = true;
+    if (!json_equal(json_object_get(legacy, "status"), json_object_get(fresh, "status"))) {
+        same = false;
+        if (differs) json_array_append_new(differs, json_string("status"));
+    }
+    json_t *el = json_object_get(legacy, "exit_code"), *en = json_object_get(fresh, "exit_code");
+    if (!(el ? en && json_equal(el, en) : !en || json_is_null(en))) {
+        same = false;
+        if (differs) json_array_append_new(differs, json_string("exit_code"));
+    }
+    char *a = normalise(json_string_value(json_object_get(legacy, "output")));
+    char *b = normalise(json_string_value(json_object_get(fresh, "output")));
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return "error";
+    }
+    if (strcmp(a, b) != 0) {
+        same = false;
+        if (differs) json_array_append_new(differs, json_string("output"));
+    }
+    free(a);
+    free(b);
+    return same ? "match" : "mismatch";
+}
+
+static void count(proxy *p, const char *result)
+{
+    size_t k = strcmp(result, "match") == 0 ? 0 : strcmp(result, "mismatch") == 0 ? 1 : 2;
+    metrics_add(p->m.shadow_comparisons, metrics_at(p->m.shadow_comparisons, &k), 1);
+}
+
+typedef struct report_call {
+    proxy *p;
+    char eval_id[SUB_MAX_EVAL_ID + 1];
+} report_call;
+
+static void on_reported(struct redisReply *reply, const char *err, void *arg)
+{
+    report_call *rc = arg;
+    proxy *p = rc->p;
+    (void)err;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_STRING && reply->element[1]->type == REDIS_REPLY_STRING) {
+        json_t *l = json_loadb(reply->element[0]->str, reply->element[0]->len, 0, NULL);
+        json_t *n = json_loadb(reply->element[1]->str, reply->element[1]->len, 0, NULL);
+        json_t *differs = json_array();
+        const char *result = shadow_compare(l, n, differs);
+        count(p, result);
+        LOG_INFO("shadow compared", "eval_id", rc->eval_id, "result", result);
+        if (strcmp(result, "mismatch") == 0) {
+            json_t *m = json_pack("{s:s, s:f, s:O, s:O, s:O}", "eval_id", rc->eval_id, "at", util_now(), "differs",
+                                  differs, "legacy", l, "new", n);
+            char *text = m ? json_dumps(m, JSON_COMPACT) : NULL;
+            if (text) {
+                char stop[24];
+                snprintf(stop, sizeof(stop), "%lld", p->cfg.shadow_mismatches_kept - 1);
+                const char *a1[] = {"LPUSH", SHADOW_MISMATCHES, text}, *a2[] = {"LTRIM", SHADOW_MISMATCHES, "0", stop};
+                size_t l1[] = {5, sizeof(SHADOW_MISMATCHES) - 1, strlen(text)},
+                       l2[] = {5, sizeof(SHADOW_MISMATCHES) - 1, 1, strlen(stop)};
+                rclient_send(p->broker, 3, a1, l1);
+                rclient_send(p->broker, 4, a2, l2);
+            }
+            free(text);
+            json_decref(m);
+        }
+        json_decref(differs);
+        json_decref(l);
+        json_decref(n);
+    }
+    free(rc);
+}
+
+static void report(proxy *p, const char *eval_id, const char *side, json_t *verdict)
+{
+    char key[SUB_MAX_EVAL_ID + 32];
+    char *text = verdict ? json_dumps(verdict, JSON_COMPACT) : NULL;
+    report_call *rc = text ? malloc(sizeof(*rc)) : NULL;
+    if (rc) {
+        rc->p = p;
+        snprintf(rc->eval_id, sizeof(rc->eval_id), "%s", eval_id);
+        snprintf(key, sizeof(key), SHADOW_KEY_PREFIX "%s", eval_id);
+        const char *argv[] = {"EVAL", report_script, "1", key, side, text};
+        size_t lens[6];
+        for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+        if (rclient_command(p->broker, on_reported, rc, 6, argv, lens) != 0) free(rc);
+    }
+    free(text);
+}
+
+void shadow_report_legacy(proxy *p, const char *eval_id, json_t *task)
+{
+    const char *st = legacy_normalized_status(task);
+    json_t *v = json_pack("{s:s?, s:O?, s:O?}", "status", st, "output", json_object_get(task, "output"), "exit_code",
+                          json_object_get(task, "exit_code"));
+    report(p, eval_id, "legacy", v);
+    json_decref(v);
+}
+
+void shadow_report_new(proxy *p, const char *eval_id, json_t *rec)
+{
+    const char *st = evstatus_from_celery(rec);
+    json_t *res = json_object_get(rec, "result");
+    bool ok = json_is_object(res) && strcmp(json_string_value(json_object_get(rec, "status")) ?: "", "SUCCESS") == 0;
+    json_t *v = json_pack("{s:s?, s:O?, s:O?}", "status", st, "output", ok ? json_object_get(res, "output") : NULL,
+                          "exit_code", ok ? json_object_get(res, "exit_code") : NULL);
+    report(p, eval_id, "new", v);
+    json_decref(v);
+}
+
+/* ---------- GET /admin/shadow/mismatches ---------- */
+
+static void on_list(struct redisReply *reply, const char *err, void *arg)
+{
+    preq *r = arg;
+    px_hold_in_flight(r, NOT_WAITING);
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        px_count_upstream_error(r->p, PATH_NEW, UP_REDIS_ERROR);
+        px_finish_error(r, 503, "redis_unavailable", err ? err : "Redis did not answer; retry shortly", 1);
+        return;
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; list && i < reply->elements; i++) {
+        redisReply *e = reply->element[i];
+        json_t *j = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
+        if (j) json_array_append_new(list, j);
+    }
+    size_t k[3] = {0, 1, 2};
+    metrics_family *f = r->p->m.shadow_comparisons;
+    json_t *o = json_pack("{s:o, s:{s:f, s:f, s:f}, s:f}", "mismatches", list, "comparisons_here", "match",
+                          metrics_get(f, metrics_at(f, &k[0])), "mismatch", metrics_get(f, metrics_at(f, &k[1])),
+                          "error", metrics_get(f, metrics_at(f, &k[2])), "shadow_percentage",
+                          r->p->cfg.shadow_percentage);
+    px_finish_json(r, 200, o);
+    json_decref(o);
+}
+
+void shadow_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
+{
+    (void)path;
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        px_count_reject(p, RJ_METHOD);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+        px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed", "use GET /admin/shadow/mismatches?limit=20", 0);
+        return;
+    }
+    long limit = 20;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+    if (q && *q) {
+        struct evkeyvalq kv = {0};
+        const char *v = evhttp_parse_query_str(q, &kv) == 0 ? evhttp_find_header(&kv, "limit") : NULL;
+        char *end = NULL;
+        if (v) limit = strtol(v, &end, 10);
+        bool bad = v && (!*v || *end || limit < 1 || limit > 10000);
+        evhttp_clear_headers(&kv);
+        if (bad) {
+            px_count_reject(p, RJ_INVALID_FIELD);
+            px_reply_error(p, req, RT_ADMIN, t0, 422, "invalid_parameter", "limit: must be an integer 1..10000 (default 20)", 0);
+            return;
+        }
+    }
+    preq *r = px_req_new(p, req, RT_ADMIN, t0);
+    if (!r) {
+        px_reply_oom(p, req, RT_ADMIN, t0, NULL);
+        return;
+    }
+    char stop[24];
+    snprintf(stop, sizeof(stop), "%ld", limit - 1);
+    const char *argv[] = {"LRANGE", SHADOW_MISMATCHES, "0", stop};
+    size_t lens[] = {6, sizeof(SHADOW_MISMATCHES) - 1, 1, strlen(stop)};
+    px_hold_in_flight(r, PATH_NEW);
+    if (rclient_command(p->broker, on_list, r, 4, argv, lens) != 0) {
+        px_hold_in_flight(r, NOT_WAITING);
+        px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the mismatches are kept there. Retry shortly", 1);
+    }
+}
