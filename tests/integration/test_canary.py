@@ -89,8 +89,11 @@ def history(p):
     return p.get("/admin/rollout/history?limit=100").json()["entries"]
 
 
-def test_canary_walks_every_step_while_the_new_path_is_healthy(stack):
+def test_canary_walks_every_step_while_the_new_path_is_healthy(stack, proxy_factory):
     p, _ = stack()
+    env = dict(p.env)
+    env.pop("PROXY_LISTEN")
+    follower = proxy_factory(env=env)  # a second proxy on the same Redis follows the shared state
     c = canary(p)
     assert c["status"] == "idle" and c["step"] == 0 and c["configured_steps"] == [0.25, 0.5, 1.0], c
     with Load(p) as load:
@@ -110,6 +113,11 @@ def test_canary_walks_every_step_while_the_new_path_is_healthy(stack):
     assert {1, 2, 3} <= seen, seen
     ro = p.get("/admin/rollout").json()
     assert ro["percentage"] == 1.0 and ro["enabled"] is True and ro["updated_by"] == "canary", ro
+    wait_until(lambda: follower.get("/admin/rollout").json()["percentage"] == 1.0, 1.5, "the follower agrees")
+    assert canary(follower)["status"] == "completed"
+    checks = sum(mval(x.metrics(), "turnout_rollout_gate_checks_total", gate="min_samples", result="pass")
+                 for x in (p, follower))
+    assert checks >= 3, "one of the two led and judged"
     assert c["last_check"]["error_ratio"] == "pass" and c["last_check"]["n_new"] >= 4, c
     h = history(p)
     by_canary = [e for e in h if e["by"] == "canary" and "to" in e and isinstance(e["to"], dict)
@@ -119,11 +127,11 @@ def test_canary_walks_every_step_while_the_new_path_is_healthy(stack):
     assert starts and starts[0]["by"] == "admin (carol)", h[:8]
     first = [e for e in h if isinstance(e.get("to"), dict) and e["to"].get("percentage") == 0.25]
     assert first and first[0]["by"] == "admin (carol)" and "canary started" in first[0]["reason"], h[-3:]
-    m = p.metrics()
-    assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="pass") >= 3
-    assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="fail") == 0
-    assert mval(m, "turnout_rollout_rollbacks_total", reason="error_ratio") == 0
-    assert mval(m, "turnout_rollout_step") == 0
+    for x in (p, follower):
+        m = x.metrics()
+        assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="fail") == 0
+        assert mval(m, "turnout_rollout_rollbacks_total", reason="error_ratio") == 0
+        assert mval(m, "turnout_rollout_step") == 0
 
 
 def test_canary_rolls_back_when_the_new_paths_executor_starts_failing(stack):
