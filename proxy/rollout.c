@@ -337,7 +337,7 @@ static bool bad_field(proxy *p, struct evhttp_request *req, double t0, const cha
 }
 
 /* The change a PUT body asks for; NULL when it answered an error. */
-static json_t *parse_put(proxy *p, struct evhttp_request *req, double t0, const char **reason)
+static json_t *parse_put(proxy *p, struct evhttp_request *req, double t0, char reason[REASON_MAX + 1])
 {
     struct evbuffer *body = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(body);
@@ -395,10 +395,8 @@ static json_t *parse_put(proxy *p, struct evhttp_request *req, double t0, const 
         json_decref(doc);
         return NULL;
     }
-    /* the reason string lives in the patch (hidden key) so it outlives doc */
     json_t *rs = json_object_get(doc, "reason");
-    json_object_set_new(patch, "\x01reason", json_string(json_is_string(rs) ? json_string_value(rs) : ""));
-    *reason = json_string_value(json_object_get(patch, "\x01reason"));
+    snprintf(reason, REASON_MAX + 1, "%s", json_is_string(rs) ? json_string_value(rs) : "");
     json_decref(doc);
     return patch;
 }
@@ -414,14 +412,12 @@ static void handle_put(proxy *p, struct evhttp_request *req, double t0)
         return;
     }
     if (px_refuse_overload(p, req, RT_ADMIN, t0)) return;
-    const char *reason = NULL;
-    json_t *patch = parse_put(p, req, t0, &reason);
+    char why[REASON_MAX + 1];
+    json_t *patch = parse_put(p, req, t0, why);
     if (!patch) return;
-    char *why = strdup(reason ? reason : "");
-    json_object_del(patch, "\x01reason");
     char by[128];
     rollout_actor(p, req, by);
-    preq *r = why ? px_req_new(p, req, RT_ADMIN, t0) : NULL;
+    preq *r = px_req_new(p, req, RT_ADMIN, t0);
     if (!r) {
         px_reply_oom(p, req, RT_ADMIN, t0, NULL);
     } else {
@@ -439,7 +435,6 @@ static void handle_put(proxy *p, struct evhttp_request *req, double t0)
             LOG_INFO("rollout change requested", "by", by, "reason", why, "percentage", pv ? pct : "unchanged");
         }
     }
-    free(why);
     json_decref(patch);
 }
 

@@ -134,8 +134,9 @@ def test_canary_walks_every_step_while_the_new_path_is_healthy(stack, proxy_fact
         assert mval(m, "turnout_rollout_step") == 0
 
 
-def test_canary_rolls_back_when_the_new_paths_executor_starts_failing(stack):
-    p, ex_new = stack(ROLLOUT_STEPS="0.3,0.6,1.0", ROLLOUT_STEP_INTERVAL_S=4)
+@pytest.mark.parametrize("rollback_to,back", [("zero", 0), ("last_good", 0.3)])
+def test_canary_rolls_back_when_the_new_paths_executor_starts_failing(stack, rollback_to, back):
+    p, ex_new = stack(ROLLOUT_STEPS="0.3,0.6,1.0", ROLLOUT_STEP_INTERVAL_S=4, ROLLOUT_ROLLBACK_TO=rollback_to)
     with Load(p, prefix="rb"):
         assert act(p, "start").status_code == 200
         wait_until(lambda: canary(p)["step"] == 2, 20, "first step passed", [p.mp], interval=0.2)
@@ -147,13 +148,13 @@ def test_canary_rolls_back_when_the_new_paths_executor_starts_failing(stack):
     assert took <= 4 + 3, f"rollback took {took:.1f}s, more than one step interval (+ poll slack)"
     assert "error_ratio" in c["reason"] and c["last_check"]["error_ratio"] == "fail", c
     ro = p.get("/admin/rollout").json()
-    assert ro["percentage"] == 0 and ro["updated_by"] == "canary" and "rolled back" in ro["reason"], ro
+    assert ro["percentage"] == back and ro["updated_by"] == "canary" and "rolled back" in ro["reason"], ro
     m = p.metrics()
     assert mval(m, "turnout_rollout_rollbacks_total", reason="error_ratio") == 1
     assert mval(m, "turnout_rollout_gate_checks_total", gate="error_ratio", result="fail") >= 1
     # it stays there until a person resumes
     time.sleep(2.5)
-    assert canary(p)["status"] == "rolled_back" and p.get("/admin/rollout").json()["percentage"] == 0
+    assert canary(p)["status"] == "rolled_back" and p.get("/admin/rollout").json()["percentage"] == back
     (ex_new.dir / "runs" / "BROKEN").unlink()
     r = act(p, "resume")
     assert r.status_code == 200, r.text
