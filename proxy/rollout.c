@@ -8,11 +8,11 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
 #include "admin_auth.h"
+#include "list_api.h"
 #include "log.h"
 #include "pserver.h"
 #include "util.h"
@@ -439,79 +439,23 @@ static void handle_put(proxy *p, struct evhttp_request *req, double t0)
 }
 
 /* GET /admin/rollout/history?limit=N */
-static void on_history(struct redisReply *reply, const char *err, void *arg)
+static void add_iso(proxy *p, json_t *entry)
 {
-    preq *r = arg;
-    px_hold_in_flight(r, NOT_WAITING);
-    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
-        px_count_upstream_error(r->p, PATH_NEW, UP_REDIS_ERROR);
-        px_finish_error(r, 503, "redis_unavailable", err ? err : "Redis did not answer; retry shortly", 1);
-        return;
-    }
-    json_t *entries = json_array();
-    for (size_t i = 0; entries && i < reply->elements; i++) {
-        redisReply *e = reply->element[i];
-        json_t *j = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
-        if (j) {
-            char at[32];
-            json_t *t = json_object_get(j, "at");
-            if (json_is_number(t)) {
-                util_iso8601(json_number_value(t), at);
-                json_object_set_new(j, "at_iso", json_string(at));
-            }
-            json_array_append_new(entries, j);
-        }
-    }
-    json_t *o = json_pack("{s:o}", "entries", entries);
-    px_finish_json(r, 200, o);
-    json_decref(o);
+    (void)p;
+    char at[32];
+    json_t *t = json_object_get(entry, "at");
+    if (!json_is_number(t)) return;
+    util_iso8601(json_number_value(t), at);
+    json_object_set_new(entry, "at_iso", json_string(at));
 }
 
-static void handle_history(proxy *p, struct evhttp_request *req, double t0)
-{
-    long limit = 50;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
-    if (q && *q) {
-        struct evkeyvalq kv = {0};
-        const char *v = evhttp_parse_query_str(q, &kv) == 0 ? evhttp_find_header(&kv, "limit") : NULL;
-        char *end = NULL;
-        if (v) limit = strtol(v, &end, 10);
-        bool bad = v && (!*v || *end || limit < 1 || limit > ROLLOUT_HISTORY_MAX);
-        evhttp_clear_headers(&kv);
-        if (bad) {
-            px_count_reject(p, RJ_INVALID_FIELD);
-            px_reply_error(p, req, RT_ADMIN, t0, 422, "invalid_parameter", "limit: must be an integer 1..1000 (default 50)", 0);
-            return;
-        }
-    }
-    preq *r = px_req_new(p, req, RT_ADMIN, t0);
-    if (!r) {
-        px_reply_oom(p, req, RT_ADMIN, t0, NULL);
-        return;
-    }
-    char stop[24];
-    snprintf(stop, sizeof(stop), "%ld", limit - 1);
-    const char *argv[] = {"LRANGE", ROLLOUT_HISTORY, "0", stop};
-    size_t lens[] = {6, sizeof(ROLLOUT_HISTORY) - 1, 1, strlen(stop)};
-    px_hold_in_flight(r, PATH_NEW);
-    if (rclient_command(p->broker, on_history, r, 4, argv, lens) != 0) {
-        px_hold_in_flight(r, NOT_WAITING);
-        px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the history is kept there. Retry shortly", 1);
-    }
-}
+static const list_api history_api = {ROLLOUT_HISTORY, "entries", 50, ROLLOUT_HISTORY_MAX, add_iso, NULL};
 
 void rollout_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
 {
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (strcmp(path, "/admin/rollout/history") == 0) {
-        if (cmd != EVHTTP_REQ_GET) {
-            px_count_reject(p, RJ_METHOD);
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-            px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed", "use GET /admin/rollout/history?limit=50", 0);
-            return;
-        }
-        handle_history(p, req, t0);
+        list_api_get(p, req, t0, &history_api);
         return;
     }
     if (cmd == EVHTTP_REQ_GET) {

@@ -5,12 +5,12 @@
 #include <string.h>
 
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
 #include "celery.h"
 #include "evstatus.h"
+#include "list_api.h"
 #include "log.h"
 #include "pserver.h"
 #include "util.h"
@@ -223,68 +223,20 @@ void shadow_report_new(proxy *p, const char *eval_id, json_t *rec)
 
 /* ---------- GET /admin/shadow/mismatches ---------- */
 
-static void on_list(struct redisReply *reply, const char *err, void *arg)
+static void add_counts(proxy *p, json_t *o)
 {
-    preq *r = arg;
-    px_hold_in_flight(r, NOT_WAITING);
-    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
-        px_count_upstream_error(r->p, PATH_NEW, UP_REDIS_ERROR);
-        px_finish_error(r, 503, "redis_unavailable", err ? err : "Redis did not answer; retry shortly", 1);
-        return;
-    }
-    json_t *list = json_array();
-    for (size_t i = 0; list && i < reply->elements; i++) {
-        redisReply *e = reply->element[i];
-        json_t *j = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
-        if (j) json_array_append_new(list, j);
-    }
     size_t k[3] = {0, 1, 2};
-    metrics_family *f = r->p->m.shadow_comparisons;
-    json_t *o = json_pack("{s:o, s:{s:f, s:f, s:f}, s:f}", "mismatches", list, "comparisons_here", "match",
-                          metrics_get(f, metrics_at(f, &k[0])), "mismatch", metrics_get(f, metrics_at(f, &k[1])),
-                          "error", metrics_get(f, metrics_at(f, &k[2])), "shadow_percentage",
-                          r->p->cfg.shadow_percentage);
-    px_finish_json(r, 200, o);
-    json_decref(o);
+    metrics_family *f = p->m.shadow_comparisons;
+    json_object_set_new(o, "comparisons_here",
+                        json_pack("{s:f, s:f, s:f}", "match", metrics_get(f, metrics_at(f, &k[0])), "mismatch",
+                                  metrics_get(f, metrics_at(f, &k[1])), "error", metrics_get(f, metrics_at(f, &k[2]))));
+    json_object_set_new(o, "shadow_percentage", json_real(p->cfg.shadow_percentage));
 }
+
+static const list_api mismatches_api = {SHADOW_MISMATCHES, "mismatches", 20, 10000, NULL, add_counts};
 
 void shadow_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
 {
     (void)path;
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-        px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed", "use GET /admin/shadow/mismatches?limit=20", 0);
-        return;
-    }
-    long limit = 20;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
-    if (q && *q) {
-        struct evkeyvalq kv = {0};
-        const char *v = evhttp_parse_query_str(q, &kv) == 0 ? evhttp_find_header(&kv, "limit") : NULL;
-        char *end = NULL;
-        if (v) limit = strtol(v, &end, 10);
-        bool bad = v && (!*v || *end || limit < 1 || limit > 10000);
-        evhttp_clear_headers(&kv);
-        if (bad) {
-            px_count_reject(p, RJ_INVALID_FIELD);
-            px_reply_error(p, req, RT_ADMIN, t0, 422, "invalid_parameter", "limit: must be an integer 1..10000 (default 20)", 0);
-            return;
-        }
-    }
-    preq *r = px_req_new(p, req, RT_ADMIN, t0);
-    if (!r) {
-        px_reply_oom(p, req, RT_ADMIN, t0, NULL);
-        return;
-    }
-    char stop[24];
-    snprintf(stop, sizeof(stop), "%ld", limit - 1);
-    const char *argv[] = {"LRANGE", SHADOW_MISMATCHES, "0", stop};
-    size_t lens[] = {6, sizeof(SHADOW_MISMATCHES) - 1, 1, strlen(stop)};
-    px_hold_in_flight(r, PATH_NEW);
-    if (rclient_command(p->broker, on_list, r, 4, argv, lens) != 0) {
-        px_hold_in_flight(r, NOT_WAITING);
-        px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the mismatches are kept there. Retry shortly", 1);
-    }
+    list_api_get(p, req, t0, &mismatches_api);
 }
