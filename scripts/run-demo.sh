@@ -65,8 +65,13 @@ WORKER_METRICS_LISTEN=127.0.0.1:$WORKER_PORT WORKER_NAME=turnout-demo \
 pids+=($!)
 wait_for turnout-worker "http://127.0.0.1:$WORKER_PORT/healthz"
 
+# a fresh admin token each run, for the rollout and canary commands below
+ADMIN_TOKEN=${DEMO_ADMIN_TOKEN:-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')}
+
 PROXY_LISTEN=127.0.0.1:$PROXY_PORT \
 CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0 \
+ADMIN_TOKEN=$ADMIN_TOKEN ROLLOUT_STEPS=0.1,0.5,1.0 ROLLOUT_STEP_INTERVAL_S=60 GATE_MIN_SAMPLES=20 \
+SHADOW_PERCENTAGE=0.1 \
 LEGACY_QUEUE_URL=http://127.0.0.1:$LEGACY_PORT \
 CELERY_ENABLED=true CELERY_PERCENTAGE=0.5 \
     "$BUILD/turnout-proxy" 2>"$DIR/proxy.log" &
@@ -97,6 +102,12 @@ Try:
   curl -s http://127.0.0.1:$PROXY_PORT/api/queue-status
   # 20 demo evals were sent at start: both paths' completions, side by side
   curl -s http://127.0.0.1:$PROXY_PORT/metrics | grep -E 'turnout_(routing_decisions|evals_completed)_total'
+  # rollout without restarts (admin token of this run: $ADMIN_TOKEN)
+  curl -s http://127.0.0.1:$PROXY_PORT/admin/rollout
+  curl -s -X PUT http://127.0.0.1:$PROXY_PORT/admin/rollout -H 'Authorization: Bearer $ADMIN_TOKEN' \\
+       -H 'Content-Type: application/json' -d '{"percentage": 0.25, "reason": "demo"}'
+  curl -s -X POST http://127.0.0.1:$PROXY_PORT/admin/canary/start -H 'Authorization: Bearer $ADMIN_TOKEN'
+  curl -s http://127.0.0.1:$PROXY_PORT/admin/shadow/mismatches      # 10 % of legacy evals are shadowed
   # new path: the result Celery-style;  legacy path: the Queue Service's record
   redis-cli -p $REDIS_PORT GET celery-task-meta-celery-demo-1
   curl -s http://127.0.0.1:$LEGACY_PORT/tasks/demo-1

@@ -4,6 +4,7 @@ capacity, sandbox limits, cleanup (no children, no temp dirs), validation,
 --check-config and SIGTERM."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -249,21 +250,24 @@ def test_duplicate_running_eval_id_409(executor):
 
 def test_no_children_or_temp_dirs_left(executor):
     # A run that starts background processes, one of them in its own session.
+    # The sleep lengths are unique to this run, so another test run on the
+    # same machine cannot be mistaken for a leftover of this one.
+    tag = f"{random.randrange(10**6):06d}"
     code = ("import subprocess\n"
-            "subprocess.Popen(['sleep', '60'])\n"
-            "subprocess.Popen(['sleep', '61'], start_new_session=True)\n"
+            f"subprocess.Popen(['sleep', '60.{tag}'])\n"
+            f"subprocess.Popen(['sleep', '61.{tag}'], start_new_session=True)\n"
             "open('scratch.txt', 'w').write('x')\n"
             "import os; os.makedirs('a/b/c'); os.chmod('a/b', 0)\n"
             "print('spawned')")
     assert executor.run_ok("s1", code)["status"] == "completed"
     assert executor.run_ok("s2", "while True: pass", timeout=1)["status"] == "timeout"
-    bg = Background(executor, "s3", "import subprocess, time\nsubprocess.Popen(['sleep', '62'])\ntime.sleep(30)")
+    bg = Background(executor, "s3", f"import subprocess, time\nsubprocess.Popen(['sleep', '62.{tag}'])\ntime.sleep(30)")
     executor.wait_running(1)
     executor.post("/kill/s3")
     assert bg.result(5).json()["status"] == "killed"
     executor.assert_clean()
     # and nothing of them elsewhere on the machine
-    leftovers = subprocess.run(["pgrep", "-f", "^sleep 6[012]$"], capture_output=True, text=True).stdout
+    leftovers = subprocess.run(["pgrep", "-f", f"^sleep 6[012][.]{tag}$"], capture_output=True, text=True).stdout
     assert leftovers.strip() == "", leftovers
 
 
