@@ -39,7 +39,17 @@ $(BUILD)/obj/%.o: %.c
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/turnout-proxy: $(call obj,$(PROXY_SRC) $(COMMON_SRC))
+# The built-in page, compiled into the proxy (no file on disk at run time).
+PAGE_OBJ := $(call obj,$(BUILD)/gen/dashboard_page.c)
+$(BUILD)/embed: scripts/embed.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) -O2 -Wall -Werror $< -o $@
+$(BUILD)/gen/dashboard_page.c: proxy/dashboard/index.html $(BUILD)/embed
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  EMBED   $<")
+	$(Q)$(BUILD)/embed dashboard_page < $< > $@
+
+$(BUILD)/turnout-proxy: $(call obj,$(PROXY_SRC) $(COMMON_SRC)) $(PAGE_OBJ)
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)
 
@@ -58,7 +68,7 @@ $(BUILD)/turnout-worker: $(call obj,$(WORKER_SRC) $(COMMON_SRC))
 # Unit tests use the modules through their headers; they link the rest of
 # common/ and proxy/ minus the programs' main().
 UNIT_LINK_SRC := $(filter-out proxy/main.c,$(PROXY_SRC)) $(COMMON_SRC)
-$(BUILD)/unit/%: tests/unit/%.c $(call obj,$(UNIT_LINK_SRC))
+$(BUILD)/unit/%: tests/unit/%.c $(call obj,$(UNIT_LINK_SRC)) $(PAGE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/unit $(filter %.c %.o,$^) -o $@ $(ALL_LDFLAGS) $(PKG_LIBS)

@@ -137,21 +137,35 @@ double metrics_hist_sum(const metrics_family *f, size_t series)
     return f->values[series * stride(f) + f->nbuckets + 1];
 }
 
-double metrics_hist_quantile(const metrics_family *f, size_t series, double q)
+double metrics_quantile_of(const double *bounds, size_t nbuckets, const double *h, double q)
 {
-    double total = metrics_get(f, series);
-    if (f->kind != METRICS_HISTOGRAM || total <= 0) return NAN;
-    const double *h = f->values + series * stride(f);
+    double total = 0;
+    for (size_t b = 0; b <= nbuckets; b++) total += h[b];
+    if (total <= 0 || nbuckets == 0) return NAN;
     double rank = q * total, seen = 0;
-    for (size_t b = 0; b <= f->nbuckets; b++) {
+    for (size_t b = 0; b <= nbuckets; b++) {
         if (seen + h[b] >= rank && h[b] > 0) {
-            if (b == f->nbuckets) return f->buckets[f->nbuckets - 1]; /* +Inf: last bound */
-            double lo = b == 0 ? 0 : f->buckets[b - 1];
-            return lo + (f->buckets[b] - lo) * ((rank - seen) / h[b]);
+            if (b == nbuckets) return bounds[nbuckets - 1]; /* +Inf: last bound */
+            double lo = b == 0 ? 0 : bounds[b - 1];
+            return lo + (bounds[b] - lo) * ((rank - seen) / h[b]);
         }
         seen += h[b];
     }
-    return f->buckets[f->nbuckets - 1];
+    return bounds[nbuckets - 1];
+}
+
+double metrics_hist_quantile(const metrics_family *f, size_t series, double q)
+{
+    if (f->kind != METRICS_HISTOGRAM) return NAN;
+    return metrics_quantile_of(f->buckets, f->nbuckets, f->values + series * stride(f), q);
+}
+
+const double *metrics_hist_counts(const metrics_family *f, size_t series, const double **bounds, size_t *nbuckets)
+{
+    if (f->kind != METRICS_HISTOGRAM || series >= f->nseries) return NULL;
+    *bounds = f->buckets;
+    *nbuckets = f->nbuckets;
+    return f->values + series * stride(f);
 }
 
 /* Label values are escaped as the text format requires: \\, \", \n. */

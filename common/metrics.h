@@ -54,6 +54,12 @@ double metrics_hist_sum(const metrics_family *f, size_t series);
  * inside the bucket, as Prometheus' histogram_quantile does; NaN if empty. */
 double metrics_hist_quantile(const metrics_family *f, size_t series, double q);
 
+/* The same over explicit non-cumulative counts h[0..nbuckets] (last = +Inf). */
+double metrics_quantile_of(const double *bounds, size_t nbuckets, const double *h, double q);
+/* A histogram series' nbuckets+1 non-cumulative counts (borrowed; last =
+ * +Inf) and its bounds; NULL for other kinds. */
+const double *metrics_hist_counts(const metrics_family *f, size_t series, const double **bounds, size_t *nbuckets);
+
 /* Index of `value` among a dimension's values, or (size_t)-1. */
 size_t metrics_dim_find(const metrics_dim *d, const char *value);
 

@@ -410,7 +410,7 @@ static json_t *iso_or_null(json_t *t)
     return json_string(buf);
 }
 
-static json_t *view(canary *c)
+json_t *canary_view(canary *c)
 {
     proxy *p = c->p;
     json_t *s = c->state;
@@ -513,7 +513,7 @@ void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
                            "GET /admin/canary reads; POST /admin/canary/{start,pause,resume,abort} acts", 0);
             return;
         }
-        json_t *o = view(p->canary);
+        json_t *o = canary_view(p->canary);
         px_reply_json(p, req, RT_ADMIN, t0, 200, o);
         json_decref(o);
         return;

@@ -32,6 +32,10 @@ void canary_free(canary *c);
  * running step's window; nothing when no step runs. */
 void canary_record(canary *c, enum route_path path, int outcome, double seconds);
 
+/* The canary as GET /admin/canary shows it; new reference. */
+typedef struct json_t json_t;
+json_t *canary_view(canary *c);
+
 /* GET /admin/canary; POST /admin/canary/{start,pause,resume,abort}. */
 void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0);
 

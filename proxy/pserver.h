@@ -50,6 +50,7 @@ struct proxy {
     struct completion *completion; /* per-path completion metrics (issue 4) */
     struct rollout *rollout;       /* shared rollout state (issue 5) */
     struct canary *canary;         /* automatic canary (issue 5) */
+    struct stats *stats;           /* windows for /api/stats (issue 6) */
 };
 
 /* The connection holding celery-task-meta-* records. */

@@ -27,6 +27,7 @@
 #include "records.h"
 #include "rollout.h"
 #include "shadow.h"
+#include "stats.h"
 #include "status_api.h"
 #include "httpc.h"
 #include "legacy_client.h"
@@ -477,6 +478,30 @@ oom:
     px_reply_error(p, req, RT_PASSTHROUGH, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
 }
 
+/* ---------- the built-in page ---------- */
+
+extern const unsigned char dashboard_page[]; /* build/gen/dashboard_page.c */
+extern const size_t dashboard_page_len;
+
+static void handle_dashboard(proxy *p, struct evhttp_request *req, double t0)
+{
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET && evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
+        evhttp_add_header(out, "Allow", "GET");
+        px_reply_error(p, req, RT_PROBE, t0, 405, "method_not_allowed", "use GET /dashboard", 0);
+        return;
+    }
+    evhttp_add_header(out, "Content-Type", "text/html; charset=utf-8");
+    evhttp_add_header(out, "Cache-Control", "no-cache");
+    /* everything is in the page itself: nothing else may load */
+    evhttp_add_header(out, "Content-Security-Policy",
+                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:");
+    evhttp_add_header(out, "X-Content-Type-Options", "nosniff");
+    evbuffer_add_reference(evhttp_request_get_output_buffer(req), dashboard_page, dashboard_page_len, NULL, NULL);
+    evhttp_send_reply(req, 200, "OK", NULL);
+    after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
+}
+
 /* ---------- dispatch ---------- */
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -507,6 +532,10 @@ static void on_request(struct evhttp_request *req, void *arg)
         status_api_handle(p, req, path, t0);
     } else if (strcmp(path, "/admin/rollout") == 0 || strcmp(path, "/admin/rollout/history") == 0) {
         rollout_api_handle(p, req, path, t0);
+    } else if (strcmp(path, "/api/stats") == 0) {
+        stats_api_handle(p, req, t0);
+    } else if (strcmp(path, "/dashboard") == 0 || strcmp(path, "/dashboard/") == 0) {
+        handle_dashboard(p, req, t0);
     } else if (strcmp(path, "/admin/shadow/mismatches") == 0) {
         shadow_api_handle(p, req, path, t0);
     } else if (strcmp(path, "/admin/canary") == 0 || strncmp(path, "/admin/canary/", 14) == 0) {
@@ -641,6 +670,10 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     if (p->records && !(p->completion = completion_new(p, err))) goto err;
     if (!(p->rollout = rollout_new(p, err))) goto err;
     if (!(p->canary = canary_new(p, err))) goto err;
+    if (!(p->stats = stats_new(p))) {
+        snprintf(err, 256, "out of memory");
+        goto err;
+    }
     p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
     p->http = evhttp_new(base);
     if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http) {
@@ -815,6 +848,8 @@ void proxy_free(proxy *p)
     p->rollout = NULL;
     canary_free(p->canary);
     p->canary = NULL;
+    stats_free(p->stats);
+    p->stats = NULL;
     if (p->http) evhttp_free(p->http);
     if (p->drain_timer) event_free(p->drain_timer);
     if (p->depth_timer) event_free(p->depth_timer);

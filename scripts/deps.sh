@@ -7,7 +7,8 @@ set -eu
 
 PACKAGES="gcc make pkg-config libevent-dev libhiredis-dev libcurl4-openssl-dev
 libjansson-dev libssl-dev redis-server python3 python3-celery python3-redis
-python3-pytest python3-requests prometheus curl"
+python3-pytest python3-requests python3-yaml prometheus curl
+chromium chromium-driver python3-selenium"
 
 missing=""
 for p in $PACKAGES; do

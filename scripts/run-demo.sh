@@ -85,10 +85,25 @@ curl -fs -o /dev/null -X POST "http://127.0.0.1:$PROXY_PORT/api/eval-batch" \
     -H 'Content-Type: application/json' -d "{\"evaluations\":[$items]}" \
     || echo "run: the first batch was refused; see $DIR/proxy.log" >&2
 
+# A gentle stream (one submission every 2 s, one in eight failing) so the
+# page and /metrics always have something live to show.
+(
+    i=0
+    while sleep 2; do
+        i=$((i + 1))
+        code="print($i)"
+        [ $((i % 8)) -eq 0 ] && code="raise SystemExit(3)"
+        curl -fs -o /dev/null -X POST "http://127.0.0.1:$PROXY_PORT/api/eval" \
+            -H 'Content-Type: application/json' -d "{\"code\": \"$code\"}" || true
+    done
+) &
+pids+=($!)
+
 cat <<MSG
 
 turnout demo is running (50 % of submissions on the new queue):
-  proxy      http://127.0.0.1:$PROXY_PORT        (POST /api/eval, /metrics, /readyz)
+  dashboard  http://127.0.0.1:$PROXY_PORT/dashboard   (live: a submission every 2 s is sent for you)
+  proxy      http://127.0.0.1:$PROXY_PORT        (POST /api/eval, /metrics, /readyz, /api/stats)
   legacy     http://127.0.0.1:$LEGACY_PORT        (turnout-legacyd: GET /status, GET /tasks/<eval_id>)
   executor   http://127.0.0.1:$EXECUTOR_PORT        (turnout-executor: GET /capacity)
   worker     http://127.0.0.1:$WORKER_PORT/metrics (turnout-worker)

@@ -21,8 +21,13 @@ else
     "$PY" -c 'import requests' 2>/dev/null || missing="$missing python3-requests"
     "$PY" -c 'import redis' 2>/dev/null || missing="$missing python3-redis"
     "$PY" -m celery --version >/dev/null 2>&1 || missing="$missing python3-celery"
+    "$PY" -c 'import yaml' 2>/dev/null || missing="$missing python3-yaml"
+    "$PY" -c 'import selenium' 2>/dev/null || missing="$missing python3-selenium"
 fi
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
+[ -x /usr/bin/prometheus ] || missing="$missing prometheus"
 command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || missing="$missing prometheus(promtool)"
 if [ -n "$missing" ]; then
     echo "run-pytest.sh: FAIL: missing Debian packages:$missing" >&2
