@@ -103,8 +103,12 @@ run:
 	@$(MAKE) --no-print-directory all
 	@scripts/run-demo.sh $(BUILD)
 
+# turnout against nginx, HAProxy, Celery and redis-benchmark on loopback;
+# results with the machine's description in bench/results/ (bench/bench.py).
 bench:
-	@echo "make bench: not yet implemented (issue 7)"; exit 1
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	@TURNOUT_BIN_DIR=$(abspath $(BUILD)) /usr/bin/python3 bench/bench.py
 
 clean:
 	rm -rf build

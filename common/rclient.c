@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <event2/event.h>
+#include <openssl/sha.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
@@ -392,6 +393,97 @@ int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char 
     else rc->head = p;
     rc->tail = p;
     if (rc->npending++ == 0) arm_timer(rc, -1);
+    return 0;
+}
+
+/* ---------- scripts by their SHA1 ---------- */
+
+void rclient_script_init(rclient_script *s, const char *text)
+{
+    unsigned char d[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)text, strlen(text), d);
+    s->text = text;
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) snprintf(s->sha + 2 * i, 3, "%02x", d[i]);
+}
+
+/* An EVALSHA in flight, with what a retry as EVAL needs. */
+typedef struct eval_call {
+    rclient *rc;
+    const rclient_script *script;
+    rclient_cb cb;
+    void *arg;
+    int argc;       /* arguments after the script: numkeys, keys, args */
+    char **argv;
+    size_t *lens;
+} eval_call;
+
+static void eval_call_free(eval_call *c)
+{
+    for (int i = 0; i < c->argc; i++) free(c->argv[i]);
+    free(c->argv);
+    free(c->lens);
+    free(c);
+}
+
+static int send_eval(eval_call *c, bool by_sha);
+
+static void on_eval_reply(struct redisReply *reply, const char *err, void *arg)
+{
+    eval_call *c = arg;
+    if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        /* the server has not seen it (restart, SCRIPT FLUSH): send the text once */
+        if (send_eval(c, false) == 0) return;
+        c->cb(NULL, "redis not connected", c->arg);
+    } else {
+        c->cb(reply, err, c->arg);
+    }
+    eval_call_free(c);
+}
+
+static int send_eval(eval_call *c, bool by_sha)
+{
+    const char *argv[2 + RCLIENT_EVAL_MAX_ARGS];
+    size_t lens[2 + RCLIENT_EVAL_MAX_ARGS];
+    argv[0] = by_sha ? "EVALSHA" : "EVAL";
+    lens[0] = by_sha ? 7 : 4;
+    argv[1] = by_sha ? c->script->sha : c->script->text;
+    lens[1] = by_sha ? 40 : strlen(c->script->text);
+    for (int i = 0; i < c->argc; i++) {
+        argv[2 + i] = c->argv[i];
+        lens[2 + i] = c->lens[i];
+    }
+    return rclient_command(c->rc, on_eval_reply, c, 2 + c->argc, argv, lens);
+}
+
+int rclient_eval(rclient *rc, const rclient_script *script, rclient_cb cb, void *arg, int argc, const char **argv,
+                 const size_t *argvlen)
+{
+    if (rc->state != RC_UP || argc > RCLIENT_EVAL_MAX_ARGS) return -1;
+    eval_call *c = calloc(1, sizeof(*c));
+    if (!c || !(c->argv = calloc((size_t)argc, sizeof(char *))) || !(c->lens = calloc((size_t)argc, sizeof(size_t)))) {
+        if (c) free(c->argv);
+        free(c);
+        return -1;
+    }
+    c->rc = rc;
+    c->script = script;
+    c->cb = cb;
+    c->arg = arg;
+    for (; c->argc < argc; c->argc++) {
+        char *copy = malloc(argvlen[c->argc] + 1);
+        if (!copy) {
+            eval_call_free(c);
+            return -1;
+        }
+        memcpy(copy, argv[c->argc], argvlen[c->argc]);
+        copy[argvlen[c->argc]] = '\0';
+        c->argv[c->argc] = copy;
+        c->lens[c->argc] = argvlen[c->argc];
+    }
+    if (send_eval(c, true) != 0) {
+        eval_call_free(c);
+        return -1;
+    }
     return 0;
 }
 

@@ -72,6 +72,24 @@ int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void 
 int rclient_psubscribe(rclient *rc, const char *pattern, rclient_msg_cb cb, void *arg)
     __attribute__((warn_unused_result));
 
+/* A Lua script sent by its SHA1 (EVALSHA): the text goes over the wire
+ * only when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH),
+ * and then the same call is retried as EVAL.  Scripts live as long as the
+ * program (rclient_script_init once, e.g. at start-up). */
+typedef struct rclient_script {
+    const char *text;
+    char sha[41];
+} rclient_script;
+
+void rclient_script_init(rclient_script *s, const char *text);
+
+#define RCLIENT_EVAL_MAX_ARGS 16
+
+/* Like rclient_command with argv = numkeys, keys..., args... (at most
+ * RCLIENT_EVAL_MAX_ARGS; copied).  0 when sent, -1 when not. */
+int rclient_eval(rclient *rc, const rclient_script *script, rclient_cb cb, void *arg, int argc, const char **argv,
+                 const size_t *argvlen) __attribute__((warn_unused_result));
+
 /* A callback for replies nobody needs. */
 void rclient_noop(struct redisReply *reply, const char *err, void *arg);
 

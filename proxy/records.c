@@ -19,6 +19,9 @@ typedef struct held {
     double submitted_at;
 } held;
 
+/* sent by SHA1 (the text only when Redis does not know them yet) */
+static rclient_script submit_new_sha, claim_sha;
+
 struct records {
     proxy *p;
     held *held;       /* ring of ROUTE_PENDING_MAX */
@@ -62,6 +65,8 @@ records *records_new(proxy *p)
     records *rs = calloc(1, sizeof(*rs));
     if (!rs) return NULL;
     rs->p = p;
+    rclient_script_init(&submit_new_sha, submit_new_script);
+    rclient_script_init(&claim_sha, claim_script);
     rs->cap = (size_t)p->cfg.route_pending_max;
     if (rs->cap && !(rs->held = calloc(rs->cap, sizeof(held)))) {
         free(rs);
@@ -149,13 +154,14 @@ static void on_script(struct redisReply *reply, const char *err, void *arg)
     free(c);
 }
 
-static int run_script(records *rs, int argc, const char **argv, const size_t *lens, rec_cb cb, void *arg)
+static int run_script(records *rs, const rclient_script *script, int argc, const char **argv, const size_t *lens,
+                      rec_cb cb, void *arg)
 {
     script_call *c = malloc(sizeof(*c));
     if (!c) return -1;
     c->cb = cb;
     c->arg = arg;
-    if (rclient_command(rs->p->broker, on_script, c, argc, argv, lens) != 0) {
+    if (rclient_eval(rs->p->broker, script, on_script, c, argc, argv, lens) != 0) {
         free(c);
         return -1;
     }
@@ -182,13 +188,12 @@ int records_submit_new(records *rs, const submission *sub, const char *record, d
     records_key(sub->eval_id, route_key);
     snprintf(ttl, sizeof(ttl), "%lld", p->cfg.route_record_ttl_s);
     snprintf(at, sizeof(at), "%.6f", submitted_at);
-    const char *argv[] = {"EVAL", submit_new_script, "3", route_key, queue_key, INFLIGHT_NEW,
-                          record, ttl, msg, sub->eval_id, at};
-    size_t lens[11];
-    for (int i = 0; i < 11; i++) lens[i] = strlen(argv[i]);
-    lens[4] = qlen;
-    lens[8] = mlen;
-    int rc = run_script(rs, 11, argv, lens, cb, arg);
+    const char *argv[] = {"3", route_key, queue_key, INFLIGHT_NEW, record, ttl, msg, sub->eval_id, at};
+    size_t lens[9];
+    for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
+    lens[2] = qlen;
+    lens[6] = mlen;
+    int rc = run_script(rs, &submit_new_sha, 9, argv, lens, cb, arg);
     if (rc != 0) snprintf(err, 256, "redis not connected");
     free(msg);
     return rc;
@@ -199,10 +204,10 @@ int records_claim(records *rs, const char *eval_id, const char *record, rec_cb c
     char route_key[ROUTE_KEY_MAX], ttl[24];
     records_key(eval_id, route_key);
     snprintf(ttl, sizeof(ttl), "%lld", rs->p->cfg.route_record_ttl_s);
-    const char *argv[] = {"EVAL", claim_script, "1", route_key, record, ttl};
-    size_t lens[6];
-    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
-    return run_script(rs, 6, argv, lens, cb, arg);
+    const char *argv[] = {"1", route_key, record, ttl};
+    size_t lens[4];
+    for (int i = 0; i < 4; i++) lens[i] = strlen(argv[i]);
+    return run_script(rs, &claim_sha, 4, argv, lens, cb, arg);
 }
 
 void records_release(records *rs, const char *eval_id, const char *record)

@@ -2,6 +2,7 @@
 # Installs the Debian packages turnout needs to build, run and test.
 #   scripts/deps.sh install           install whatever is missing
 #   scripts/deps.sh check-or-install  same, but silent when nothing is missing
+#   scripts/deps.sh bench             also the benchmark peers (make bench)
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -eu
 
@@ -9,6 +10,9 @@ PACKAGES="gcc make pkg-config libevent-dev libhiredis-dev libcurl4-openssl-dev
 libjansson-dev libssl-dev redis-server python3 python3-celery python3-redis
 python3-pytest python3-requests python3-yaml prometheus curl
 chromium chromium-driver python3-selenium"
+
+# make bench: the peers it measures turnout against, and the profilers
+[ "${1:-}" = "bench" ] && PACKAGES="$PACKAGES wrk nginx-light haproxy valgrind"
 
 missing=""
 for p in $PACKAGES; do
@@ -20,7 +24,7 @@ for p in $PACKAGES; do
 done
 
 if [ -z "$missing" ]; then
-    [ "${1:-install}" = "install" ] && echo "deps: everything is installed"
+    [ "${1:-install}" != "check-or-install" ] && echo "deps: everything is installed"
     exit 0
 fi
 

@@ -412,3 +412,17 @@ def test_held_records_are_bounded(proxy_factory, redis_server, legacyd):
     assert mval(m, "turnout_route_records_pending") == 2
     assert mval(m, "turnout_route_records_dropped_total") == 2
     assert len(series(m, "turnout_evals_completed_total")) == 8, "every path x outcome at zero"
+
+
+def test_scripts_survive_a_script_flush(proxy_factory, redis_server):
+    """Scripts go by SHA1; a Redis that forgot them (SCRIPT FLUSH, restart)
+    gets the text once and the submission still succeeds."""
+    r = redis_server.client()
+    p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=1)
+    assert p.submit(eval_id="sha-1").json()["path"] == "new"
+    r.script_flush()
+    b = p.submit(eval_id="sha-2").json()
+    assert b["path"] == "new" and b["duplicate"] is False, b
+    assert p.submit(eval_id="sha-2").json()["duplicate"] is True
+    assert sum(redis_server.queue_lengths()) == 2
+    r.close()
