@@ -7,7 +7,7 @@ BUILD   ?= build
 VERSION := $(shell cat VERSION)
 PKGS    := libevent libevent_openssl hiredis libcurl jansson openssl
 
-PROJECT_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+PROJECT_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
 	-Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings \
 	-Icommon -Iproxy -Ilegacy_adapter -Iworker \
 	-DTURNOUT_VERSION='"$(VERSION)"' -MMD -MP
@@ -31,7 +31,7 @@ BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd $(BUILD)/turnout-executo
 	$(BUILD)/turnout-worker
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRC))
 
-.PHONY: all run test check unit integration asan bench clean deps readme-check
+.PHONY: all run test check unit integration asan bench clean deps readme-check fuzz
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -89,6 +89,14 @@ test:
 	@scripts/deps.sh check-or-install
 	@$(MAKE) --no-print-directory all unit readme-check
 	@$(MAKE) --no-print-directory integration
+	@scripts/run-fuzz.sh 5
+
+# libFuzzer targets (tests/fuzz/README.md): the saved regressions, then
+# FUZZ_SECONDS of fuzzing per target.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/deps.sh check-or-install
+	@scripts/run-fuzz.sh $(FUZZ_SECONDS)
 
 check: test
 

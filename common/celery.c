@@ -332,7 +332,9 @@ int celery_decode(const char *msg, size_t len, celery_message *out, char err[256
             snprintf(err, 256, "body is not valid base64");
             goto err;
         }
-        for (size_t i = blen; i > 0 && body[i - 1] == '='; i--) n--; /* padding decodes as zeros */
+        /* padding decodes as zeros: at most two '=' end a valid body */
+        for (size_t i = blen, pads = 0; i > 0 && body[i - 1] == '=' && pads < 2; i--, pads++) n--;
+        if (n < 0) n = 0;
         text = (const char *)raw;
         tlen = (size_t)n;
     }

@@ -18,7 +18,7 @@ struct legacy_client {
 typedef struct call {
     legacy_cb cb;
     void *arg;
-    enum { CALL_SUBMIT, CALL_HEALTH, CALL_TASK } kind;
+    enum legacy_call_kind kind;
 } call;
 
 legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms)
@@ -38,53 +38,65 @@ legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms
 
 void legacy_client_free(legacy_client *lc) { free(lc); }
 
-static void on_done(const httpc_response *resp, void *arg)
+void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const char *errmsg,
+                        long status, const char *body, size_t len, legacy_result *out,
+                        json_t **doc_out, char detail[LEGACY_DETAIL_MAX])
 {
-    call *c = arg;
-    legacy_result r = {LEGACY_OK, resp->status, -1, NULL, NULL};
-    char detail[300];
+    legacy_result r = {LEGACY_OK, status, -1, NULL, NULL};
     json_t *doc = NULL;
 
-    if (resp->error == HTTPC_OK && resp->body_len) doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+    /* The body is only trusted as JSON when the transfer completed; error
+     * statuses still carry a doc so their "message" can be quoted. */
+    if (transfer_error == HTTPC_OK && len) doc = json_loadb(body, len, 0, NULL);
     r.doc = doc;
-    if (resp->error == HTTPC_ETIMEOUT) {
+    if (transfer_error == HTTPC_ETIMEOUT) {
         r.outcome = LEGACY_TIMEOUT;
         r.detail = "the legacy Queue Service did not answer in time";
-    } else if (resp->error != HTTPC_OK) {
+    } else if (transfer_error != HTTPC_OK) {
         r.outcome = LEGACY_UNREACHABLE;
-        snprintf(detail, sizeof(detail), "the legacy Queue Service is unreachable: %s",
-                 resp->errmsg ? resp->errmsg : "transfer failed");
+        snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service is unreachable: %s",
+                 errmsg ? errmsg : "transfer failed");
         r.detail = detail;
-    } else if (resp->status == 409) {
+    } else if (status == 409) {
         r.outcome = LEGACY_CONFLICT;
         const char *msg = json_string_value(json_object_get(doc, "message"));
         r.detail = msg ? msg : "the legacy Queue Service already has this eval_id";
-    } else if (resp->status == 404 && c->kind == CALL_TASK) {
+    } else if (status == 404 && kind == LEGACY_CALL_TASK) {
         r.outcome = LEGACY_NOT_FOUND;
         r.detail = "the legacy Queue Service does not know this eval_id";
-    } else if (resp->status < 200 || resp->status > 299) {
+    } else if (status < 200 || status > 299) {
         r.outcome = LEGACY_BAD_STATUS;
         const char *msg = json_string_value(json_object_get(doc, "message"));
-        snprintf(detail, sizeof(detail), "the legacy Queue Service answered %ld%s%.200s", resp->status,
+        snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service answered %ld%s%.200s", status,
                  msg ? ": " : "", msg ? msg : "");
         r.detail = detail;
-    } else if (c->kind != CALL_HEALTH && !json_is_object(doc)) {
+    } else if (kind != LEGACY_CALL_HEALTH && !json_is_object(doc)) {
         r.outcome = LEGACY_BAD_REPLY;
         r.detail = "the legacy Queue Service answered with something that is not a JSON object";
-    } else if (c->kind == CALL_SUBMIT) {
-        json_t *pos = json_object_get(doc, "position");
-        r.position = json_is_integer(pos) ? (long long)json_integer_value(pos) : -1;
-    } else if (c->kind == CALL_TASK) {
+    } else if (kind == LEGACY_CALL_SUBMIT || kind == LEGACY_CALL_TASK) {
         json_t *pos = json_object_get(doc, "position");
         r.position = json_is_integer(pos) ? (long long)json_integer_value(pos) : -1;
     }
+    *out = r;
+    *doc_out = doc;
+}
+
+static void on_done(const httpc_response *resp, void *arg)
+{
+    call *c = arg;
+    legacy_result r;
+    char detail[LEGACY_DETAIL_MAX];
+    json_t *doc = NULL;
+
+    legacy_parse_reply(c->kind, resp->error, resp->errmsg, resp->status, resp->body, resp->body_len,
+                       &r, &doc, detail);
     c->cb(&r, c->arg);
     json_decref(doc);
     free(c);
 }
 
 static httpc_req *start(legacy_client *lc, const char *method, const char *url, const char *body,
-                        size_t len, int kind, legacy_cb cb, void *arg)
+                        size_t len, enum legacy_call_kind kind, legacy_cb cb, void *arg)
 {
     static const char *const headers[] = {"Content-Type: application/json",
                                           "Accept: application/json", NULL};
@@ -116,7 +128,7 @@ httpc_req *legacy_submit(legacy_client *lc, const char *eval_id, const char *cod
                           code_len, "language", language, "engine", engine, "timeout", timeout,
                           "priority", priority);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    httpc_req *r = body ? start(lc, "POST", lc->tasks_url, body, strlen(body), CALL_SUBMIT, cb, arg) : NULL;
+    httpc_req *r = body ? start(lc, "POST", lc->tasks_url, body, strlen(body), LEGACY_CALL_SUBMIT, cb, arg) : NULL;
     free(body);
     json_decref(o);
     return r;
@@ -124,14 +136,14 @@ httpc_req *legacy_submit(legacy_client *lc, const char *eval_id, const char *cod
 
 httpc_req *legacy_health(legacy_client *lc, legacy_cb cb, void *arg)
 {
-    return start(lc, "GET", lc->health_url, NULL, 0, CALL_HEALTH, cb, arg);
+    return start(lc, "GET", lc->health_url, NULL, 0, LEGACY_CALL_HEALTH, cb, arg);
 }
 
 static httpc_req *task_call(legacy_client *lc, const char *method, const char *eval_id, legacy_cb cb, void *arg)
 {
     char url[1024 + 160];
     snprintf(url, sizeof(url), "%s/%s", lc->tasks_url, eval_id);
-    return start(lc, method, url, NULL, 0, CALL_TASK, cb, arg);
+    return start(lc, method, url, NULL, 0, LEGACY_CALL_TASK, cb, arg);
 }
 
 httpc_req *legacy_get_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg)
@@ -146,7 +158,7 @@ httpc_req *legacy_cancel_task(legacy_client *lc, const char *eval_id, legacy_cb 
 
 httpc_req *legacy_queue_status(legacy_client *lc, legacy_cb cb, void *arg)
 {
-    return start(lc, "GET", lc->status_url, NULL, 0, CALL_TASK, cb, arg);
+    return start(lc, "GET", lc->status_url, NULL, 0, LEGACY_CALL_TASK, cb, arg);
 }
 
 const char *legacy_normalized_status(json_t *task)

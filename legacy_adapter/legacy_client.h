@@ -4,6 +4,7 @@
 #define TURNOUT_LEGACY_CLIENT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "httpc.h"
 
@@ -31,6 +32,28 @@ typedef struct legacy_result {
 } legacy_result;
 
 typedef void (*legacy_cb)(const legacy_result *r, void *arg);
+
+/* Which protocol call a reply answers: it decides what a 404 means and
+ * whether the body must be a JSON object.  GET /status is read like a task
+ * call (a JSON object, 404 = not found). */
+enum legacy_call_kind {
+    LEGACY_CALL_SUBMIT = 0, /* POST /tasks */
+    LEGACY_CALL_HEALTH,     /* GET /health: any 2xx body will do */
+    LEGACY_CALL_TASK,       /* GET|DELETE /tasks/{id}, GET /status */
+};
+
+#define LEGACY_DETAIL_MAX 300
+
+/* Classifies one reply of the legacy Queue Service into *out; pure (no I/O),
+ * so the fuzzer and unit tests drive it without a server.  `transfer_error`
+ * and `errmsg` are the httpc_response's error and errmsg, `status` its HTTP
+ * status, body[len] its body.  *doc_out receives the parsed JSON (NULL when
+ * none) and is the caller's to json_decref; out->doc is the same pointer.
+ * out->detail points at `detail`, into *doc_out or at static text, so both
+ * must outlive every use of *out. */
+void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const char *errmsg,
+                        long status, const char *body, size_t len, legacy_result *out,
+                        json_t **doc_out, char detail[LEGACY_DETAIL_MAX]);
 
 /* Borrowed httpc and base_url must outlive the client. */
 legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms);

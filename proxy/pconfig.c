@@ -119,7 +119,7 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
             snprintf(line, sizeof(line),
                      "ROLLOUT_STEPS=\"%.400s\": must be up to %d rising fractions in (0, 1] separated by commas, e.g. 0.1,0.25,0.5,0.9,1.0\n",
                      tmp.rollout_steps_text, ROLLOUT_MAX_STEPS);
-            cfg_append_error(errs, errs_size, line);
+            cfg_append_error(errs, errs_size, "%s", line); /* the value is the user's: never a format */
         }
     }
     if (n) {

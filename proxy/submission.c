@@ -137,8 +137,8 @@ int submission_from_json(json_t *obj, const proxy_settings *s, submission *out, 
         double t = json_is_integer(timeout) ? (double)json_integer_value(timeout)
                    : json_is_real(timeout)  ? json_real_value(timeout)
                                             : -1;
-        if (!json_is_number(timeout) || t != (double)(long long)t || t < SUB_MIN_TIMEOUT ||
-            t > SUB_MAX_TIMEOUT)
+        /* the range first: converting a huge double to long long is undefined */
+        if (!json_is_number(timeout) || t < SUB_MIN_TIMEOUT || t > SUB_MAX_TIMEOUT || t != (double)(long long)t)
             return fail(err, 422, "invalid_field", "timeout",
                         "field 'timeout' must be a whole number of seconds from %d to %d (default %d)",
                         SUB_MIN_TIMEOUT, SUB_MAX_TIMEOUT, SUB_DEFAULT_TIMEOUT);
