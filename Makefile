@@ -31,7 +31,7 @@ BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd $(BUILD)/turnout-executo
 	$(BUILD)/turnout-worker
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRC))
 
-.PHONY: all run test check unit integration asan bench clean deps readme-check fuzz
+.PHONY: all run test check unit integration asan bench clean deps readme-check fuzz faults soak
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -89,7 +89,18 @@ test:
 	@scripts/deps.sh check-or-install
 	@$(MAKE) --no-print-directory all unit readme-check
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory faults
 	@scripts/run-fuzz.sh 5
+
+# Fault and load tests (tests/faults/): a short form in make test, the long
+# one with make soak.  Not under asan/valgrind: their time bounds would not hold.
+faults: all
+	@TURNOUT_BIN_DIR=$(abspath $(BUILD)) scripts/run-faults.sh
+
+soak:
+	@scripts/deps.sh check-or-install
+	@$(MAKE) --no-print-directory all
+	@TURNOUT_BIN_DIR=$(abspath $(BUILD)) scripts/run-faults.sh --soak
 
 # libFuzzer targets (tests/fuzz/README.md): the saved regressions, then
 # FUZZ_SECONDS of fuzzing per target.

@@ -52,6 +52,10 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
     if (transfer_error == HTTPC_ETIMEOUT) {
         r.outcome = LEGACY_TIMEOUT;
         r.detail = "the legacy Queue Service did not answer in time";
+    } else if (transfer_error == HTTPC_ETOOBIG) {
+        /* it answered, with far more than the protocol's small JSON */
+        r.outcome = LEGACY_BAD_REPLY;
+        r.detail = "the legacy Queue Service answered with a reply too large for the protocol";
     } else if (transfer_error != HTTPC_OK) {
         r.outcome = LEGACY_UNREACHABLE;
         snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service is unreachable: %s",

@@ -51,6 +51,7 @@ struct proxy {
     struct rollout *rollout;       /* shared rollout state (issue 5) */
     struct canary *canary;         /* automatic canary (issue 5) */
     struct stats *stats;           /* windows for /api/stats (issue 6) */
+    struct event *accept_pause;    /* accepting paused: out of file descriptors */
 };
 
 /* The connection holding celery-task-meta-* records. */

@@ -1,6 +1,7 @@
 #include "proxy.h"
 #include "pserver.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 #include <event2/keyvalq_struct.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
@@ -738,6 +740,44 @@ ssl_err:
     return -1;
 }
 
+/* Out of file descriptors, libevent's listener would retry accept() in a
+ * busy loop; instead accepting pauses briefly (connections wait in the
+ * kernel backlog), the pause is counted, and existing clients are served. */
+#define ACCEPT_PAUSE_MS 100
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    proxy *p = arg;
+    struct evconnlistener *l = p->bound ? evhttp_bound_socket_get_listener(p->bound) : NULL;
+    if (l) evconnlistener_enable(l);
+}
+
+/* The listener's callbacks get evhttp's argument, not ours: one proxy per
+ * process owns the listener. */
+static proxy *listener_owner;
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)arg;
+    proxy *p = listener_owner;
+    if (!p) return;
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) return; /* transient: libevent goes on */
+    evconnlistener_disable(l);
+    px_count_reject(p, RJ_FD_LIMIT);
+    static double last_log;
+    double now = util_monotonic();
+    if (now - last_log > 10) { /* once in a while, not a flood */
+        last_log = now;
+        LOG_WARN("out of file descriptors: accepting paused briefly; raise the open-files limit (ulimit -n)",
+                 "error", evutil_socket_error_to_string(e));
+    }
+    struct timeval pause = {0, ACCEPT_PAUSE_MS * 1000};
+    if (p->accept_pause) evtimer_add(p->accept_pause, &pause);
+}
+
 int proxy_listen(proxy *p, char err[256])
 {
     char host[256];
@@ -752,6 +792,12 @@ int proxy_listen(proxy *p, char err[256])
         snprintf(err, 256, "PROXY_LISTEN=\"%s\": cannot listen there (in use, or not a local address)",
                  p->cfg.listen);
         return -1;
+    }
+    struct evconnlistener *l = evhttp_bound_socket_get_listener(p->bound);
+    p->accept_pause = evtimer_new(p->base, on_accept_resume, p);
+    if (l && p->accept_pause) {
+        listener_owner = p;
+        evconnlistener_set_error_cb(l, on_accept_error);
     }
     LOG_INFO("listening", "address", p->cfg.listen, "scheme", p->tls ? "https" : "http", "version",
              TURNOUT_VERSION);
@@ -853,6 +899,8 @@ void proxy_free(proxy *p)
     if (p->http) evhttp_free(p->http);
     if (p->drain_timer) event_free(p->drain_timer);
     if (p->depth_timer) event_free(p->depth_timer);
+    if (p->accept_pause) event_free(p->accept_pause);
+    if (listener_owner == p) listener_owner = NULL;
     producer_free(p->prod);
     records_free(p->records);
     legacy_client_free(p->legacy);

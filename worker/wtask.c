@@ -537,6 +537,17 @@ static void on_executed(const httpc_response *resp, void *arg)
         retry_or_dead_letter(t, WP_NETWORK, resp->status == 503 ? "ExecutorBusy" : "ExecutorError", msg);
         return;
     }
+    if (resp->status == 409 && !t->revoked) {
+        /* The executor is still running this eval: a run started by a worker
+         * that died, or before the message was restored.  That run's answer
+         * went to a closed connection, so run it again once it is over —
+         * never a terminal FAILURE for an eval that is running fine. */
+        wmetrics_exec(&w->m, t->exec, WE_BUSY);
+        snprintf(msg, sizeof(msg), "executor %s is still running this eval (409); trying again after it ends",
+                 exec_url(t));
+        retry_or_dead_letter(t, WP_NETWORK, "ExecutorAlreadyRunning", msg);
+        return;
+    }
     if (resp->status == 408) {
         wmetrics_exec(&w->m, t->exec, WE_ERROR);
         snprintf(msg, sizeof(msg), "executor %s answered 408", exec_url(t));
