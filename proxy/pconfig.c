@@ -49,6 +49,8 @@ const cfg_option pconfig_table[] = {
      "deadline of one pass-through call (-> 504)"},
     {"REDIS_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(redis_timeout_ms),
      "deadline of one Redis command; on expiry the connection is re-made"},
+    {"CLIENT_TIMEOUT_S", CFG_INT, "60", 1, 3600, NULL, F(client_timeout_s),
+     "a client connection that sends nothing, or takes nothing, for this long is closed"},
     {"SHUTDOWN_GRACE_S", CFG_INT, "10", 0, 600, NULL, F(shutdown_grace_s),
      "on SIGTERM, how long in-flight requests may take to finish"},
     {"MAX_IN_FLIGHT", CFG_INT, "10000", 1, 1000000, NULL, F(max_in_flight),

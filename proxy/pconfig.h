@@ -34,6 +34,7 @@ typedef struct proxy_settings {
     long long upstream_timeout_ms;
     long long redis_timeout_ms;
     long long shutdown_grace_s;
+    long long client_timeout_s;
     long long max_in_flight;
     char *env_file;
     long long route_record_ttl_s;

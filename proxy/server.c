@@ -45,7 +45,6 @@
 #define STICKY_MAX 256
 #define MAX_HEADERS_BYTES (64 * 1024)
 #define EVHTTP_BODY_CEILING_EXTRA (1024 * 1024) /* evhttp's own HTML 413 starts above this */
-#define CLIENT_TIMEOUT_S 60
 #define DEPTH_POLL_S 2
 #define PASSTHROUGH_MAX_RESPONSE (64 * 1024 * 1024)
 
@@ -690,7 +689,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
                                             EVHTTP_REQ_PATCH);
     evhttp_set_max_headers_size(p->http, MAX_HEADERS_BYTES);
     evhttp_set_max_body_size(p->http, p->cfg.max_body_bytes + EVHTTP_BODY_CEILING_EXTRA);
-    evhttp_set_timeout(p->http, CLIENT_TIMEOUT_S);
+    evhttp_set_timeout(p->http, (int)p->cfg.client_timeout_s);
     return p;
 err:
     proxy_free(p);
