@@ -31,7 +31,7 @@ BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd $(BUILD)/turnout-executo
 	$(BUILD)/turnout-worker
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRC))
 
-.PHONY: all run test check unit integration asan bench clean deps readme-check fuzz faults soak
+.PHONY: all run test check unit integration asan bench clean deps readme-check fuzz faults soak valgrind
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -121,6 +121,12 @@ run:
 	@scripts/deps.sh check-or-install
 	@$(MAKE) --no-print-directory all
 	@scripts/run-demo.sh $(BUILD)
+
+# The integration tests with every turnout binary under valgrind (except the
+# executor, whose sandbox valgrind cannot set up); fails on any leak or error.
+valgrind:
+	@scripts/deps.sh check-or-install
+	@scripts/run-valgrind.sh
 
 # turnout against nginx, HAProxy, Celery and redis-benchmark on loopback;
 # results with the machine's description in bench/results/ (bench/bench.py).

@@ -137,16 +137,34 @@ static bool valid_list(const char *v)
     }
 }
 
+/* What an error line may show of a value: nothing of a token, password or
+ * secret, and no credentials of a URL (stderr is the log). */
+static const char *shown_value(const cfg_option *o, const char *v, char *buf, size_t n)
+{
+    if (strstr(o->name, "TOKEN") || strstr(o->name, "PASSWORD") || strstr(o->name, "SECRET")) {
+        snprintf(buf, n, "<%zu characters, not shown>", strlen(v));
+        return buf;
+    }
+    const char *scheme = strstr(v, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    if (at && !memchr(scheme + 3, '/', (size_t)(at - scheme - 3))) {
+        snprintf(buf, n, "%.*s<credentials>%s", (int)(scheme + 3 - v), v, at);
+        return buf;
+    }
+    return v;
+}
+
 /* Parses one value into `field`; false (with the problem added) when invalid. */
 static bool parse_one(const cfg_option *o, const char *v, char *field, errbuf *e, const char *origin)
 {
-    char bounds[160];
+    char bounds[160], hidden[600];
     int before = e->count;
+    /* a secret's value never reaches an error line (stderr is the log) */
+    const char *shown = shown_value(o, v, hidden, sizeof(hidden));
     describe_bounds(o, bounds, sizeof(bounds));
     switch (o->type) {
     case CFG_BOOL: {
         bool b;
-        if (!parse_bool(v, &b)) add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+        if (!parse_bool(v, &b)) add_err(e, "%s=\"%s\"%s: must be %s", o->name, shown, origin, bounds);
         else memcpy(field, &b, sizeof(b));
         break;
     }
@@ -155,7 +173,7 @@ static bool parse_one(const cfg_option *o, const char *v, char *field, errbuf *e
         errno = 0;
         long long x = strtoll(v, &end, 10);
         if (errno || end == v || *end || (double)x < o->min || (double)x > o->max)
-            add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+            add_err(e, "%s=\"%s\"%s: must be %s", o->name, shown, origin, bounds);
         else memcpy(field, &x, sizeof(x));
         break;
     }
@@ -165,9 +183,9 @@ static bool parse_one(const cfg_option *o, const char *v, char *field, errbuf *e
         double x = strtod(v, &end);
         if (errno || end == v || *end || !isfinite(x) || x < o->min || x > o->max) {
             if (o->min == 0 && o->max == 1)
-                add_err(e, "%s=\"%s\"%s: must be between 0 and 1 (a fraction, 0.5 = 50%%)", o->name, v, origin);
+                add_err(e, "%s=\"%s\"%s: must be between 0 and 1 (a fraction, 0.5 = 50%%)", o->name, shown, origin);
             else
-                add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+                add_err(e, "%s=\"%s\"%s: must be %s", o->name, shown, origin, bounds);
         } else {
             memcpy(field, &x, sizeof(x));
         }
@@ -188,7 +206,7 @@ static bool parse_one(const cfg_option *o, const char *v, char *field, errbuf *e
         } else if (o->type == CFG_URL) ok = *v == '\0' || valid_url(o, v);
         else ok = valid_list(v);
         if (!ok) {
-            add_err(e, "%s=\"%s\"%s: must be %s", o->name, v, origin, bounds);
+            add_err(e, "%s=\"%s\"%s: must be %s", o->name, shown, origin, bounds);
             break;
         }
         char *copy = strdup(v);

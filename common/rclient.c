@@ -59,15 +59,25 @@ static void arm_timer(rclient *rc, double delay_s);
 static void send_subscribe(rclient *rc, subscription *s);
 static void start_connect(rclient *rc);
 
+/* The URL as an error line may show it: no password. */
+static void shown_url(const char *url, char out[200])
+{
+    const char *scheme = strstr(url, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    if (at) snprintf(out, 200, "%.*s<credentials>%.150s", (int)(scheme + 3 - url) < 20 ? (int)(scheme + 3 - url) : 20, url, at);
+    else snprintf(out, 200, "%.190s", url);
+}
+
 int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, int *db,
                       char *password, size_t pwlen, char err[256])
 {
     const char *p;
+    char shown[200];
+    shown_url(url, shown);
     *port = 6379;
     *db = 0;
     if (pwlen) password[0] = '\0';
     if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, 256, "\"%s\": only redis:// URLs are supported (no TLS in hiredis 0.14)", url);
+        snprintf(err, 256, "\"%.150s\": only redis:// URLs are supported (no TLS in hiredis 0.14)", shown);
         return -1;
     }
     p = url + 8;
@@ -86,7 +96,7 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
     }
     size_t hl = strcspn(p, ":/");
     if (hl == 0 || hl >= hostlen) {
-        snprintf(err, 256, "\"%s\": missing or too long host", url);
+        snprintf(err, 256, "\"%s\": missing or too long host", shown);
         return -1;
     }
     memcpy(host, p, hl);
@@ -96,7 +106,7 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
         char *end;
         long v = strtol(p + 1, &end, 10);
         if (end == p + 1 || v < 1 || v > 65535 || (*end && *end != '/')) {
-            snprintf(err, 256, "\"%s\": port must be 1..65535", url);
+            snprintf(err, 256, "\"%s\": port must be 1..65535", shown);
             return -1;
         }
         *port = (int)v;
@@ -106,7 +116,7 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
         char *end;
         long v = strtol(p + 1, &end, 10);
         if (end == p + 1 || *end || v < 0 || v > 1000000) {
-            snprintf(err, 256, "\"%s\": database must be a number after the last /", url);
+            snprintf(err, 256, "\"%s\": database must be a number after the last /", shown);
             return -1;
         }
         *db = (int)v;
@@ -114,7 +124,7 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
     if (strcmp(host, "localhost") == 0) snprintf(host, hostlen, "127.0.0.1");
     unsigned char tmp[16];
     if (inet_pton(AF_INET, host, tmp) != 1 && inet_pton(AF_INET6, host, tmp) != 1) {
-        snprintf(err, 256, "\"%s\": host must be an IP address (hiredis resolves names with a blocking call)", url);
+        snprintf(err, 256, "\"%.150s\": host must be an IP address (hiredis resolves names with a blocking call)", shown);
         return -1;
     }
     return 0;

@@ -2,6 +2,9 @@
 
 #include "rclient.h"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +87,39 @@ const cfg_option pconfig_table[] = {
 };
 const size_t pconfig_count = sizeof(pconfig_table) / sizeof(pconfig_table[0]);
 
+/* The deepest reason OpenSSL gives (the first queued one can be a
+ * follow-on such as "no certificate assigned"). */
+static const char *tls_reason(void)
+{
+    const char *r = ERR_reason_error_string(ERR_peek_last_error());
+    ERR_clear_error();
+    return r ? r : "file missing, unreadable or not PEM";
+}
+
+SSL_CTX *pconfig_tls_context(const char *cert, const char *key, char *err, size_t n)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        snprintf(err, n, "cannot create the TLS context: %.150s", tls_reason());
+        return NULL;
+    }
+    /* modern protocol versions only */
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        snprintf(err, n, "PROXY_TLS_CERT=\"%.100s\": cannot load the PEM certificate chain: %.80s", cert, tls_reason());
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, n, "PROXY_TLS_KEY=\"%.100s\": cannot load a PEM key matching the certificate: %.80s", key,
+                 tls_reason());
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
 {
     proxy_settings tmp = {0};
@@ -93,6 +129,15 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     if ((tmp.tls_cert[0] != '\0') != (tmp.tls_key[0] != '\0')) {
         n++;
         cfg_append_error(errs, errs_size, "PROXY_TLS_CERT and PROXY_TLS_KEY: set both for HTTPS, or neither\n");
+    } else if (tmp.tls_cert[0]) {
+        /* the files too, so --check-config finds what start-up would */
+        char terr[256];
+        SSL_CTX *ctx = pconfig_tls_context(tmp.tls_cert, tmp.tls_key, terr, sizeof(terr));
+        if (!ctx) {
+            n++;
+            cfg_append_error(errs, errs_size, "%s\n", terr);
+        }
+        SSL_CTX_free(ctx);
     }
     const char *const names[2] = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"};
     const char *const urls[2] = {tmp.broker_url, tmp.result_backend};

@@ -63,6 +63,11 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     __attribute__((warn_unused_result));
 void pconfig_free(proxy_settings *s);
 
+/* A TLS server context from PEM files, TLS 1.2 and 1.3 only; NULL with a
+ * line naming the variable at fault. */
+typedef struct ssl_ctx_st SSL_CTX;
+SSL_CTX *pconfig_tls_context(const char *cert, const char *key, char *err, size_t n);
+
 /* True when `lang` is one of the comma-separated allowed languages. */
 bool pconfig_language_allowed(const proxy_settings *s, const char *lang, size_t len);
 

@@ -708,35 +708,12 @@ static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
     return bev;
 }
 
-static const char *tls_reason(void)
-{
-    const char *r = ERR_reason_error_string(ERR_get_error());
-    return r ? r : "file missing, unreadable or not PEM";
-}
-
 static int tls_setup(proxy *p, char err[256])
 {
-    p->tls = SSL_CTX_new(TLS_server_method());
-    if (!p->tls) goto ssl_err;
-    /* modern protocol versions only */
-    SSL_CTX_set_min_proto_version(p->tls, TLS1_2_VERSION);
-    SSL_CTX_set_options(p->tls, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    if (SSL_CTX_use_certificate_chain_file(p->tls, p->cfg.tls_cert) != 1) {
-        snprintf(err, 256, "PROXY_TLS_CERT=\"%.100s\": cannot load the PEM certificate chain: %.80s",
-                 p->cfg.tls_cert, tls_reason());
-        return -1;
-    }
-    if (SSL_CTX_use_PrivateKey_file(p->tls, p->cfg.tls_key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(p->tls) != 1) {
-        snprintf(err, 256, "PROXY_TLS_KEY=\"%.100s\": cannot load a PEM key matching the certificate: %.80s",
-                 p->cfg.tls_key, tls_reason());
-        return -1;
-    }
+    p->tls = pconfig_tls_context(p->cfg.tls_cert, p->cfg.tls_key, err, 256);
+    if (!p->tls) return -1;
     evhttp_set_bevcb(p->http, tls_bevcb, p);
     return 0;
-ssl_err:
-    snprintf(err, 256, "cannot create the TLS context: %.150s", tls_reason());
-    return -1;
 }
 
 /* Out of file descriptors, libevent's listener would retry accept() in a

@@ -9,10 +9,10 @@ set -eu
 PACKAGES="gcc make pkg-config libevent-dev libhiredis-dev libcurl4-openssl-dev
 libjansson-dev libssl-dev redis-server python3 python3-celery python3-redis
 python3-pytest python3-requests python3-yaml prometheus curl
-chromium chromium-driver python3-selenium clang libclang-rt-14-dev"
+chromium chromium-driver python3-selenium clang libclang-rt-14-dev valgrind openssl"
 
 # make bench: the peers it measures turnout against, and the profilers
-[ "${1:-}" = "bench" ] && PACKAGES="$PACKAGES wrk nginx-light haproxy valgrind"
+[ "${1:-}" = "bench" ] && PACKAGES="$PACKAGES wrk nginx-light haproxy"
 
 missing=""
 for p in $PACKAGES; do

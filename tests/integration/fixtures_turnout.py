@@ -37,6 +37,35 @@ DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1, 2.5, 5, 10, float("inf")]
 EVAL_ID_GENERATED_RE = re.compile(r"^eval_\d{8}_\d{6}_[0-9a-f]{8}$")
 
+# Optional: TURNOUT_VALGRIND=<dir> runs every turnout binary started by
+# ManagedProcess under valgrind memcheck (scripts/run-valgrind.sh reads the
+# logs) but those named in TURNOUT_VALGRIND_SKIP (comma-separated), and
+# stretches the start/HTTP bounds by TURNOUT_VALGRIND_SLOWDOWN (default 5).
+# Unset: nothing changes.
+VALGRIND_DIR = os.environ.get("TURNOUT_VALGRIND") or None
+VALGRIND_SKIP = set((os.environ.get("TURNOUT_VALGRIND_SKIP") or "").split(","))
+if VALGRIND_DIR:
+    _VG_SLOWDOWN = float(os.environ.get("TURNOUT_VALGRIND_SLOWDOWN") or 5)
+    WAIT_S *= _VG_SLOWDOWN
+    HTTP_TIMEOUT_S *= _VG_SLOWDOWN
+
+
+def valgrind_argv(argv):
+    """argv, prefixed with valgrind when TURNOUT_VALGRIND is set and argv[0]
+    is a turnout binary of BIN_DIR; the log is <dir>/<binary>-<test>-<pid>.log."""
+    exe = Path(argv[0]) if argv else None
+    if (not VALGRIND_DIR or exe is None or exe.parent != BIN_DIR
+            or not exe.name.startswith("turnout-") or exe.name in VALGRIND_SKIP):
+        return argv
+    Path(VALGRIND_DIR).mkdir(parents=True, exist_ok=True)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].rsplit("/", 1)[-1]
+    test = re.sub(r"[^A-Za-z0-9_.-]+", "_", test)[-120:]
+    log = Path(VALGRIND_DIR).resolve() / f"{exe.name}-{test}-%p.log"
+    return [shutil.which("valgrind") or "valgrind", "--leak-check=full",
+            "--show-leak-kinds=definite,indirect", "--errors-for-leak-kinds=definite,indirect",
+            "--error-exitcode=99",
+            "--child-silent-after-fork=yes", f"--log-file={log}"] + list(argv)
+
 
 # --------------------------------------------------------------- basics
 
@@ -128,7 +157,7 @@ class ManagedProcess:
         self._log.write(f"=== start: {' '.join(self.argv)}\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+            valgrind_argv(self.argv), env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=self.new_session)
         if self not in _LIVE:
