@@ -180,7 +180,7 @@ class Stack:
         keepalive_requests 1000000;
         location = /ping {{ return 200 "ok\\n"; }}
         location = /execute {{ default_type application/json;
-            return 200 '{{"eval_id":"x","status":"completed","output":"ok\\n","error":null,"exit_code":0,"executor_id":"fast","duration_s":0.0}}'; }}
+            return 200 '{{"eval_id":"x","status":"completed","output":"ok","error":null,"exit_code":0,"executor_id":"fast","duration_s":0.0}}'; }}
         location = /capacity {{ default_type application/json;
             return 200 '{{"executor_id":"fast","can_accept":true,"running":0,"max_concurrent":256,"available_slots":256}}'; }}
         location = /health {{ return 200 '{{"status":"ok"}}'; }}
@@ -359,6 +359,9 @@ def p3(st):
     def tw_done():
         m = requests.get(f"http://127.0.0.1:{wport}/metrics", timeout=5).text
         x = re.search(r'^turnout_worker_tasks_total\{outcome="completed"\} ([\d.e+]+)', m, re.M)
+        bad = re.search(r'^turnout_worker_tasks_total\{outcome="(retried|dead_lettered|failed)"\} ([1-9][\d.e+]*)', m, re.M)
+        if bad:
+            raise SystemExit(f"bench: the worker's evaluations are not completing ({bad.group(0)}); see the logs")
         return float(x.group(1)) if x else 0
     tw_s = drain_time(st, DRAIN_N, tw_done, 600)
     worker_rss = rss_kib(wp.pid)
@@ -377,7 +380,7 @@ def p3(st):
 import requests
 from celery import Celery
 app = Celery("bench", broker="{st.broker}", backend="{st.broker}")
-app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
+# Celery defaults (prefetch 4, early acks): its own best case
 _s = requests.Session()
 
 @app.task(name="tasks.evaluate_code")
@@ -519,6 +522,8 @@ def report(m, elapsed):
 
 
 def main():
+    # SIGTERM/SIGINT still stop every process started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for tool in ("wrk", "nginx", "haproxy", "redis-server", "redis-benchmark", "valgrind"):
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} is missing: run scripts/deps.sh bench (as root)")

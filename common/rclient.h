@@ -83,7 +83,7 @@ typedef struct rclient_script {
 
 void rclient_script_init(rclient_script *s, const char *text);
 
-#define RCLIENT_EVAL_MAX_ARGS 16
+#define RCLIENT_EVAL_MAX_ARGS 64
 
 /* Like rclient_command with argv = numkeys, keys..., args... (at most
  * RCLIENT_EVAL_MAX_ARGS; copied).  0 when sent, -1 when not. */

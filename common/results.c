@@ -1,5 +1,7 @@
 #include "results.h"
 
+#include "rclient.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,13 @@ void results_write_argv(const char *key, const char *record, long expires_s, cha
     argv[4] = record;
     argv[5] = expires_buf;
     for (int i = 0; i < RESULTS_WRITE_ARGC; i++) len[i] = strlen(argv[i]);
+}
+
+const rclient_script *results_write_script(void)
+{
+    static rclient_script s;
+    if (!s.text) rclient_script_init(&s, results_write_unless_terminal_script);
+    return &s;
 }
 
 int results_is_terminal(const char *status)

@@ -23,6 +23,12 @@ extern const char results_write_unless_terminal_script[];
 void results_write_argv(const char *key, const char *record, long expires_s, char expires_buf[24],
                         const char *argv[RESULTS_WRITE_ARGC], size_t len[RESULTS_WRITE_ARGC]);
 
+/* The same script for rclient_eval (by SHA1): argv/len from
+ * results_write_argv + 2 (after "EVAL" and the text), RESULTS_WRITE_ARGC - 2
+ * of them. */
+typedef struct rclient_script rclient_script;
+const rclient_script *results_write_script(void);
+
 /* Builds a Celery result record.  `result` is stolen (may be NULL = null).
  * date_done is set for ready states.  New string (caller frees), NULL on OOM. */
 char *results_record(const char *task_id, const char *status, json_t *result, const char *traceback);

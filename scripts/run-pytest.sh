@@ -41,8 +41,11 @@ for b in turnout-proxy turnout-legacyd turnout-worker turnout-executor; do
     fi
 done
 
+# TURNOUT_PYTEST_PATHS: what to run (scripts/run-faults.sh runs tests/faults)
+: "${TURNOUT_PYTEST_PATHS:=tests/integration tests/interop}"
 echo "run-pytest.sh: binaries from $TURNOUT_BIN_DIR"
-"$PY" -m pytest -q -p no:cacheprovider tests/integration tests/interop "$@"
+# shellcheck disable=SC2086
+"$PY" -m pytest -q -p no:cacheprovider $TURNOUT_PYTEST_PATHS "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "run-pytest.sh: FAIL: pytest collected no tests (exit 5)" >&2

@@ -117,7 +117,10 @@ void worker_pump(worker *w)
     for (size_t i = 0; i < w->nkeys; i++) argv[k++] = w->key_queue[i];
     for (size_t i = 0; i < k; i++)
         if (!len[i]) len[i] = strlen(argv[i]);
-    if (rclient_command(w->rc, on_taken, w, (int)k, argv, len) == 0) w->taking = true;
+    /* by SHA1 (EVALSHA), the text only when Redis lacks it */
+    static rclient_script take;
+    if (!take.text) rclient_script_init(&take, wscript_take);
+    if (rclient_eval(w->rc, &take, on_taken, w, (int)k - 2, argv + 2, len + 2) == 0) w->taking = true;
     else poll_later(w);
 done:
     free(argv);

@@ -430,16 +430,7 @@ def test_connections_beyond_a_limit_are_cut_off_and_counted(proxy_factory):
     n = held_max + 150
     socks = []
     try:
-        for _ in range(n):   # not waiting: those beyond the listen backlog stay half-open
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.connect_ex((HOST, port))
-            socks.append(s)
-        time.sleep(0.5)
-        c0 = proc_cpu_s(p.proc.pid)
-        time.sleep(1.0)
-        cpu = proc_cpu_s(p.proc.pid) - c0
-        log_growth = p.mp.log_path.stat().st_size - log_size0
+        cpu, log_growth = flood(p, port, n, socks, log_size0)
         closed = sum(1 for s in socks if peer_closed(s))
     finally:
         close_all(socks)
@@ -466,6 +457,21 @@ def test_connections_beyond_a_limit_are_cut_off_and_counted(proxy_factory):
     serves_normally(p)
 
 
+def flood(p, port, n, socks, log_size0):
+    """Opens n connections without waiting (those beyond the listen backlog
+    stay half-open), into `socks`; returns the proxy's CPU seconds over the
+    next second and how much log it wrote meanwhile."""
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex((HOST, port))
+        socks.append(s)
+    time.sleep(0.5)
+    c0 = proc_cpu_s(p.proc.pid)
+    time.sleep(1.0)
+    return proc_cpu_s(p.proc.pid) - c0, p.mp.log_path.stat().st_size - log_size0
+
+
 def trim_log(p, start):
     """Keeps the log readable: the first 8 KiB of whatever a flood wrote."""
     path = p.mp.log_path
@@ -488,16 +494,7 @@ def test_out_of_file_descriptors_pauses_accepting_without_spinning(proxy_factory
     log_size0 = p.mp.log_path.stat().st_size
     socks = []
     try:
-        for _ in range(nofile + 150):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.connect_ex((HOST, port))
-            socks.append(s)
-        time.sleep(0.5)
-        c0 = proc_cpu_s(p.proc.pid)
-        time.sleep(1.0)
-        cpu = proc_cpu_s(p.proc.pid) - c0
-        log_growth = p.mp.log_path.stat().st_size - log_size0
+        cpu, log_growth = flood(p, port, nofile + 150, socks, log_size0)
     finally:
         close_all(socks)
         try:
