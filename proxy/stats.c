@@ -43,10 +43,9 @@ struct stats {
     size_t head, count; /* head: the next slot */
 };
 
-static void take(stats *s)
+/* This proxy's counters now. */
+static void fill(proxy *p, snap *sn)
 {
-    proxy *p = s->p;
-    snap *sn = &s->ring[s->head];
     memset(sn, 0, sizeof(*sn));
     sn->t = util_now();
     for (size_t path = 0; path < 2; path++) {
@@ -69,6 +68,13 @@ static void take(stats *s)
             ps->outcomes[o] = metrics_get(p->m.evals_completed, metrics_at(p->m.evals_completed, c));
         }
     }
+}
+
+/* One point of the ring, every STATS_STEP_S: the windows below count on
+ * that spacing, so nothing else adds to it. */
+static void take(stats *s)
+{
+    fill(s->p, &s->ring[s->head]);
     s->head = (s->head + 1) % STATS_POINTS;
     if (s->count < STATS_POINTS) s->count++;
 }
@@ -146,13 +152,14 @@ static json_t *window(const stats *s, size_t path, const snap *lo, const snap *h
 static json_t *local_part(stats *s)
 {
     proxy *p = s->p;
-    take(s); /* a fresh newest point */
-    const snap *now = at(s, 0);
+    snap fresh; /* up to this request, not to the last tick; not kept in the ring */
+    fill(p, &fresh);
+    const snap *now = &fresh;
     json_t *paths = json_object();
     for (size_t path = 0; path < 2; path++) {
         /* the last minute for rates and request latency, 5 minutes for completions */
-        json_t *w = window(s, path, at(s, 60 / STATS_STEP_S), now);
-        json_t *wc = window(s, path, at(s, 300 / STATS_STEP_S), now);
+        json_t *w = window(s, path, at(s, 60 / STATS_STEP_S - 1), now);
+        json_t *wc = window(s, path, at(s, 300 / STATS_STEP_S - 1), now);
         json_t *totals = json_object();
         for (int o = 0; o < 4; o++)
             json_object_set_new(totals, pm_outcome_names[o], json_real(now->path[path].outcomes[o]));
@@ -166,11 +173,12 @@ static json_t *local_part(stats *s)
         json_decref(wc);
         json_object_set_new(paths, route_path_names[path], w);
     }
-    /* the charts: one point per snapshot, each over the 10 s before it */
+    /* the charts: one point per snapshot, each over the 10 s before it,
+     * and a last one up to now */
     json_t *series = json_array();
-    for (size_t back = s->count; back-- > 0;) {
-        const snap *hi = at(s, back), *lo = at(s, back + 10 / STATS_STEP_S);
-        if (hi == lo) continue;
+    for (size_t back = s->count + 1; back-- > 0;) {
+        const snap *hi = back ? at(s, back - 1) : now, *lo = at(s, back + 10 / STATS_STEP_S - 1);
+        if (hi == lo || hi->t <= lo->t) continue;
         json_t *pt = json_pack("{s:f}", "t", hi->t);
         for (size_t path = 0; path < 2; path++) {
             json_t *w = window(s, path, lo, hi);
