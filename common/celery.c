@@ -8,12 +8,10 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "jsonw.h"
 #include "util.h"
 
 const int celery_priority_steps[CELERY_NSTEPS] = {0, 3, 6, 9};
-
-/* Celery truncates argsrepr/kwargsrepr to this many characters. */
-#define CELERY_REPR_MAX 1024
 
 int celery_priority_step(int priority)
 {
@@ -40,190 +38,276 @@ size_t celery_queue_key(const char *queue, int priority, char *buf, size_t cap)
     return need;
 }
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap, max;
-    int oom;
-} sbuf;
+/* ---------- argsrepr / kwargsrepr ---------- */
 
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 128;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-/* Python's str.__repr__: single quotes unless the text has ' and no ". */
-static void repr_str(sbuf *b, const char *s, size_t n)
+/* Python's str.__repr__: single quotes unless the text has ' and no ".
+ * Plain runs are copied whole; writing stops once w holds more than max. */
+void celery_repr_str(jsonw *w, const char *s, size_t n, size_t max)
 {
     char q = memchr(s, '\'', n) && !memchr(s, '"', n) ? '"' : '\'';
-    sb_put(b, &q, 1);
-    for (size_t i = 0; i < n && b->len <= b->max; i++) {
-        unsigned char c = (unsigned char)s[i];
-        char esc[8];
-        if (c == (unsigned char)q || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; sb_put(b, esc, 2); }
-        else if (c == '\n') sb_put(b, "\\n", 2);
-        else if (c == '\t') sb_put(b, "\\t", 2);
-        else if (c == '\r') sb_put(b, "\\r", 2);
-        else if (c < 0x20 || c == 0x7f) { snprintf(esc, sizeof(esc), "\\x%02x", c); sb_put(b, esc, 4); }
-        else sb_put(b, (const char *)&s[i], 1);
+    static const char hex[] = "0123456789abcdef";
+    jw_putc(w, q);
+    size_t i = 0;
+    while (i < n && w->len <= max && !jw_failed(w)) {
+        size_t run = i;
+        /* never copy much past max: the rest would be cut anyway */
+        size_t lim = n - i > max + 1 ? i + max + 1 : n;
+        while (run < lim) {
+            unsigned char c = (unsigned char)s[run];
+            if (c == (unsigned char)q || c == '\\' || c < 0x20 || c == 0x7f) break;
+            run++;
+        }
+        jw_put(w, s + i, run - i);
+        if (run == lim) {
+            i = run;
+            continue;
+        }
+        unsigned char c = (unsigned char)s[run];
+        char esc[4] = {'\\', (char)c, 0, 0};
+        if (c == '\n') esc[1] = 'n';
+        else if (c == '\t') esc[1] = 't';
+        else if (c == '\r') esc[1] = 'r';
+        if (c == (unsigned char)q || c == '\\' || c == '\n' || c == '\t' || c == '\r') {
+            jw_put(w, esc, 2);
+        } else {
+            char x[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
+            jw_put(w, x, 4);
+        }
+        i = run + 1;
     }
-    sb_put(b, &q, 1);
+    jw_putc(w, q);
 }
 
-static void repr_value(sbuf *b, const json_t *v)
+void celery_repr_cut(jsonw *w, size_t max)
 {
-    char num[64];
-    if (b->len > b->max) return;
+    if (jw_failed(w) || w->len <= max || max < 3) return;
+    size_t cut = max - 3;
+    /* back to the start of the character the cut would split */
+    while (cut > 0 && ((unsigned char)w->buf[cut] & 0xC0) == 0x80) cut--;
+    memcpy(w->buf + cut, "...", 3);
+    w->len = cut + 3;
+}
+
+static void repr_value(jsonw *b, const json_t *v, size_t max)
+{
+    if (b->len > max) return;
     switch (json_typeof(v)) {
-    case JSON_STRING: repr_str(b, json_string_value(v), json_string_length(v)); break;
-    case JSON_INTEGER:
-        snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        sb_put(b, num, strlen(num));
-        break;
-    case JSON_REAL:
+    case JSON_STRING: celery_repr_str(b, json_string_value(v), json_string_length(v), max); break;
+    case JSON_INTEGER: jw_put_int(b, (long long)json_integer_value(v)); break;
+    case JSON_REAL: {
+        char num[64];
         snprintf(num, sizeof(num), "%.17g", json_real_value(v));
-        sb_put(b, num, strlen(num));
+        jw_puts(b, num);
         break;
-    case JSON_TRUE: sb_put(b, "True", 4); break;
-    case JSON_FALSE: sb_put(b, "False", 5); break;
-    case JSON_NULL: sb_put(b, "None", 4); break;
+    }
+    case JSON_TRUE: jw_put(b, "True", 4); break;
+    case JSON_FALSE: jw_put(b, "False", 5); break;
+    case JSON_NULL: jw_put(b, "None", 4); break;
     case JSON_ARRAY: {
         size_t i, n = json_array_size(v);
-        sb_put(b, "[", 1);
+        jw_putc(b, '[');
         for (i = 0; i < n; i++) {
-            if (i) sb_put(b, ", ", 2);
-            repr_value(b, json_array_get(v, i));
+            if (i) jw_put(b, ", ", 2);
+            repr_value(b, json_array_get(v, i), max);
         }
-        sb_put(b, "]", 1);
+        jw_putc(b, ']');
         break;
     }
     case JSON_OBJECT: {
         const char *k;
         json_t *val;
         int first = 1;
-        sb_put(b, "{", 1);
+        jw_putc(b, '{');
         json_object_foreach((json_t *)v, k, val) {
-            if (!first) sb_put(b, ", ", 2);
+            if (!first) jw_put(b, ", ", 2);
             first = 0;
-            repr_str(b, k, strlen(k));
-            sb_put(b, ": ", 2);
-            repr_value(b, val);
+            celery_repr_str(b, k, strlen(k), max);
+            jw_put(b, ": ", 2);
+            repr_value(b, val, max);
         }
-        sb_put(b, "}", 1);
+        jw_putc(b, '}');
         break;
     }
     }
 }
 
-char *celery_repr(const json_t *v, size_t max)
+static void repr_into(jsonw *b, const json_t *v, size_t max)
 {
-    sbuf b = {NULL, 0, 0, max, 0};
     if (json_is_array(v)) {
         /* args are shown as a Python tuple */
         size_t n = json_array_size(v);
-        sb_put(&b, "(", 1);
-        for (size_t i = 0; i < n && b.len <= max; i++) {
-            if (i) sb_put(&b, ", ", 2);
-            repr_value(&b, json_array_get(v, i));
+        jw_putc(b, '(');
+        for (size_t i = 0; i < n && b->len <= max; i++) {
+            if (i) jw_put(b, ", ", 2);
+            repr_value(b, json_array_get(v, i), max);
         }
-        sb_put(&b, n == 1 ? ",)" : ")", n == 1 ? 2 : 1);
+        jw_put(b, n == 1 ? ",)" : ")", n == 1 ? 2 : 1);
     } else {
-        repr_value(&b, v);
+        repr_value(b, v, max);
     }
-    if (b.oom) {
-        free(b.p);
-        return NULL;
-    }
-    if (b.len > max && max >= 3) {
-        memcpy(b.p + max - 3, "...", 3);
-        b.p[max] = '\0';
-    }
-    return b.p;
+    celery_repr_cut(b, max);
 }
 
-static json_t *json_str_or_null(const char *s)
+char *celery_repr(const json_t *v, size_t max)
 {
-    return s ? json_string(s) : json_null();
+    jsonw b;
+    jw_init(&b, NULL, 0);
+    repr_into(&b, v, max);
+    char *out = jw_detach(&b, NULL);
+    jw_free(&b);
+    return out;
 }
 
-static json_t *limit_or_null(double s)
-{
-    return s > 0 ? json_real(s) : json_null();
-}
+/* ---------- encoding ---------- */
 
-char *celery_encode(const celery_task *t, size_t *len, char err[256])
+int celery_encode_into(const celery_task *t, jsonw *out, char err[256])
 {
-    json_t *body = NULL, *env = NULL;
-    char *body_text = NULL, *b64 = NULL, *out = NULL;
-    char *argsrepr = NULL, *kwargsrepr = NULL;
+    char body_stack[2048], args_stack[512], kwargs_stack[256];
+    jsonw body, ar, kr;
     char tag[37];
+    int rc = -1;
+    const char *argsrepr, *kwargsrepr;
+    size_t argsrepr_len, kwargsrepr_len;
 
-    if (!t->task_name || !t->task_id || !t->queue || !json_is_array(t->args) ||
-        !json_is_object(t->kwargs)) {
+    jw_init(&body, body_stack, sizeof(body_stack));
+    jw_init(&ar, args_stack, sizeof(args_stack));
+    jw_init(&kr, kwargs_stack, sizeof(kwargs_stack));
+    if (!t->task_name || !t->task_id || !t->queue ||
+        (!t->body && (!json_is_array(t->args) || !json_is_object(t->kwargs)))) {
         snprintf(err, 256, "celery message needs task name, id, queue, args array, kwargs object");
-        return NULL;
+        goto done;
     }
-    body = json_pack("[OO{s:n,s:n,s:n,s:n}]", t->args, t->kwargs, "callbacks", "errbacks",
-                     "chain", "chord");
-    body_text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    if (!body_text) goto oom;
-    size_t blen = strlen(body_text);
-    b64 = malloc(4 * ((blen + 2) / 3) + 1);
-    if (!b64) goto oom;
-    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)body_text, (int)blen);
 
-    argsrepr = celery_repr(t->args, CELERY_REPR_MAX);
-    kwargsrepr = celery_repr(t->kwargs, CELERY_REPR_MAX);
-    if (!argsrepr || !kwargsrepr) goto oom;
+    /* the body: [args, kwargs, embed], sent base64 */
+    jw_arr_open(&body);
+    if (t->body) {
+        jw_raw_value(&body, t->body->args_json, t->body->args_len);
+        jw_raw_value(&body, t->body->kwargs_json, t->body->kwargs_len);
+        argsrepr = t->body->argsrepr;
+        argsrepr_len = t->body->argsrepr_len;
+        kwargsrepr = t->body->kwargsrepr;
+        kwargsrepr_len = t->body->kwargsrepr_len;
+    } else {
+        jw_value(&body, t->args);
+        jw_value(&body, t->kwargs);
+        repr_into(&ar, t->args, CELERY_REPR_MAX);
+        repr_into(&kr, t->kwargs, CELERY_REPR_MAX);
+        argsrepr = jw_text(&ar);
+        argsrepr_len = jw_len(&ar);
+        kwargsrepr = jw_text(&kr);
+        kwargsrepr_len = jw_len(&kr);
+    }
+    jw_obj_open(&body);
+    jw_lit_key(&body, "callbacks");
+    jw_null(&body);
+    jw_lit_key(&body, "errbacks");
+    jw_null(&body);
+    jw_lit_key(&body, "chain");
+    jw_null(&body);
+    jw_lit_key(&body, "chord");
+    jw_null(&body);
+    jw_obj_close(&body);
+    jw_arr_close(&body);
+    if (jw_failed(&body) || jw_failed(&ar) || jw_failed(&kr)) goto oom;
     util_uuid4(tag);
 
-    env = json_pack(
-        "{s:s, s:s, s:s,"
-        " s:{s:s, s:s, s:s, s:n, s:o, s:o, s:n, s:n, s:i, s:[oo], s:s, s:o, s:s, s:s, s:s, s:b},"
-        " s:{s:s, s:s, s:i, s:{s:s, s:s}, s:i, s:s, s:s}}",
-        "body", b64, "content-encoding", "utf-8", "content-type", "application/json",
-        "headers",
-            "lang", "py", "task", t->task_name, "id", t->task_id, "shadow",
-            "eta", json_str_or_null(t->eta), "expires", json_str_or_null(t->expires),
-            "group", "group_index", "retries", t->retries,
-            "timelimit", limit_or_null(t->hard_limit_s), limit_or_null(t->soft_limit_s),
-            "root_id", t->root_id ? t->root_id : t->task_id,
-            "parent_id", json_str_or_null(t->parent_id),
-            "argsrepr", argsrepr, "kwargsrepr", kwargsrepr,
-            "origin", t->origin ? t->origin : "turnout",
-            "ignore_result", 0,
-        "properties",
-            "correlation_id", t->task_id, "reply_to", "", "delivery_mode", 2,
-            "delivery_info", "exchange", "", "routing_key", t->queue,
-            "priority", t->priority, "body_encoding", "base64", "delivery_tag", tag);
-    if (!env) goto oom;
-    out = json_dumps(env, JSON_COMPACT);
-    if (!out) goto oom;
-    *len = strlen(out);
+    /* the envelope, in the order kombu writes it; room reserved at once */
+    if (!jw_reserve(out, (jw_len(&body) + 2) / 3 * 4 + argsrepr_len + kwargsrepr_len + strlen(t->task_id) * 3 +
+                             strlen(t->task_name) + strlen(t->queue) + 700))
+        goto oom;
+    jw_obj_open(out);
+    jw_lit_key(out, "body");
+    jw_base64(out, jw_text(&body), jw_len(&body));
+    jw_lit_key(out, "content-encoding");
+    jw_lit_string(out, "utf-8");
+    jw_lit_key(out, "content-type");
+    jw_lit_string(out, "application/json");
+    jw_lit_key(out, "headers");
+    jw_obj_open(out);
+    jw_lit_key(out, "lang");
+    jw_lit_string(out, "py");
+    jw_lit_key(out, "task");
+    jw_cstring(out, t->task_name);
+    jw_lit_key(out, "id");
+    jw_cstring(out, t->task_id);
+    jw_lit_key(out, "shadow");
+    jw_null(out);
+    jw_lit_key(out, "eta");
+    jw_cstring(out, t->eta);
+    jw_lit_key(out, "expires");
+    jw_cstring(out, t->expires);
+    jw_lit_key(out, "group");
+    jw_null(out);
+    jw_lit_key(out, "group_index");
+    jw_null(out);
+    jw_lit_key(out, "retries");
+    jw_int(out, t->retries);
+    jw_lit_key(out, "timelimit");
+    jw_arr_open(out);
+    if (t->hard_limit_s > 0) jw_real(out, t->hard_limit_s);
+    else jw_null(out);
+    if (t->soft_limit_s > 0) jw_real(out, t->soft_limit_s);
+    else jw_null(out);
+    jw_arr_close(out);
+    jw_lit_key(out, "root_id");
+    jw_cstring(out, t->root_id ? t->root_id : t->task_id);
+    jw_lit_key(out, "parent_id");
+    jw_cstring(out, t->parent_id);
+    jw_lit_key(out, "argsrepr");
+    jw_string(out, argsrepr, argsrepr_len);
+    jw_lit_key(out, "kwargsrepr");
+    jw_string(out, kwargsrepr, kwargsrepr_len);
+    jw_lit_key(out, "origin");
+    jw_cstring(out, t->origin ? t->origin : "turnout");
+    jw_lit_key(out, "ignore_result");
+    jw_bool(out, false);
+    jw_obj_close(out);
+    jw_lit_key(out, "properties");
+    jw_obj_open(out);
+    jw_lit_key(out, "correlation_id");
+    jw_cstring(out, t->task_id);
+    jw_lit_key(out, "reply_to");
+    jw_lit_string(out, "");
+    jw_lit_key(out, "delivery_mode");
+    jw_int(out, 2);
+    jw_lit_key(out, "delivery_info");
+    jw_obj_open(out);
+    jw_lit_key(out, "exchange");
+    jw_lit_string(out, "");
+    jw_lit_key(out, "routing_key");
+    jw_cstring(out, t->queue);
+    jw_obj_close(out);
+    jw_lit_key(out, "priority");
+    jw_int(out, t->priority);
+    jw_lit_key(out, "body_encoding");
+    jw_lit_string(out, "base64");
+    jw_lit_key(out, "delivery_tag");
+    jw_string(out, tag, 36);
+    jw_obj_close(out);
+    jw_obj_close(out);
+    if (jw_failed(out)) goto oom;
+    rc = 0;
     goto done;
 oom:
     snprintf(err, 256, "out of memory encoding the celery message");
 done:
-    json_decref(body);
-    json_decref(env);
-    free(body_text);
-    free(b64);
-    free(argsrepr);
-    free(kwargsrepr);
-    return out;
+    jw_free(&body);
+    jw_free(&ar);
+    jw_free(&kr);
+    return rc;
+}
+
+char *celery_encode(const celery_task *t, size_t *len, char err[256])
+{
+    jsonw out;
+    jw_init(&out, NULL, 0);
+    char *text = NULL;
+    if (celery_encode_into(t, &out, err) == 0) {
+        text = jw_detach(&out, len);
+        if (!text) snprintf(err, 256, "out of memory encoding the celery message");
+    }
+    jw_free(&out);
+    return text;
 }
 
 /* ---------- decoding ---------- */

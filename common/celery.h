@@ -6,12 +6,28 @@
 #include <stddef.h>
 
 typedef struct json_t json_t;
+typedef struct jsonw jsonw;
 
 /* kombu's default priority_steps and the list-name separator (0x06 0x16). */
 #define CELERY_SEP "\x06\x16"
 #define CELERY_SEP_LEN 2
 #define CELERY_NSTEPS 4
 extern const int celery_priority_steps[CELERY_NSTEPS]; /* 0, 3, 6, 9 */
+
+/* Celery truncates argsrepr/kwargsrepr to this many characters. */
+#define CELERY_REPR_MAX 1024
+
+/* A task's args and kwargs already written as JSON text (jsonw), with
+ * their reprs (celery_repr_str, celery_repr_cut): for producers that build
+ * no jansson tree.  All borrowed. */
+typedef struct celery_body {
+    const char *args_json;   /* a JSON array */
+    size_t args_len;
+    const char *kwargs_json; /* a JSON object */
+    size_t kwargs_len;
+    const char *argsrepr, *kwargsrepr;
+    size_t argsrepr_len, kwargsrepr_len;
+} celery_body;
 
 typedef struct celery_task {
     const char *task_name;  /* headers.task */
@@ -20,6 +36,7 @@ typedef struct celery_task {
     int priority;           /* 0..9, lower first (kombu on Redis) */
     json_t *args;           /* array, borrowed */
     json_t *kwargs;         /* object, borrowed */
+    const celery_body *body; /* instead of args and kwargs when not NULL */
     int retries;
     const char *eta;        /* ISO-8601 or NULL */
     const char *expires;    /* ISO-8601 or NULL */
@@ -41,6 +58,8 @@ size_t celery_queue_key(const char *queue, int priority, char *buf, size_t cap);
 /* Encodes the envelope (one Redis list element).  Returns a new string the
  * caller frees with free(), length in *len; NULL with err on failure. */
 char *celery_encode(const celery_task *t, size_t *len, char err[256]);
+/* The same appended to `out`: 0, or -1 with err (out is then unusable). */
+int celery_encode_into(const celery_task *t, jsonw *out, char err[256]) __attribute__((warn_unused_result));
 
 /* A message taken from a queue list, decoded and checked.  Fields borrow
  * from `env` (owned), which is kept so the message can be re-published. */
@@ -79,7 +98,15 @@ char *celery_reencode(const celery_message *m, int retries, const char *eta, con
 double celery_parse_iso8601(const char *s);
 
 /* Python-style repr of a JSON value for argsrepr/kwargsrepr, truncated to
- * `max` bytes with "...".  New string, caller frees; NULL on OOM. */
+ * `max` bytes with "..." (never inside a UTF-8 character, so a cut repr is
+ * still valid text).  New string, caller frees; NULL on OOM. */
 char *celery_repr(const json_t *v, size_t max);
+
+/* The same built piece by piece in a writer used as a plain buffer: appends
+ * the repr of the str s[0..n) (stopping once w holds more than `max`
+ * bytes, as nothing past that is kept); celery_repr_cut then truncates the
+ * whole text as celery_repr does. */
+void celery_repr_str(jsonw *w, const char *s, size_t n, size_t max);
+void celery_repr_cut(jsonw *w, size_t max);
 
 #endif

@@ -383,8 +383,58 @@ int rclient_psubscribe(rclient *rc, const char *pattern, rclient_msg_cb cb, void
     return add_subscription(rc, pattern, true, cb, arg);
 }
 
-int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv,
-                    const size_t *argvlen)
+/* ---------- commands in the Redis protocol (RESP), formatted here ---------- */
+
+static size_t dec_len(size_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+static char *put_dec(char *o, size_t v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(o, tmp + i, sizeof(tmp) - i);
+    return o + (sizeof(tmp) - i);
+}
+
+/* "*<n>\r\n" */
+static char *put_count(char *o, size_t n)
+{
+    *o++ = '*';
+    o = put_dec(o, n);
+    *o++ = '\r';
+    *o++ = '\n';
+    return o;
+}
+
+/* "$<len>\r\n<bytes>\r\n" */
+static char *put_bulk(char *o, const char *s, size_t n)
+{
+    *o++ = '$';
+    o = put_dec(o, n);
+    *o++ = '\r';
+    *o++ = '\n';
+    memcpy(o, s, n);
+    o += n;
+    *o++ = '\r';
+    *o++ = '\n';
+    return o;
+}
+
+static size_t bulk_size(size_t n) { return 1 + dec_len(n) + 2 + n + 2; }
+
+/* Queues a command already in RESP form (hiredis copies it). */
+static int send_formatted(rclient *rc, rclient_cb cb, void *arg, const char *cmd, size_t len)
 {
     if (rc->state != RC_UP || !rc->ac) return -1;
     pending *p = malloc(sizeof(*p));
@@ -393,7 +443,7 @@ int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char 
     p->cb = cb;
     p->arg = arg;
     p->deadline = util_monotonic() + (double)rc->cmd_timeout_ms / 1000.0;
-    if (redisAsyncCommandArgv(rc->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
+    if (redisAsyncFormattedCommand(rc->ac, on_reply, p, cmd, len) != REDIS_OK) {
         free(p);
         return -1;
     }
@@ -406,34 +456,51 @@ int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char 
     return 0;
 }
 
+int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    if (rc->state != RC_UP || !rc->ac || argc < 1) return -1;
+    char stack[1024];
+    size_t need = 1 + dec_len((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++) need += bulk_size(argvlen[i]);
+    char *cmd = need <= sizeof(stack) ? stack : malloc(need);
+    if (!cmd) return -1;
+    char *o = put_count(cmd, (size_t)argc);
+    for (int i = 0; i < argc; i++) o = put_bulk(o, argv[i], argvlen[i]);
+    int ret = send_formatted(rc, cb, arg, cmd, (size_t)(o - cmd));
+    if (cmd != stack) free(cmd);
+    return ret;
+}
+
 /* ---------- scripts by their SHA1 ---------- */
 
 void rclient_script_init(rclient_script *s, const char *text)
 {
+    static const char hex[] = "0123456789abcdef";
     unsigned char d[SHA_DIGEST_LENGTH];
     SHA1((const unsigned char *)text, strlen(text), d);
     s->text = text;
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) snprintf(s->sha + 2 * i, 3, "%02x", d[i]);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+        s->sha[2 * i] = hex[d[i] >> 4];
+        s->sha[2 * i + 1] = hex[d[i] & 15];
+    }
+    s->sha[40] = '\0';
 }
 
-/* An EVALSHA in flight, with what a retry as EVAL needs. */
+/* "*<n>\r\n$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n" with n <= 2 + RCLIENT_EVAL_MAX_ARGS */
+#define EVALSHA_HEAD_MAX (1 + 3 + 2 + 13 + 47)
+
+/* An EVALSHA in flight, with what a retry as EVAL needs: the arguments
+ * after the script, already in RESP form, in one allocation. */
 typedef struct eval_call {
     rclient *rc;
     const rclient_script *script;
     rclient_cb cb;
     void *arg;
-    int argc;       /* arguments after the script: numkeys, keys, args */
-    char **argv;
-    size_t *lens;
+    int argc;        /* arguments after the script: numkeys, keys, args */
+    size_t tail_len; /* their RESP bytes, at buf + EVALSHA_HEAD_MAX */
+    char buf[];      /* room for the EVALSHA head, then the tail */
 } eval_call;
-
-static void eval_call_free(eval_call *c)
-{
-    for (int i = 0; i < c->argc; i++) free(c->argv[i]);
-    free(c->argv);
-    free(c->lens);
-    free(c);
-}
 
 static int send_eval(eval_call *c, bool by_sha);
 
@@ -447,51 +514,54 @@ static void on_eval_reply(struct redisReply *reply, const char *err, void *arg)
     } else {
         c->cb(reply, err, c->arg);
     }
-    eval_call_free(c);
+    free(c);
 }
 
 static int send_eval(eval_call *c, bool by_sha)
 {
-    const char *argv[2 + RCLIENT_EVAL_MAX_ARGS];
-    size_t lens[2 + RCLIENT_EVAL_MAX_ARGS];
-    argv[0] = by_sha ? "EVALSHA" : "EVAL";
-    lens[0] = by_sha ? 7 : 4;
-    argv[1] = by_sha ? c->script->sha : c->script->text;
-    lens[1] = by_sha ? 40 : strlen(c->script->text);
-    for (int i = 0; i < c->argc; i++) {
-        argv[2 + i] = c->argv[i];
-        lens[2 + i] = c->lens[i];
+    const char *tail = c->buf + EVALSHA_HEAD_MAX;
+    size_t nargs = 2 + (size_t)c->argc;
+    if (by_sha) {
+        char head[EVALSHA_HEAD_MAX];
+        char *o = put_count(head, nargs);
+        o = put_bulk(o, "EVALSHA", 7);
+        o = put_bulk(o, c->script->sha, 40);
+        size_t hl = (size_t)(o - head);
+        char *start = c->buf + EVALSHA_HEAD_MAX - hl;
+        memcpy(start, head, hl);
+        return send_formatted(c->rc, on_eval_reply, c, start, hl + c->tail_len);
     }
-    return rclient_command(c->rc, on_eval_reply, c, 2 + c->argc, argv, lens);
+    size_t tl = strlen(c->script->text);
+    size_t need = 1 + dec_len(nargs) + 2 + bulk_size(4) + bulk_size(tl) + c->tail_len;
+    char *cmd = malloc(need);
+    if (!cmd) return -1;
+    char *o = put_count(cmd, nargs);
+    o = put_bulk(o, "EVAL", 4);
+    o = put_bulk(o, c->script->text, tl);
+    memcpy(o, tail, c->tail_len);
+    int rc = send_formatted(c->rc, on_eval_reply, c, cmd, need);
+    free(cmd);
+    return rc;
 }
 
 int rclient_eval(rclient *rc, const rclient_script *script, rclient_cb cb, void *arg, int argc, const char **argv,
                  const size_t *argvlen)
 {
-    if (rc->state != RC_UP || argc > RCLIENT_EVAL_MAX_ARGS) return -1;
-    eval_call *c = calloc(1, sizeof(*c));
-    if (!c || !(c->argv = calloc((size_t)argc, sizeof(char *))) || !(c->lens = calloc((size_t)argc, sizeof(size_t)))) {
-        if (c) free(c->argv);
-        free(c);
-        return -1;
-    }
+    if (rc->state != RC_UP || argc > RCLIENT_EVAL_MAX_ARGS || argc < 0) return -1;
+    size_t tail_len = 0;
+    for (int i = 0; i < argc; i++) tail_len += bulk_size(argvlen[i]);
+    eval_call *c = malloc(sizeof(*c) + EVALSHA_HEAD_MAX + tail_len);
+    if (!c) return -1;
     c->rc = rc;
     c->script = script;
     c->cb = cb;
     c->arg = arg;
-    for (; c->argc < argc; c->argc++) {
-        char *copy = malloc(argvlen[c->argc] + 1);
-        if (!copy) {
-            eval_call_free(c);
-            return -1;
-        }
-        memcpy(copy, argv[c->argc], argvlen[c->argc]);
-        copy[argvlen[c->argc]] = '\0';
-        c->argv[c->argc] = copy;
-        c->lens[c->argc] = argvlen[c->argc];
-    }
+    c->argc = argc;
+    c->tail_len = tail_len;
+    char *o = c->buf + EVALSHA_HEAD_MAX;
+    for (int i = 0; i < argc; i++) o = put_bulk(o, argv[i], argvlen[i]);
     if (send_eval(c, true) != 0) {
-        eval_call_free(c);
+        free(c);
         return -1;
     }
     return 0;

@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -52,10 +53,60 @@ void util_uuid4(char out[37])
     }
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
-             b[11], b[12], b[13], b[14], b[15]);
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+}
+
+size_t util_format_ll(long long v, char out[24])
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) tmp[--i] = '-';
+    memcpy(out, tmp + i, sizeof(tmp) - i);
+    out[sizeof(tmp) - i] = '\0';
+    return sizeof(tmp) - i;
+}
+
+size_t util_format_fixed(double v, int decimals, char out[32])
+{
+    static const double pow10[] = {1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+    /* For 2^29 <= v < 2^34 a double's fraction is k * 2^-23 at the finest,
+     * so frac * 10^d (d <= 7) is k * 5^d * 2^(d-23) with k * 5^d < 2^40:
+     * exact, and nearbyint() (round half to even, the default mode) rounds
+     * the exact value as printf does.  Anything else goes to printf. */
+    if (!(v >= 536870912.0 && v < 17179869184.0) || decimals < 0 || decimals > 7) {
+        int n = snprintf(out, 32, "%.*f", decimals, v);
+        return n < 0 ? 0 : (size_t)n > 31 ? 31 : (size_t)n;
+    }
+    long long sec = (long long)v;
+    double scaled = nearbyint((v - (double)sec) * pow10[decimals]);
+    long long frac = (long long)scaled;
+    if (frac >= (long long)pow10[decimals]) {
+        sec++;
+        frac -= (long long)pow10[decimals];
+    }
+    size_t n = util_format_ll(sec, out);
+    if (decimals > 0) {
+        out[n++] = '.';
+        for (int i = decimals - 1; i >= 0; i--) {
+            out[n + (size_t)i] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+        n += (size_t)decimals;
+        out[n] = '\0';
+    }
+    return n;
 }
 
 void util_iso8601(double t, char out[32])

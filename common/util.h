@@ -22,6 +22,15 @@ int util_random(void *buf, size_t n) __attribute__((warn_unused_result));
 /* uuid4 text, 36 characters + NUL. */
 void util_uuid4(char out[37]);
 
+/* Decimal text of v (as "%lld"); returns the length. */
+size_t util_format_ll(long long v, char out[24]);
+
+/* v with `decimals` digits after the point, exactly as snprintf("%.*f")
+ * writes it (round half to even on the exact value); Unix times with up to
+ * 7 decimals, written on every request, without printf.  Returns the
+ * length (text longer than 31 bytes is cut). */
+size_t util_format_fixed(double v, int decimals, char out[32]);
+
 /* ISO-8601 UTC with microseconds, no offset: 2026-11-22T08:42:30.022342 */
 void util_iso8601(double t, char out[32]);
 

@@ -59,7 +59,7 @@ static void on_item(const dispatch_result *res, void *arg)
     } else {
         b->rejected++;
     }
-    set_result(b, it->index, json_deep_copy(res->body), res->status);
+    set_result(b, it->index, res->body ? json_loadb(res->body, res->body_len, 0, NULL) : NULL, res->status);
     free(it);
     batch_done(b);
 }

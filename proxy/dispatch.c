@@ -6,6 +6,7 @@
 
 #include <jansson.h>
 
+#include "jsonw.h"
 #include "log.h"
 #include "pserver.h"
 #include "records.h"
@@ -31,15 +32,24 @@ static void hold(dop *d, enum route_path path)
     if (path != NOT_WAITING) px_in_flight_add(d->p, path, 1);
 }
 
-static void finish(dop *d, int status, enum route_path path, bool duplicate, json_t *body, int retry_after)
+static void finish_text(dop *d, int status, enum route_path path, bool duplicate, const char *body, size_t len,
+                        int retry_after)
 {
     hold(d, NOT_WAITING);
-    dispatch_result res = {status, path, duplicate, body, retry_after};
+    dispatch_result res = {status, path, duplicate, body, body ? len : 0, retry_after};
     d->cb(&res, d->arg);
-    json_decref(body);
     submission_free(&d->sub);
     free(d->record);
     free(d);
+}
+
+/* Steals body. */
+static void finish(dop *d, int status, enum route_path path, bool duplicate, json_t *body, int retry_after)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    finish_text(d, status, path, duplicate, text, text ? strlen(text) : 0, retry_after);
+    free(text);
 }
 
 static void finish_error(dop *d, int status, enum route_path path, const char *code, const char *msg,
@@ -50,15 +60,33 @@ static void finish_error(dop *d, int status, enum route_path path, const char *c
            retry_after);
 }
 
+/* The reply every accepted submission gets, written without a tree. */
 static void finish_queued(dop *d, enum route_path path, long long position)
 {
     px_count_decision(d->p, path, d->dec.reason);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s}", "eval_id", d->sub.eval_id, "status", "queued", "path",
-                          route_path_names[path], "reason", route_reason_names[d->dec.reason], "duplicate", 0,
-                          "message",
-                          path == PATH_NEW ? "queued on the new Redis priority queue" : "queued on the legacy queue");
-    if (o) json_object_set_new(o, "queue_position", position >= 0 ? json_integer(position) : json_null());
-    finish(d, 202, path, false, o, 0);
+    char stack[512];
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "eval_id");
+    jw_cstring(&w, d->sub.eval_id);
+    jw_lit_key(&w, "status");
+    jw_lit_string(&w, "queued");
+    jw_lit_key(&w, "path");
+    jw_cstring(&w, route_path_names[path]);
+    jw_lit_key(&w, "reason");
+    jw_cstring(&w, route_reason_names[d->dec.reason]);
+    jw_lit_key(&w, "duplicate");
+    jw_bool(&w, false);
+    jw_lit_key(&w, "message");
+    if (path == PATH_NEW) jw_lit_string(&w, "queued on the new Redis priority queue");
+    else jw_lit_string(&w, "queued on the legacy queue");
+    jw_lit_key(&w, "queue_position");
+    if (position >= 0) jw_int(&w, position);
+    else jw_null(&w);
+    jw_obj_close(&w);
+    finish_text(d, 202, path, false, jw_failed(&w) ? NULL : jw_text(&w), jw_len(&w), 0);
+    jw_free(&w);
 }
 
 /* The eval id has a record already: answer with it, enqueue nothing. */
@@ -227,10 +255,10 @@ void dispatch_start(proxy *p, submission *sub, const char *sticky_key, dispatch_
     dop *d = calloc(1, sizeof(*d));
     if (!d) {
         px_count_reject(p, RJ_OOM);
-        json_t *o = json_pack("{s:s, s:s}", "error", "out_of_memory", "message", "the proxy is short of memory; retry shortly");
-        dispatch_result res = {503, PATH_NONE, false, o, 1};
+        static const char oom[] =
+            "{\"error\":\"out_of_memory\",\"message\":\"the proxy is short of memory; retry shortly\"}";
+        dispatch_result res = {503, PATH_NONE, false, oom, sizeof(oom) - 1, 1};
         cb(&res, arg);
-        json_decref(o);
         submission_free(sub);
         return;
     }

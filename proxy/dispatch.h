@@ -9,13 +9,14 @@
 #include "submission.h"
 
 typedef struct proxy proxy;
-typedef struct json_t json_t;
 
 typedef struct dispatch_result {
     int status;            /* 202 queued or duplicate; 502, 503, 504 */
     enum route_path path;  /* where it went (PATH_NONE: nowhere) */
     bool duplicate;
-    json_t *body;          /* the reply object; borrowed during the callback */
+    const char *body;      /* the reply object as JSON text, borrowed during the
+                              callback; NULL when it could not be written (OOM) */
+    size_t body_len;
     int retry_after;       /* seconds, for 503 */
 } dispatch_result;
 

@@ -3,6 +3,7 @@
 #ifndef TURNOUT_PRODUCER_H
 #define TURNOUT_PRODUCER_H
 
+#include "jsonw.h"
 #include "rclient.h"
 #include "submission.h"
 
@@ -23,6 +24,10 @@ int producer_submit(producer *p, const submission *sub, producer_cb cb, void *ar
 
 /* Builds the Redis list element for `sub`; new string, caller frees. */
 char *producer_encode(const producer *p, const submission *sub, size_t *len, char err[256]);
+/* The same appended to `out` (no allocation when out has room): 0, or -1
+ * with err. */
+int producer_encode_into(const producer *p, const submission *sub, jsonw *out, char err[256])
+    __attribute__((warn_unused_result));
 /* The same with another task id, eval id argument and priority (shadow
  * tasks run as their own eval, so executors never confuse the two runs). */
 char *producer_encode_task(const producer *p, const submission *sub, const char *task_id, const char *eval_id,

@@ -78,6 +78,8 @@ typedef struct preq {
 preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);
 /* Answer and free the record (the body is not stolen). */
 void px_finish_json(preq *r, int status, json_t *body);
+/* The same with the body already serialized (NULL: 503 out_of_memory). */
+void px_finish_text(preq *r, int status, const char *json, size_t len);
 void px_finish_error(preq *r, int status, const char *code, const char *msg, int retry_after);
 /* Answer at once, no record. */
 void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,

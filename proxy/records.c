@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "celery.h"
+#include "jsonw.h"
 #include "log.h"
 #include "pserver.h"
 #include "util.h"
@@ -87,18 +88,36 @@ size_t records_pending(const records *rs) { return rs ? rs->count : 0; }
 
 void records_key(const char *eval_id, char key[ROUTE_KEY_MAX])
 {
-    snprintf(key, ROUTE_KEY_MAX, ROUTE_PREFIX "%s", eval_id);
+    size_t n = strnlen(eval_id, ROUTE_KEY_MAX - sizeof(ROUTE_PREFIX));
+    memcpy(key, ROUTE_PREFIX, sizeof(ROUTE_PREFIX) - 1);
+    memcpy(key + sizeof(ROUTE_PREFIX) - 1, eval_id, n);
+    key[sizeof(ROUTE_PREFIX) - 1 + n] = '\0';
 }
 
 char *records_build(const submission *sub, enum route_path path, const route_decision *dec, double submitted_at)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:o, s:f}", "eval_id", sub->eval_id, "path",
-                          route_path_names[path], "reason", route_reason_names[dec->reason], "priority",
-                          sub->priority, "priority_name", sub->priority_name, "bucket",
-                          dec->bucket >= 0 ? json_integer(dec->bucket) : json_null(), "submitted_at",
-                          submitted_at);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
+    char stack[512];
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "eval_id");
+    jw_cstring(&w, sub->eval_id);
+    jw_lit_key(&w, "path");
+    jw_cstring(&w, route_path_names[path]);
+    jw_lit_key(&w, "reason");
+    jw_cstring(&w, route_reason_names[dec->reason]);
+    jw_lit_key(&w, "priority");
+    jw_int(&w, sub->priority);
+    jw_lit_key(&w, "priority_name");
+    jw_cstring(&w, sub->priority_name);
+    jw_lit_key(&w, "bucket");
+    if (dec->bucket >= 0) jw_int(&w, dec->bucket);
+    else jw_null(&w);
+    jw_lit_key(&w, "submitted_at");
+    jw_real(&w, submitted_at);
+    jw_obj_close(&w);
+    char *text = jw_detach(&w, NULL);
+    jw_free(&w);
     return text;
 }
 
@@ -182,20 +201,23 @@ int records_submit_new(records *rs, const submission *sub, const char *record, d
         snprintf(err, 256, "queue name too long");
         return -1;
     }
-    size_t mlen = 0;
-    char *msg = producer_encode(p->prod, sub, &mlen, err);
-    if (!msg) return -1;
+    /* the message is built on the stack (rclient copies it) unless it is big */
+    char msg_stack[4096];
+    jsonw msg;
+    jw_init(&msg, msg_stack, sizeof(msg_stack));
+    if (producer_encode_into(p->prod, sub, &msg, err) != 0) {
+        jw_free(&msg);
+        return -1;
+    }
     records_key(sub->eval_id, route_key);
-    snprintf(ttl, sizeof(ttl), "%lld", p->cfg.route_record_ttl_s);
-    snprintf(at, sizeof(at), "%.6f", submitted_at);
-    const char *argv[] = {"3", route_key, queue_key, INFLIGHT_NEW, record, ttl, msg, sub->eval_id, at};
-    size_t lens[9];
-    for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
-    lens[2] = qlen;
-    lens[6] = mlen;
+    size_t ttl_len = util_format_ll(p->cfg.route_record_ttl_s, ttl);
+    size_t at_len = util_format_fixed(submitted_at, 6, at);
+    const char *argv[] = {"3", route_key, queue_key, INFLIGHT_NEW, record, ttl, jw_text(&msg), sub->eval_id, at};
+    size_t lens[9] = {1, strlen(route_key), qlen, sizeof(INFLIGHT_NEW) - 1, strlen(record), ttl_len,
+                      jw_len(&msg), strlen(sub->eval_id), at_len};
     int rc = run_script(rs, &submit_new_sha, 9, argv, lens, cb, arg);
     if (rc != 0) snprintf(err, 256, "redis not connected");
-    free(msg);
+    jw_free(&msg);
     return rc;
 }
 

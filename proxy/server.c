@@ -137,6 +137,18 @@ void px_finish_json(preq *r, int status, json_t *body)
     preq_free(r);
 }
 
+void px_finish_text(preq *r, int status, const char *json, size_t len)
+{
+    if (!json) {
+        px_count_reject(r->p, RJ_OOM);
+        px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        return;
+    }
+    util_reply_json(r->req, status, json, len);
+    after_reply(r->p, r->route, r->path, status, r->t0);
+    preq_free(r);
+}
+
 preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
 {
     preq *r = calloc(1, sizeof(*r));
@@ -194,7 +206,7 @@ static void on_submitted(const dispatch_result *res, void *arg)
         snprintf(n, sizeof(n), "%d", res->retry_after);
         evhttp_add_header(out, "Retry-After", n);
     }
-    px_finish_json(r, res->status, res->body);
+    px_finish_text(r, res->status, res->body, res->body_len);
 }
 
 void px_reply_oom(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, preq *r)

@@ -30,18 +30,33 @@ bool submission_valid_eval_id(const char *id, size_t len)
 
 void submission_new_eval_id(char out[SUB_MAX_EVAL_ID + 1])
 {
+    /* "eval_YYYYMMDD_HHMMSS_" changes once a second: formatted then only */
+    static time_t cached_sec = (time_t)-1;
+    static char prefix[32];
+    static size_t prefix_len;
+    static const char hex[] = "0123456789abcdef";
     unsigned char r[4] = {0};
     time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
+    if (now != cached_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        int n = snprintf(prefix, sizeof(prefix), "eval_%04d%02d%02d_%02d%02d%02d_", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        prefix_len = n > 0 && (size_t)n < sizeof(prefix) ? (size_t)n : 0;
+        cached_sec = now;
+    }
     if (util_random(r, sizeof(r)) != 0) {
         /* the kernel never refuses 4 bytes; keep a usable id regardless */
         unsigned v = (unsigned)(util_monotonic() * 1e6);
         memcpy(r, &v, sizeof(r));
     }
-    snprintf(out, SUB_MAX_EVAL_ID + 1, "eval_%04d%02d%02d_%02d%02d%02d_%02x%02x%02x%02x",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             r[0], r[1], r[2], r[3]);
+    memcpy(out, prefix, prefix_len);
+    char *o = out + prefix_len;
+    for (int i = 0; i < 4; i++) {
+        *o++ = hex[r[i] >> 4];
+        *o++ = hex[r[i] & 15];
+    }
+    *o = '\0';
 }
 
 int submission_priority(const json_t *v, const char **name)
