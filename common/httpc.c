@@ -16,6 +16,8 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include "hpool.h"
+
 #define DEFAULT_MAX_RESPONSE (1024u * 1024u)
 #define MAX_RESPONSE_CEILING ((size_t)1 << 40)
 #define MAX_CACHED_CONNECTIONS 64L
@@ -24,7 +26,8 @@
 
 struct httpc {
     struct event_base *base;
-    CURLM *multi;
+    hpool *pool;                      /* plain http:// to an IP address; NULL: curl for all */
+    CURLM *multi;                     /* created with the first request curl carries */
     struct event *timer;
     struct curl_slist *plain_headers; /* just "Expect:", for requests without own headers */
     httpc_req *head;                  /* in-flight requests, for httpc_free */
@@ -39,7 +42,8 @@ struct httpc {
 
 struct httpc_req {
     httpc *c;
-    CURL *easy;
+    CURL *easy;                 /* curl carries it, or */
+    hpool_req *native;          /* hpool does */
     httpc_req *prev, *next;
     httpc_done_cb cb;
     void *arg;
@@ -66,6 +70,7 @@ typedef struct sock_watch {
 
 static void collect_done(httpc *c);
 static void destroy(httpc *c);
+static int curl_setup(httpc *c, char *err);
 
 static void set_err(char *err, const char *msg)
 {
@@ -227,6 +232,10 @@ oom:
 static void req_free(httpc_req *r)
 {
     httpc *c = r->c;
+    if (!r->easy && !r->headers) { /* an hpool request, or one that never got a handle */
+        free(r);
+        return;
+    }
     if (r->easy) {
         if (c->nidle < MAX_IDLE_EASY && !c->freeing) {
             curl_easy_reset(r->easy);
@@ -248,7 +257,9 @@ static void req_detach(httpc_req *r)
 {
     httpc *c = r->c;
     r->done = true;
-    curl_multi_remove_handle(c->multi, r->easy);
+    if (r->native) hpool_cancel(r->native);
+    else if (r->easy) curl_multi_remove_handle(c->multi, r->easy);
+    r->native = NULL;
     if (r->prev) r->prev->next = r->next;
     else c->head = r->next;
     if (r->next) r->next->prev = r->prev;
@@ -266,8 +277,10 @@ static void req_finish(httpc_req *r, int error, const char *errmsg)
         .headers = (const char *const *)r->hdrs,
         .nheaders = r->want_headers ? r->nhdrs : 0,
     };
-    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
-    curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &resp.total_s);
+    if (r->easy) {
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
+        curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &resp.total_s);
+    }
     r->cb(&resp, r->arg);
 }
 
@@ -376,6 +389,25 @@ oom:
     return -1;
 }
 
+static void link_req(httpc *c, httpc_req *r)
+{
+    r->next = c->head;
+    if (c->head) c->head->prev = r;
+    c->head = r;
+    c->in_flight++;
+}
+
+/* hpool's completion: the request leaves the client before its callback,
+ * which may free the client; afterwards only r itself is touched. */
+static void native_done(const httpc_response *resp, void *arg)
+{
+    httpc_req *r = arg;
+    r->native = NULL; /* hpool frees its side after this returns */
+    req_detach(r);
+    r->cb(resp, r->arg);
+    free(r);
+}
+
 httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *arg, char err[256])
 {
     httpc_req *r = NULL;
@@ -393,6 +425,23 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
         set_err(err, "request body too large");
         return NULL;
     }
+    size_t max_body = o->max_response_bytes ? o->max_response_bytes : DEFAULT_MAX_RESPONSE;
+    if (max_body > MAX_RESPONSE_CEILING) max_body = MAX_RESPONSE_CEILING; /* keeps cap + 1 and curl_off_t sane */
+    if (c->pool && hpool_handles(o->url)) {
+        r = calloc(1, sizeof(*r) + 1);
+        if (!r) goto oom;
+        r->c = c;
+        r->cb = cb;
+        r->arg = arg;
+        r->native = hpool_start(c->pool, o, max_body, native_done, r, err);
+        if (!r->native) {
+            free(r);
+            return NULL;
+        }
+        link_req(c, r);
+        return r;
+    }
+    if (!c->multi && curl_setup(c, err) != 0) return NULL;
     r = malloc(sizeof(*r) + body_len + 1);
     if (!r) goto oom;
     memset(r, 0, sizeof(*r));
@@ -400,8 +449,7 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
     r->cb = cb;
     r->arg = arg;
     r->want_headers = o->want_headers;
-    r->max_body = o->max_response_bytes ? o->max_response_bytes : DEFAULT_MAX_RESPONSE;
-    if (r->max_body > MAX_RESPONSE_CEILING) r->max_body = MAX_RESPONSE_CEILING; /* keeps cap + 1 and curl_off_t sane */
+    r->max_body = max_body;
     r->body_len = body_len;
     if (body_len) memcpy(r->body, o->body, body_len);
     r->body[body_len] = '\0';
@@ -414,10 +462,7 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
         snprintf(err, 256, "cannot start the request: %s", curl_multi_strerror(mc));
         goto fail;
     }
-    r->next = c->head;
-    if (c->head) c->head->prev = r;
-    c->head = r;
-    c->in_flight++;
+    link_req(c, r);
     return r;
 oom:
     set_err(err, "out of memory");
@@ -447,13 +492,41 @@ httpc *httpc_new(struct event_base *base, char err[256])
         return NULL;
     }
     c->base = base;
+    /* curl honours these variables; hpool does not, so with one set curl
+     * carries everything, as before hpool existed. */
+    bool proxied = getenv("http_proxy") || getenv("all_proxy") || getenv("ALL_PROXY");
+    if (!proxied && !(c->pool = hpool_new(base))) {
+        set_err(err, "out of memory");
+        goto err;
+    }
+    return c;
+err:
+    destroy(c);
+    return NULL;
+}
+
+void httpc_use_pool(httpc *c, bool on)
+{
+    if (!on && c->pool && c->in_flight == 0) {
+        hpool_free(c->pool);
+        c->pool = NULL;
+    } else if (on && !c->pool) {
+        c->pool = hpool_new(c->base);
+    }
+}
+
+/* curl is set up on first use: a process whose backends are all plain
+ * http:// by address never loads its TLS libraries' state (about 4 MiB of
+ * resident pages). */
+static int curl_setup(httpc *c, char *err)
+{
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         set_err(err, "curl_global_init failed");
-        goto err;
+        return -1;
     }
     c->global_init = true;
     c->multi = curl_multi_init();
-    c->timer = evtimer_new(base, on_timer, c);
+    c->timer = evtimer_new(c->base, on_timer, c);
     c->plain_headers = curl_slist_append(NULL, "Expect:");
     if (!c->multi || !c->timer || !c->plain_headers) {
         set_err(err, "out of memory");
@@ -468,10 +541,17 @@ httpc *httpc_new(struct event_base *base, char err[256])
         snprintf(err, 256, "cannot set up curl: %s", curl_multi_strerror(mc));
         goto err;
     }
-    return c;
+    return 0;
 err:
-    destroy(c);
-    return NULL;
+    if (c->multi) curl_multi_cleanup(c->multi);
+    if (c->timer) event_free(c->timer);
+    curl_slist_free_all(c->plain_headers);
+    curl_global_cleanup();
+    c->multi = NULL;
+    c->timer = NULL;
+    c->plain_headers = NULL;
+    c->global_init = false;
+    return -1;
 }
 
 static void destroy(httpc *c)
@@ -483,6 +563,7 @@ static void destroy(httpc *c)
     if (c->timer) event_free(c->timer);
     curl_slist_free_all(c->plain_headers);
     if (c->global_init) curl_global_cleanup();
+    hpool_free(c->pool);
     free(c);
 }
 

@@ -1,5 +1,9 @@
-/* httpc — asynchronous HTTP client: libcurl multi driven by a libevent base
- * (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION), no blocking calls.
+/* httpc — asynchronous HTTP client on a libevent base, no blocking calls.
+ * Plain http:// to an IP address goes through hpool (keep-alive pool, one
+ * send() per request, see hpool.h); everything else — https, host names,
+ * or any request while http_proxy / all_proxy is set — through libcurl
+ * multi (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION), which is set up
+ * on first use.
  *
  * Every started request completes exactly once through its callback: on a
  * response, on an error, on its timeout, or when the client is freed
@@ -66,5 +70,9 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *opts, httpc_done_cb cb,
 void httpc_cancel(httpc_req *r);
 
 size_t httpc_in_flight(const httpc *c);
+
+/* Tests: with on = false, libcurl carries every request from now on
+ * (only while nothing is in flight); on = true brings hpool back. */
+void httpc_use_pool(httpc *c, bool on);
 
 #endif

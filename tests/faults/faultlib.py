@@ -84,12 +84,12 @@ def tcp_sockets(pid, listen_port):
     return counts
 
 
-POOL_MAX = 64 + 16   # libcurl's cache (MAX_CACHED_CONNECTIONS in common/httpc.c) + Redis links
+POOL_MAX = 64 + 16   # idle HTTP connections kept (HPOOL_MAX_IDLE_PER_ORIGIN in common/hpool.h) + Redis links
 
 
 def own_fds(pid, listen_port):
     """Descriptors of pid apart from its outgoing (pooled backend) TCP
-    connections, which libcurl keeps up to a bound; asserts that bound."""
+    connections, which the HTTP client keeps up to a bound; asserts that bound."""
     total = proc_fds(pid)
     socks = tcp_sockets(pid, listen_port)
     outgoing = sum(n for k, n in socks.items() if " to " in k)

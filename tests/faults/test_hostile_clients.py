@@ -39,8 +39,8 @@ def serves_normally(p, path="legacy"):
 
 def wait_fds_back(p, baseline, slack=3, timeout=10):
     """Waits until the proxy holds no more descriptors than baseline (+slack)
-    apart from its own pooled backend connections (libcurl keeps up to 64 to
-    legacy, common/httpc.c); fails naming its sockets."""
+    apart from its own pooled backend connections (up to 64 kept idle to
+    legacy, common/hpool.h); fails naming its sockets."""
     return wait_fds(p.proc.pid, port_of(p), baseline, slack, timeout, [p.mp])
 
 
