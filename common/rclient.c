@@ -9,7 +9,6 @@
 #include <openssl/sha.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
-#include <hiredis/adapters/libevent.h>
 
 #include "cfg.h"
 #include "log.h"
@@ -256,6 +255,118 @@ static void arm_timer(rclient *rc, double delay_s)
     evtimer_add(rc->timer, &tv);
 }
 
+/* ---------- event loop glue ---------- */
+
+/* hiredis 0.14's own libevent adapter re-adds a one-shot read event after
+ * every read and arms a write event for every command: four epoll_ctl calls
+ * and one more loop turn per round trip.  This one keeps the read event
+ * armed (EV_PERSIST) and, once connected, writes queued commands from a
+ * deferred callback in the same loop turn (commands queued together go out
+ * in one write); only a write that would block waits for EV_WRITE.  Until
+ * connected the write event stays: hiredis learns of the connect from it. */
+typedef struct rc_events {
+    redisAsyncContext *ac;
+    struct event *rev, *wev, *flush;
+    bool reading, flush_queued, in_flush, dead;
+} rc_events;
+
+static void rc_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redisAsyncHandleRead(((rc_events *)arg)->ac); /* may free the context and arg */
+}
+
+static void rc_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redisAsyncHandleWrite(((rc_events *)arg)->ac);
+}
+
+static void rc_on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    rc_events *e = arg;
+    (void)fd;
+    (void)what;
+    e->flush_queued = false;
+    e->in_flush = true;
+    redisAsyncHandleWrite(e->ac);
+    if (e->dead) { /* the context went away inside: its cleanup left e to us */
+        free(e);
+        return;
+    }
+    e->in_flush = false;
+}
+
+static void rc_add_read(void *data)
+{
+    rc_events *e = data;
+    if (!e->reading) event_add(e->rev, NULL);
+    e->reading = true;
+}
+
+static void rc_del_read(void *data)
+{
+    rc_events *e = data;
+    event_del(e->rev);
+    e->reading = false;
+}
+
+static void rc_add_write(void *data)
+{
+    rc_events *e = data;
+    if (!(e->ac->c.flags & REDIS_CONNECTED) || e->in_flush) {
+        event_add(e->wev, NULL); /* connecting, or the socket is full */
+    } else if (!e->flush_queued) {
+        e->flush_queued = true;
+        event_active(e->flush, EV_WRITE, 1);
+    }
+}
+
+static void rc_del_write(void *data)
+{
+    rc_events *e = data;
+    event_del(e->wev);
+}
+
+static void rc_cleanup(void *data)
+{
+    rc_events *e = data;
+    if (!e) return;
+    event_free(e->rev);
+    event_free(e->wev);
+    event_free(e->flush); /* safe from inside its own callback */
+    if (e->in_flush) e->dead = true;
+    else free(e);
+}
+
+static int rc_attach(redisAsyncContext *ac, struct event_base *base)
+{
+    rc_events *e = calloc(1, sizeof(*e));
+    if (!e) return -1;
+    e->ac = ac;
+    e->rev = event_new(base, ac->c.fd, EV_READ | EV_PERSIST, rc_on_read, e);
+    e->wev = event_new(base, ac->c.fd, EV_WRITE, rc_on_write, e);
+    e->flush = event_new(base, -1, 0, rc_on_flush, e);
+    if (!e->rev || !e->wev || !e->flush) {
+        if (e->rev) event_free(e->rev);
+        if (e->wev) event_free(e->wev);
+        if (e->flush) event_free(e->flush);
+        free(e);
+        return -1;
+    }
+    ac->ev.addRead = rc_add_read;
+    ac->ev.delRead = rc_del_read;
+    ac->ev.addWrite = rc_add_write;
+    ac->ev.delWrite = rc_del_write;
+    ac->ev.cleanup = rc_cleanup;
+    ac->ev.data = e;
+    rc_add_read(e);
+    event_add(e->wev, NULL);
+    return 0;
+}
+
 static void start_connect(rclient *rc)
 {
     redisAsyncContext *ac = redisAsyncConnect(rc->host, rc->port);
@@ -267,7 +378,7 @@ static void start_connect(rclient *rc)
         return;
     }
     ac->data = rc;
-    if (redisLibeventAttach(ac, rc->base) != REDIS_OK) {
+    if (rc_attach(ac, rc->base) != 0) {
         redisAsyncFree(ac);
         arm_timer(rc, (double)rc->backoff_ms / 1000.0);
         return;

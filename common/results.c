@@ -8,23 +8,15 @@
 
 #include <jansson.h>
 
+#include "jsonw.h"
 #include "util.h"
 
 /* Celery's own backend GETs before writing and never overwrites SUCCESS;
  * doing the check and the write in one script closes the race between two
  * writers (a worker finishing, a cancel arriving). */
 const char results_write_unless_terminal_script[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur then\n"
-    "  local ok, rec = pcall(cjson.decode, cur)\n"
-    "  if ok and type(rec) == 'table' then\n"
-    "    local s = rec['status']\n"
-    "    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return 0 end\n"
-    "  end\n"
-    "end\n"
-    "redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])\n"
-    "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
-    "return 1\n";
+    RESULTS_LUA_WRITE_FN
+    "return write_result(KEYS[1], ARGV[1], ARGV[2])\n";
 
 void results_write_argv(const char *key, const char *record, long expires_s, char expires_buf[24],
                         const char *argv[RESULTS_WRITE_ARGC], size_t len[RESULTS_WRITE_ARGC])
@@ -58,16 +50,48 @@ json_t *results_exception(const char *exc_type, const char *message, const char 
                      "exc_module", exc_module);
 }
 
+/* Celery's key order: status, result, traceback, children, date_done, task_id. */
+static char *record(const char *task_id, const char *status, const json_t *result, const char *result_json,
+                    size_t result_len, const char *traceback)
+{
+    char date[32], stack[1024];
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "status");
+    jw_cstring(&w, status);
+    jw_lit_key(&w, "result");
+    if (result_json) jw_raw_value(&w, result_json, result_len);
+    else jw_value(&w, result);
+    jw_lit_key(&w, "traceback");
+    jw_cstring(&w, traceback);
+    jw_lit_key(&w, "children");
+    jw_arr_open(&w);
+    jw_arr_close(&w);
+    jw_lit_key(&w, "date_done");
+    if (results_is_terminal(status)) {
+        util_iso8601(util_now(), date);
+        jw_cstring(&w, date);
+    } else {
+        jw_null(&w);
+    }
+    jw_lit_key(&w, "task_id");
+    jw_cstring(&w, task_id);
+    jw_obj_close(&w);
+    char *text = jw_detach(&w, NULL);
+    jw_free(&w);
+    return text;
+}
+
 char *results_record(const char *task_id, const char *status, json_t *result, const char *traceback)
 {
-    char date[32];
-    int ready = results_is_terminal(status);
-    if (ready) util_iso8601(util_now(), date);
-    json_t *o = json_pack("{s:s, s:o, s:o, s:[], s:o, s:s}", "status", status, "result",
-                          result ? result : json_null(), "traceback",
-                          traceback ? json_string(traceback) : json_null(), "children", "date_done",
-                          ready ? json_string(date) : json_null(), "task_id", task_id);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
+    char *text = record(task_id, status, result, NULL, 0, traceback);
+    json_decref(result);
     return text;
+}
+
+char *results_record_text(const char *task_id, const char *status, const char *result_json, size_t result_len,
+                          const char *traceback)
+{
+    return record(task_id, status, NULL, result_json, result_len, traceback);
 }

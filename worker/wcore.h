@@ -49,6 +49,8 @@ struct worker {
     char heartbeat_key[300];
     task *tasks;
     size_t in_flight;
+    size_t finishing; /* of those, past their execution (storing, acking):
+                         they no longer count against CELERY_CONCURRENCY */
     bool taking;
     bool ready;     /* own tags restored and executors known: may take work */
     double poll_delay;
@@ -68,8 +70,22 @@ void worker_task_done(worker *w);     /* a task left: pump, or finish draining *
 bool worker_exec_usable(const worker *w, size_t i);
 
 /* wtask.c */
-/* Starts handling a message just taken (raw text copied). */
-void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t exec_index);
+/* What the take script read for the task id it found in the message's
+ * headers, in the same round trip: its result record and revoke marker. */
+typedef struct task_prefetch {
+    const char *task_id; /* NULL: nothing prefetched */
+    size_t task_id_len;
+    const char *result;  /* NULL: none, or not read (another result backend) */
+    size_t result_len;
+    bool result_read;
+    const char *revoked; /* NULL: not revoked */
+    size_t revoked_len;
+} task_prefetch;
+
+/* Starts handling a message just taken (raw text copied; pre borrowed, may
+ * be NULL). */
+void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t exec_index,
+                const task_prefetch *pre);
 /* A revoke for task_id arrived (pub/sub or marker poll). */
 void task_revoke(worker *w, const char *task_id, bool terminate);
 /* Refreshes unacked scores and polls revoke markers of running tasks. */

@@ -14,6 +14,7 @@
 
 #include "celery.h"
 #include "log.h"
+#include "results.h"
 #include "util.h"
 #include "wcore.h"
 #include "wscripts.h"
@@ -55,24 +56,42 @@ static void on_taken(redisReply *r, const char *err, void *arg)
         return;
     }
     long long code = r->element[0]->integer;
-    if (code <= 0 || r->elements != 4) {
+    if (code <= 0 || r->elements != 7) {
         poll_later(w); /* -1: no executor slot; 0: nothing queued */
         return;
     }
     w->poll_delay = POLL_MIN_S;
     redisReply *msg = r->element[1], *tag = r->element[2], *ex = r->element[3];
+    redisReply *tid = r->element[4], *res = r->element[5], *rev = r->element[6];
+    task_prefetch pre = {0};
+    if (tid->type == REDIS_REPLY_STRING) {
+        pre.task_id = tid->str;
+        pre.task_id_len = tid->len;
+        pre.result_read = w->res == w->rc;
+        if (res->type == REDIS_REPLY_STRING) {
+            pre.result = res->str;
+            pre.result_len = res->len;
+        }
+        if (rev->type == REDIS_REPLY_STRING) {
+            pre.revoked = rev->str;
+            pre.revoked_len = rev->len;
+        }
+    }
     w->rr = (size_t)ex->integer + 1;
-    task_start(w, msg->str, msg->len, tag->str, (size_t)ex->integer);
+    task_start(w, msg->str, msg->len, tag->str, (size_t)ex->integer, &pre);
     worker_pump(w);
 }
 
 void worker_pump(worker *w)
 {
-    if (!w->ready || w->draining || w->taking || w->in_flight >= (size_t)w->cfg.concurrency ||
-        !rclient_is_up(w->rc))
+    /* A task storing its result no longer holds an execution: the next one
+     * is taken meanwhile (at most as many finishing as running). */
+    size_t conc = (size_t)w->cfg.concurrency;
+    if (!w->ready || w->draining || w->taking || w->in_flight - w->finishing >= conc ||
+        w->in_flight >= 2 * conc || !rclient_is_up(w->rc))
         return;
-    /* EVAL take <nkeys> keys... now lease tagset token nexec start caps... bases... */
-    size_t argc = 3 + w->nkeys + 6 + w->nexec + w->nkeys;
+    /* EVAL take <nkeys> keys... now lease tagset token nexec start caps... bases... result-prefix */
+    size_t argc = 3 + w->nkeys + 6 + w->nexec + w->nkeys + 1;
     const char **argv = calloc(argc, sizeof(char *));
     size_t *len = calloc(argc, sizeof(size_t));
     char *nums = calloc(6 + w->nexec, 32);
@@ -90,7 +109,9 @@ void worker_pump(worker *w)
     double now = util_now();
     snprintf(nums + 0 * 32, 32, "%.6f", now);
     snprintf(nums + 1 * 32, 32, "%.3f", now + w->cfg.hard_limit_s + WORKER_SLOT_GRACE_S);
-    snprintf(nums + 2 * 32, 32, "%s-%d-%llu", "t", (int)getpid(), ++w->token_seq);
+    static int pid;
+    if (!pid) pid = (int)getpid(); /* the worker never forks */
+    snprintf(nums + 2 * 32, 32, "%s-%d-%llu", "t", pid, ++w->token_seq);
     snprintf(nums + 3 * 32, 32, "%zu", w->nexec);
     snprintf(nums + 4 * 32, 32, "%zu", w->rr % w->nexec);
     argv[k++] = nums;
@@ -115,6 +136,7 @@ void worker_pump(worker *w)
         argv[k++] = c;
     }
     for (size_t i = 0; i < w->nkeys; i++) argv[k++] = w->key_queue[i];
+    argv[k++] = w->res == w->rc ? RESULTS_KEY_PREFIX : ""; /* another backend: read apart */
     for (size_t i = 0; i < k; i++)
         if (!len[i]) len[i] = strlen(argv[i]);
     /* by SHA1 (EVALSHA), the text only when Redis lacks it */

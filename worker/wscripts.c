@@ -1,5 +1,7 @@
 #include "wscripts.h"
 
+#include "results.h"
+
 /* Shared Lua helpers: the kombu list name for a queue and priority (steps
  * 0,3,6,9; separator 0x06 0x16), and the restore of one unacked entry the
  * way kombu restores it (RPUSH to the bare queue, so it is taken next). */
@@ -24,6 +26,10 @@
     "  return 1\n"                                                                           \
     "end\n"
 
+/* Takes one message for a free executor slot; also reads, for the task id
+ * in its headers, the result record (when ARGV[7 + nexec + #KEYS] names
+ * the result key prefix: same Redis) and the revoke marker, which the
+ * worker checks before running it — one round trip instead of three. */
 const char wscript_take[] =
     "local now = tonumber(ARGV[1])\n"
     "local nexec = tonumber(ARGV[5])\n"
@@ -61,10 +67,27 @@ const char wscript_take[] =
     "    redis.call('HSET', 'unacked', tag, '[' .. stored .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')\n"
     "    redis.call('SADD', ARGV[3], tag)\n"
     "    redis.call('ZADD', 'turnout:pool:slots:' .. chosen, ARGV[2], tag)\n"
-    "    return {i, m, tag, chosen}\n"
+    "    local tid, res, rev = false, false, false\n"
+    "    if ok and type(env) == 'table' and type(env.headers) == 'table' and type(env.headers.id) == 'string' then\n"
+    "      tid = env.headers.id\n"
+    "      local rprefix = ARGV[7 + nexec + #KEYS]\n"
+    "      if rprefix and rprefix ~= '' then res = redis.call('GET', rprefix .. tid) end\n"
+    "      rev = redis.call('GET', 'turnout:revoked:' .. tid)\n"
+    "    end\n"
+    "    return {i, m, tag, chosen, tid, res, rev}\n"
     "  end\n"
     "end\n"
     "return {0}\n";
+
+const char wscript_finish[] =
+    RESULTS_LUA_WRITE_FN
+    "local written = write_result(KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('ZREM', 'unacked_index', ARGV[3])\n"
+    "redis.call('HDEL', 'unacked', ARGV[3])\n"
+    "redis.call('SREM', ARGV[4], ARGV[3])\n"
+    "redis.call('ZREM', ARGV[5], ARGV[3])\n"
+    "redis.call('DEL', ARGV[6])\n"
+    "return written\n";
 
 const char wscript_restore_tags[] =
     LUA_HELPERS

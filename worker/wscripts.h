@@ -13,6 +13,12 @@
  * {key_index (1-based), message, delivery_tag, executor_index}. */
 extern const char wscript_take[];
 
+/* The terminal result and the ack in one step (result backend = broker):
+ * KEYS[1] result key; ARGV: record, expiry s, tag, tagset key, executor
+ * slot key, running key.  The result is never written over a terminal one
+ * (returns 0 then, 1 when written); the message is acked either way. */
+extern const char wscript_finish[];
+
 /* restore_tags: put back every message whose tag is in the set KEYS[1]
  * (RPUSH to the bare queue, redelivered), drop the set; ARGV[1] = nexec
  * (slots of those tags are released).  Returns the number restored. */

@@ -18,6 +18,7 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
+#include "jsonw.h"
 #include "log.h"
 #include "results.h"
 #include "util.h"
@@ -52,6 +53,7 @@ struct task {
     int checks_left;
     bool result_terminal, revoked, terminate, soft_fired, hard_fired, give_back_after_checks;
     bool known_id; /* task_id is the producer's (not a delivery tag) */
+    bool released; /* counted in w->finishing: no longer holds an execution */
     httpc_req *exec_req;
     httpc_req *kill_req;
     int kill_tries;
@@ -131,6 +133,7 @@ static void task_free(task *t)
     if (t->prev) t->prev->next = t->next;
     else w->tasks = t->next;
     if (t->next) t->next->prev = t->prev;
+    if (t->released) w->finishing--;
     w->in_flight--;
     metrics_set(w->m.in_flight, 0, (double)w->in_flight);
     celery_message_free(&t->msg);
@@ -162,18 +165,46 @@ static void result_key(const task *t, char *buf, size_t n)
     snprintf(buf, n, RESULTS_KEY_PREFIX "%s", t->task_id);
 }
 
-/* Writes a non-terminal state (STARTED, PROGRESS, RETRY): best effort. */
+static void send_state(task *t, const char *status, char *rec);
+
+/* Writes a non-terminal state (STARTED, PROGRESS, RETRY): best effort.
+ * `result` is stolen. */
 static void write_state(task *t, const char *status, json_t *result)
 {
+    send_state(t, status, results_record(t->task_id, status, result, NULL));
+}
+
+/* The same with the result as JSON text. */
+static void write_state_text(task *t, const char *status, const char *result_json, size_t len)
+{
+    send_state(t, status, results_record_text(t->task_id, status, result_json, len, NULL));
+}
+
+/* rec: the record (freed here; NULL = out of memory, nothing written). */
+static void send_state(task *t, const char *status, char *rec)
+{
     char key[340], exp[24];
-    char *rec = results_record(t->task_id, status, result, NULL);
     if (!rec) return;
     result_key(t, key, sizeof(key));
     const char *argv[RESULTS_WRITE_ARGC];
     size_t len[RESULTS_WRITE_ARGC];
     results_write_argv(key, rec, (long)t->w->cfg.result_expires_s, exp, argv, len);
-    rclient_send(t->w->res, RESULTS_WRITE_ARGC, argv, len);
+    if (rclient_eval(t->w->res, results_write_script(), rclient_noop, NULL, RESULTS_WRITE_ARGC - 2, argv + 2,
+                     len + 2) != 0)
+        LOG_DEBUG("state not written: redis not connected", "task_id", t->task_id, "state", status);
     free(rec);
+}
+
+/* The execution is over (or never ran): the task only stores and acks now,
+ * so the worker may take the next message meanwhile.  Called after the
+ * finishing command is queued on the broker connection, so the take that
+ * follows sees the executor slot this task held released. */
+static void to_finishing(task *t)
+{
+    if (t->released) return;
+    t->released = true;
+    t->w->finishing++;
+    worker_pump(t->w);
 }
 
 /* The commands that acknowledge the message and release what it held. */
@@ -190,6 +221,13 @@ static size_t ack_cmds(task *t, cmd *c, char *slot_key, size_t slot_len, char *r
     return 5;
 }
 
+static void done_acked(task *t)
+{
+    wmetrics_task(&t->w->m, t->outcome);
+    metrics_observe(t->w->m.duration, 0, util_monotonic() - t->t_taken);
+    task_free(t);
+}
+
 static void on_acked(redisReply *r, const char *err, void *arg)
 {
     task *t = arg;
@@ -199,9 +237,7 @@ static void on_acked(redisReply *r, const char *err, void *arg)
         LOG_WARN("ack failed; the message will be redelivered", "task_id", t->task_id, "error",
                  err ? err : (r && r->type == REDIS_REPLY_ERROR ? r->str : "transaction aborted"));
     }
-    wmetrics_task(&t->w->m, t->outcome);
-    metrics_observe(t->w->m.duration, 0, util_monotonic() - t->t_taken);
-    task_free(t);
+    done_acked(t);
 }
 
 /* Acks, optionally with more commands in the same transaction. */
@@ -213,7 +249,11 @@ static void ack_with(task *t, enum wm_outcome outcome, cmd *extra, size_t nextra
     for (size_t i = 0; i < nextra && n < 12; i++) c[n++] = extra[i];
     t->outcome = outcome;
     t->stage = ST_FINISHING;
-    if (send_multi(t->w->rc, on_acked, t, c, n) != 0) on_acked(NULL, "redis not connected", t);
+    if (send_multi(t->w->rc, on_acked, t, c, n) != 0) {
+        on_acked(NULL, "redis not connected", t);
+        return;
+    }
+    to_finishing(t);
 }
 
 /* ---------- storing the terminal result, then the ack ---------- */
@@ -227,34 +267,86 @@ static void on_write_retry(evutil_socket_t fd, short what, void *arg)
     write_final(arg);
 }
 
+/* The result (and, with one Redis, the ack) did not go through: again in
+ * a moment, or — after many tries, or when shutting down — back to the
+ * queue.  True when the reply was such a failure. */
+static bool final_failed(task *t, redisReply *r, const char *err)
+{
+    if (r && r->type != REDIS_REPLY_ERROR) return false;
+    if (++t->write_tries >= WRITE_MAX_TRIES || t->w->returning) {
+        LOG_ERROR("result not stored", "task_id", t->task_id, "error", err ? err : r->str);
+        give_back(t, "result could not be stored");
+        return true;
+    }
+    arm(&t->write_timer, t->w, on_write_retry, t, WRITE_RETRY_S);
+    return true;
+}
+
+static void note_kept(task *t, redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        LOG_INFO("a terminal result was already stored; kept it", "task_id", t->task_id);
+}
+
+/* Another result backend: the result went there; now the ack. */
 static void on_final_written(redisReply *r, const char *err, void *arg)
 {
     task *t = arg;
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        if (++t->write_tries >= WRITE_MAX_TRIES || t->w->returning) {
-            LOG_ERROR("result not stored", "task_id", t->task_id, "error", err ? err : r->str);
-            give_back(t, "result could not be stored");
-            return;
-        }
-        arm(&t->write_timer, t->w, on_write_retry, t, WRITE_RETRY_S);
-        return;
-    }
-    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-        LOG_INFO("a terminal result was already stored; kept it", "task_id", t->task_id);
+    if (final_failed(t, r, err)) return;
+    note_kept(t, r);
     ack_with(t, t->outcome, NULL, 0);
+}
+
+/* One Redis: result and ack went together. */
+static void on_finished(redisReply *r, const char *err, void *arg)
+{
+    task *t = arg;
+    if (final_failed(t, r, err)) return;
+    note_kept(t, r);
+    done_acked(t);
 }
 
 static void write_final(task *t)
 {
+    worker *w = t->w;
     char key[340], exp[24];
     result_key(t, key, sizeof(key));
-    const char *argv[RESULTS_WRITE_ARGC];
-    size_t len[RESULTS_WRITE_ARGC];
-    results_write_argv(key, t->record, (long)t->w->cfg.result_expires_s, exp, argv, len);
+    const char *argv[RESULTS_WRITE_ARGC + 4];
+    size_t len[RESULTS_WRITE_ARGC + 4];
+    results_write_argv(key, t->record, (long)w->cfg.result_expires_s, exp, argv, len);
     /* by SHA1: the script text crosses the wire only when Redis lacks it */
-    if (rclient_eval(t->w->res, results_write_script(), on_final_written, t, RESULTS_WRITE_ARGC - 2, argv + 2,
-                     len + 2) != 0)
-        on_final_written(NULL, "redis not connected", t);
+    if (w->res != w->rc) {
+        if (rclient_eval(w->res, results_write_script(), on_final_written, t, RESULTS_WRITE_ARGC - 2, argv + 2,
+                         len + 2) != 0) {
+            on_final_written(NULL, "redis not connected", t);
+            return;
+        }
+        if (!t->released) { /* the executor slot now, not at the ack: the next take may come first */
+            char slot_key[64];
+            snprintf(slot_key, sizeof(slot_key), "turnout:pool:slots:%zu", t->exec);
+            const char *z[3] = {"ZREM", slot_key, t->tag};
+            size_t zl[3] = {4, strlen(slot_key), strlen(t->tag)};
+            rclient_send(w->rc, 3, z, zl);
+        }
+        to_finishing(t);
+        return;
+    }
+    static rclient_script finish_script;
+    if (!finish_script.text) rclient_script_init(&finish_script, wscript_finish);
+    char slot_key[64], running_key[340];
+    snprintf(slot_key, sizeof(slot_key), "turnout:pool:slots:%zu", t->exec);
+    snprintf(running_key, sizeof(running_key), "turnout:running:%s", t->task_id);
+    size_t k = RESULTS_WRITE_ARGC;
+    argv[k++] = t->tag;
+    argv[k++] = w->tagset_key;
+    argv[k++] = slot_key;
+    argv[k++] = running_key;
+    for (size_t i = RESULTS_WRITE_ARGC; i < k; i++) len[i] = strlen(argv[i]);
+    if (rclient_eval(w->rc, &finish_script, on_finished, t, (int)k - 2, argv + 2, len + 2) != 0) {
+        on_finished(NULL, "redis not connected", t);
+        return;
+    }
+    to_finishing(t);
 }
 
 static void on_stored(const httpc_response *resp, void *arg)
@@ -267,33 +359,49 @@ static void on_stored(const httpc_response *resp, void *arg)
 }
 
 /* Optional copy to STORAGE_SERVICE_URL; never delays the ack. */
-static void store_copy(task *t, json_t *result)
+static void store_copy(task *t, const char *body, size_t len)
 {
     worker *w = t->w;
     if (!w->cfg.storage_url[0] || !t->eval_id) return;
     /* a shadow run (task shadow-<eval_id>, issue 5) is never stored as the eval's result */
     if (strncmp(t->task_id, "shadow-", 7) == 0) return;
-    char *url = NULL, *body = json_dumps(result, JSON_COMPACT), *id = strdup(t->eval_id);
+    char *url = NULL, *id = strdup(t->eval_id);
     static const char *const headers[] = {"Content-Type: application/json", NULL};
     char err[256];
-    if (!body || !id || asprintf(&url, "%s/results/%s", w->cfg.storage_url, t->eval_id) < 0) {
+    if (!id || asprintf(&url, "%s/results/%s", w->cfg.storage_url, t->eval_id) < 0) {
         url = NULL;
         goto done;
     }
-    httpc_opts o = {.method = "PUT", .url = url, .body = body, .body_len = strlen(body),
+    httpc_opts o = {.method = "PUT", .url = url, .body = body, .body_len = len,
                     .headers = headers, .timeout_ms = STORAGE_TIMEOUT_MS};
     if (httpc_start(w->hc, &o, on_stored, id, err)) id = NULL;
 done:
     free(id);
     free(url);
-    free(body);
 }
+
+static void finish_record(task *t, enum wm_outcome o);
 
 /* Terminal result `status` with `result` (stolen). */
 static void finish(task *t, const char *status, json_t *result, const char *traceback, enum wm_outcome o)
 {
-    if (json_is_object(result) && strcmp(status, "SUCCESS") == 0) store_copy(t, result);
     t->record = results_record(t->task_id, status, result, traceback);
+    finish_record(t, o);
+}
+
+/* SUCCESS with the evaluation's result as JSON text (NULL: out of memory). */
+static void finish_success(task *t, char *result_json, size_t len, enum wm_outcome o)
+{
+    if (result_json) {
+        store_copy(t, result_json, len);
+        t->record = results_record_text(t->task_id, "SUCCESS", result_json, len, NULL);
+    }
+    free(result_json);
+    finish_record(t, o);
+}
+
+static void finish_record(task *t, enum wm_outcome o)
+{
     t->outcome = o;
     t->stage = ST_FINISHING;
     if (!t->record) {
@@ -481,12 +589,32 @@ static void on_progress(evutil_socket_t fd, short what, void *arg)
     arm(&t->progress_timer, t->w, on_progress, t, t->w->cfg.progress_interval_s);
 }
 
-static json_t *eval_result(task *t, const char *status, const char *output, const char *error,
-                           json_t *exit_code, double duration)
+/* The evaluation's result, as JSON text (new string; NULL on OOM). */
+static char *eval_result(task *t, const char *status, const char *output, const char *error,
+                         const json_t *exit_code, double duration, size_t *len)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:s, s:f}", "eval_id", t->eval_id, "status", status,
-                     "output", output ? output : "", "error", error ? error : "", "exit_code",
-                     exit_code ? exit_code : json_null(), "executor", exec_url(t), "duration_s", duration);
+    char stack[2048];
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "eval_id");
+    jw_cstring(&w, t->eval_id);
+    jw_lit_key(&w, "status");
+    jw_cstring(&w, status);
+    jw_lit_key(&w, "output");
+    jw_cstring(&w, output ? output : "");
+    jw_lit_key(&w, "error");
+    jw_cstring(&w, error ? error : "");
+    jw_lit_key(&w, "exit_code");
+    jw_value(&w, exit_code);
+    jw_lit_key(&w, "executor");
+    jw_cstring(&w, exec_url(t));
+    jw_lit_key(&w, "duration_s");
+    jw_real(&w, duration);
+    jw_obj_close(&w);
+    char *text = jw_detach(&w, len);
+    jw_free(&w);
+    return text;
 }
 
 static void on_executed(const httpc_response *resp, void *arg)
@@ -522,8 +650,10 @@ static void on_executed(const httpc_response *resp, void *arg)
             finish_revoked(t, "terminated");
             return;
         }
-        finish(t, "SUCCESS", eval_result(t, "timeout", NULL, "hard time limit reached; the execution was killed",
-                                         NULL, took), NULL, WO_TIMEOUT);
+        size_t len = 0;
+        char *res = eval_result(t, "timeout", NULL, "hard time limit reached; the execution was killed", NULL,
+                                took, &len);
+        finish_success(t, res, len, WO_TIMEOUT);
         return;
     }
     if (resp->error != HTTPC_OK) {
@@ -591,49 +721,80 @@ static void on_executed(const httpc_response *resp, void *arg)
         o = WO_TIMEOUT;
     }
     json_t *dur = json_object_get(doc, "duration_s");
-    json_t *res = eval_result(t, status, json_string_value(json_object_get(doc, "output")),
-                              t->soft_fired ? "soft time limit reached" : json_string_value(json_object_get(doc, "error")),
-                              json_object_get(doc, "exit_code"), json_is_number(dur) ? json_number_value(dur) : took);
+    size_t len = 0;
+    char *res = eval_result(t, status, json_string_value(json_object_get(doc, "output")),
+                            t->soft_fired ? "soft time limit reached" : json_string_value(json_object_get(doc, "error")),
+                            json_object_get(doc, "exit_code"), json_is_number(dur) ? json_number_value(dur) : took,
+                            &len);
     json_decref(doc);
-    finish(t, "SUCCESS", res, NULL, o);
+    finish_success(t, res, len, o);
 }
 
 static void dispatch(task *t)
 {
     worker *w = t->w;
     char err[256], url[1100], key[340], ttl[24];
-    json_t *body = json_pack("{s:s, s:s, s:s, s:i}", "eval_id", t->eval_id, "code", t->code, "language",
-                             t->language, "timeout", t->timeout);
-    json_t *running = json_pack("{s:s, s:s, s:f, s:s}", "worker", w->cfg.name, "executor", exec_url(t),
-                                "started_at", util_now(), "eval_id", t->eval_id);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    char *rtext = running ? json_dumps(running, JSON_COMPACT) : NULL;
-    json_decref(body);
-    json_decref(running);
-    if (!text || !rtext) {
-        free(text);
-        free(rtext);
+    double now = util_now();
+    char bstack[2048], rstack[512], sstack[512];
+    jsonw b, r, st;
+    jw_init(&b, bstack, sizeof(bstack));
+    jw_obj_open(&b);
+    jw_lit_key(&b, "eval_id");
+    jw_cstring(&b, t->eval_id);
+    jw_lit_key(&b, "code");
+    jw_cstring(&b, t->code);
+    jw_lit_key(&b, "language");
+    jw_cstring(&b, t->language);
+    jw_lit_key(&b, "timeout");
+    jw_int(&b, t->timeout);
+    jw_obj_close(&b);
+    jw_init(&r, rstack, sizeof(rstack)); /* turnout:running:<task_id> */
+    jw_obj_open(&r);
+    jw_lit_key(&r, "worker");
+    jw_cstring(&r, w->cfg.name);
+    jw_lit_key(&r, "executor");
+    jw_cstring(&r, exec_url(t));
+    jw_lit_key(&r, "started_at");
+    jw_real(&r, now);
+    jw_lit_key(&r, "eval_id");
+    jw_cstring(&r, t->eval_id);
+    jw_obj_close(&r);
+    jw_init(&st, sstack, sizeof(sstack)); /* the STARTED state's result */
+    jw_obj_open(&st);
+    jw_lit_key(&st, "pid");
+    jw_int(&st, 0);
+    jw_lit_key(&st, "hostname");
+    jw_cstring(&st, w->cfg.name);
+    jw_lit_key(&st, "executor");
+    jw_cstring(&st, exec_url(t));
+    jw_lit_key(&st, "started_at");
+    jw_real(&st, now);
+    jw_obj_close(&st);
+    if (jw_failed(&b) || jw_failed(&r) || jw_failed(&st)) {
+        jw_free(&b);
+        jw_free(&r);
+        jw_free(&st);
         retry_or_dead_letter(t, WP_DEFAULT, "OutOfMemory", "out of memory preparing the execution");
         return;
     }
     snprintf(key, sizeof(key), "turnout:running:%s", t->task_id);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)t->hard_s + WORKER_SLOT_GRACE_S);
-    const char *argv[5] = {"SET", key, rtext, "EX", ttl};
-    size_t len[5] = {3, strlen(key), strlen(rtext), 2, strlen(ttl)};
+    const char *argv[5] = {"SET", key, jw_text(&r), "EX", ttl};
+    size_t len[5] = {3, strlen(key), jw_len(&r), 2, strlen(ttl)};
     rclient_send(w->rc, 5, argv, len);
-    write_state(t, "STARTED", json_pack("{s:i, s:s, s:s, s:f}", "pid", 0, "hostname", w->cfg.name, "executor",
-                                        exec_url(t), "started_at", util_now()));
+    write_state_text(t, "STARTED", jw_text(&st), jw_len(&st));
+    jw_free(&r);
+    jw_free(&st);
 
     static const char *const headers[] = {"Content-Type: application/json", NULL};
     snprintf(url, sizeof(url), "%s/execute", exec_url(t));
-    httpc_opts o = {.method = "POST", .url = url, .body = text, .body_len = strlen(text), .headers = headers,
+    httpc_opts o = {.method = "POST", .url = url, .body = jw_text(&b), .body_len = jw_len(&b), .headers = headers,
                     .timeout_ms = (long)(t->hard_s * 1000), .connect_timeout_ms = 2000,
                     .max_response_bytes = 8 * 1024 * 1024};
     t->stage = ST_RUNNING;
     t->t_started = util_monotonic();
     t->exec_req = httpc_start(w->hc, &o, on_executed, t, err);
-    free(text);
-    free(rtext);
+    jw_free(&b);
     if (!t->exec_req) {
         retry_or_dead_letter(t, WP_DEFAULT, "OutOfMemory", err);
         return;
@@ -688,15 +849,26 @@ static void after_checks(task *t)
     dispatch(t);
 }
 
+static void note_result(task *t, const char *rec_text, size_t len)
+{
+    json_t *rec = json_loadb(rec_text, len, 0, NULL);
+    t->result_terminal = results_is_terminal(json_string_value(json_object_get(rec, "status")));
+    json_decref(rec);
+}
+
+static void note_revoked(task *t, const char *marker, size_t len)
+{
+    json_t *m = json_loadb(marker, len, 0, NULL);
+    t->revoked = true;
+    t->terminate = json_is_true(json_object_get(m, "terminate"));
+    json_decref(m);
+}
+
 static void on_result_checked(redisReply *r, const char *err, void *arg)
 {
     task *t = arg;
     (void)err;
-    if (r && r->type == REDIS_REPLY_STRING) {
-        json_t *rec = json_loadb(r->str, r->len, 0, NULL);
-        t->result_terminal = results_is_terminal(json_string_value(json_object_get(rec, "status")));
-        json_decref(rec);
-    }
+    if (r && r->type == REDIS_REPLY_STRING) note_result(t, r->str, r->len);
     after_checks(t);
 }
 
@@ -704,12 +876,7 @@ static void on_revoked_checked(redisReply *r, const char *err, void *arg)
 {
     task *t = arg;
     (void)err;
-    if (r && r->type == REDIS_REPLY_STRING) {
-        json_t *m = json_loadb(r->str, r->len, 0, NULL);
-        t->revoked = true;
-        t->terminate = json_is_true(json_object_get(m, "terminate"));
-        json_decref(m);
-    }
+    if (r && r->type == REDIS_REPLY_STRING) note_revoked(t, r->str, r->len);
     after_checks(t);
 }
 
@@ -739,7 +906,8 @@ static int check_args(task *t, char *err, size_t n)
     return 0;
 }
 
-void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t exec_index)
+void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t exec_index,
+                const task_prefetch *pre)
 {
     char err[256];
     task *t = calloc(1, sizeof(*t));
@@ -799,7 +967,30 @@ void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t 
     if (t->msg.hard_limit_s > 0 && t->msg.hard_limit_s < t->hard_s) t->hard_s = t->msg.hard_limit_s;
     if (t->msg.soft_limit_s > 0 && t->msg.soft_limit_s < t->soft_s) t->soft_s = t->msg.soft_limit_s;
 
-    /* Is it already finished (a redelivery)?  Revoked?  Both in one round. */
+    /* Is it already finished (a redelivery)?  Revoked?  Usually the take
+     * script read both for this id already. */
+    if (pre && pre->task_id && pre->task_id_len == strlen(t->task_id) &&
+        memcmp(pre->task_id, t->task_id, pre->task_id_len) == 0) {
+        if (pre->revoked) note_revoked(t, pre->revoked, pre->revoked_len);
+        if (pre->result_read) {
+            if (pre->result) note_result(t, pre->result, pre->result_len);
+            t->checks_left = 1;
+            after_checks(t);
+            return;
+        }
+        char rk[340];
+        result_key(t, rk, sizeof(rk));
+        const char *g[2] = {"GET", rk};
+        size_t gl[2] = {3, strlen(rk)};
+        t->checks_left = 2;
+        if (rclient_command(w->res, on_result_checked, t, 2, g, gl) != 0) {
+            give_back(t, "redis lost right after the take");
+            return;
+        }
+        after_checks(t);
+        return;
+    }
+    /* Both in one round. */
     char key[340], rkey[340];
     result_key(t, key, sizeof(key));
     snprintf(rkey, sizeof(rkey), "turnout:revoked:%s", t->task_id);

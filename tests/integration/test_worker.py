@@ -623,6 +623,72 @@ def test_message_with_terminal_result_is_acked_without_running(redis_server, exe
     c.close()
 
 
+@pytest.mark.parametrize("backend", ["same", "separate"])
+def test_concurrency_bound_and_result_backend(backend, redis_server, executor_factory, worker_factory,
+                                              proxy_factory):
+    """The worker takes its next message while the last one's result is
+    being stored, yet never runs more than CELERY_CONCURRENCY at once; with
+    another result backend (db 1) results and the redelivery check use it,
+    and every message is acked and its executor slot released."""
+    ex = executor_factory(EXECUTOR_MAX_CONCURRENT=8)
+    env = {}
+    if backend == "separate":
+        env["CELERY_RESULT_BACKEND"] = f"redis://127.0.0.1:{redis_server.port}/1"
+    w = worker_factory(ex, CELERY_CONCURRENCY=2, **env)
+    p = new_proxy(proxy_factory, **env)
+    c = redis_server.client()
+    rc = redis_server.client(db=1) if backend == "separate" else c
+    # a redelivered message whose SUCCESS is already stored (in the result backend): never run
+    tid, dup = make_message(code="print('must not run')")
+    stored = json.dumps({"status": "SUCCESS", "result": {"marker": "original"}, "traceback": None,
+                         "children": [], "date_done": "2026-01-01T00:00:00.000000", "task_id": tid})
+    rc.set(meta_key(tid), stored)
+    c.lpush(DEFAULT_LIST, dup)
+    wait_until(lambda: mval(w.metrics(), "turnout_worker_tasks_total", outcome="duplicate") == 1, 10,
+               "tasks_total{outcome=duplicate} == 1", [w.mp])
+    samples, stop = [], threading.Event()
+
+    def sample():
+        s = http_session()
+        while not stop.is_set():
+            try:
+                samples.append(s.get(ex.url + "/capacity", timeout=2).json()["running"])
+            except Exception as e:  # noqa: BLE001
+                samples.append(f"error {e!r}")
+            time.sleep(0.01)
+        s.close()
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        ids = [submit(p, "import time\ntime.sleep(0.2)\nprint('ok')") for _ in range(10)]
+
+        def all_done():
+            recs = [get_result(rc, f"celery-{e}") for e in ids]
+            return recs if all(r and r["status"] in TERMINAL for r in recs) else None
+        recs = wait_until(all_done, 30, "10 evals done", [w.mp, ex.mp], interval=0.05)
+    finally:
+        stop.set()
+        th.join(5)
+    nums = [x for x in samples if isinstance(x, int)]
+    assert not [x for x in samples if not isinstance(x, int)], samples[:5]
+    assert len(nums) > 50, f"only {len(nums)} samples"
+    assert max(nums) <= 2, f"the executor ran {max(nums)} at once with CELERY_CONCURRENCY=2"
+    assert max(nums) == 2, "never two at once"
+    assert all(r["status"] == "SUCCESS" and r["result"]["status"] == "completed" for r in recs), recs
+    assert rc.get(meta_key(tid)).decode() == stored, "the stored SUCCESS was changed"
+    if backend == "separate":
+        assert not [k for k in c.scan_iter("celery-task-meta-*")], "results written to the broker's db"
+    m = w.metrics()
+    assert mval(m, "turnout_worker_tasks_total", outcome="completed") == 10
+    assert exec_calls(m) == 10, series(m, "turnout_worker_executor_requests_total")
+    wait_until(lambda: c.zcard("turnout:pool:slots:0") == 0, 5, "executor slots released", [w.mp])
+    wait_until(lambda: not [k for k in c.scan_iter("turnout:running:*")], 5, "running markers gone", [w.mp])
+    assert_idle(c, w)
+    if rc is not c:
+        rc.close()
+    c.close()
+
+
 # --------------------------------------------------------------- 7. pool bound
 
 def test_two_workers_respect_executor_capacity(redis_server, executor_factory, worker_factory, proxy_factory):
