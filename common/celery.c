@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "jsonr.h"
 #include "jsonw.h"
 #include "util.h"
 
@@ -350,12 +351,14 @@ static const char *opt_string(json_t *o, const char *key)
 
 int celery_decode(const char *msg, size_t len, celery_message *out, char err[256])
 {
-    json_error_t jerr;
+    char jerr[160];
     unsigned char *raw = NULL;
     memset(out, 0, sizeof(*out));
-    out->env = json_loadb(msg, len, 0, &jerr);
+    /* jsonr: what json_loadb builds, several times faster (the worker's
+     * largest cost per message) */
+    out->env = jsonr_loadb(msg, len, jerr);
     if (!json_is_object(out->env)) {
-        snprintf(err, 256, "envelope is not a JSON object: %s", out->env ? "wrong type" : jerr.text);
+        snprintf(err, 256, "envelope is not a JSON object: %s", out->env ? "wrong type" : jerr);
         goto err;
     }
     json_t *headers = json_object_get(out->env, "headers");
@@ -422,7 +425,7 @@ int celery_decode(const char *msg, size_t len, celery_message *out, char err[256
         text = (const char *)raw;
         tlen = (size_t)n;
     }
-    out->body = json_loadb(text, tlen, 0, &jerr);
+    out->body = jsonr_loadb(text, tlen, jerr);
     if (!json_is_array(out->body) || json_array_size(out->body) != 3) {
         snprintf(err, 256, "body must be the JSON array [args, kwargs, embed]");
         goto err;
