@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include <jansson.h>
-#include <openssl/evp.h>
 
 #include "jsonr.h"
 #include "jsonw.h"
@@ -414,7 +413,7 @@ int celery_decode(const char *msg, size_t len, celery_message *out, char err[256
             snprintf(err, 256, "out of memory");
             goto err;
         }
-        int n = EVP_DecodeBlock(raw, (const unsigned char *)body, (int)blen);
+        long n = util_base64_decode(raw, body, blen);
         if (n < 0) {
             snprintf(err, 256, "body is not valid base64");
             goto err;

@@ -1,4 +1,6 @@
 /* httpc — libcurl multi on a libevent base (the curl "hiperfifo" pattern).
+ * libcurl is loaded (curldl) by the first request it carries; its
+ * functions are called through the table cu.
  *
  * curl tells us which sockets to watch (sock_cb) and when to wake it up
  * (timer_cb); libevent tells curl when a socket is ready (on_socket) or the
@@ -16,6 +18,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include "curldl.h"
 #include "hpool.h"
 
 #define DEFAULT_MAX_RESPONSE (1024u * 1024u)
@@ -62,6 +65,9 @@ struct httpc_req {
     char body[];                /* copy of the request body */
 };
 
+/* libcurl's functions; set by the first curl_setup, process-wide. */
+static const curldl_fns *cu;
+
 /* One per socket curl asks us to watch; attached with curl_multi_assign. */
 typedef struct sock_watch {
     struct event *ev;
@@ -93,7 +99,7 @@ static void on_socket(evutil_socket_t fd, short what, void *arg)
     int running;
     dispatch_enter(c);
     /* The watch for fd may be freed inside (CURL_POLL_REMOVE): not touched after. */
-    curl_multi_socket_action(c->multi, fd, flags, &running);
+    cu->multi_socket_action(c->multi, fd, flags, &running);
     collect_done(c);
     dispatch_leave(c);
 }
@@ -105,7 +111,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     dispatch_enter(c);
-    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    cu->multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     collect_done(c);
     dispatch_leave(c);
 }
@@ -137,7 +143,7 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *soc
 
     if (what == CURL_POLL_REMOVE) {
         watch_free(w);
-        curl_multi_assign(c->multi, s, NULL);
+        cu->multi_assign(c->multi, s, NULL);
         return 0;
     }
     int kind = ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST;
@@ -145,7 +151,7 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *soc
         w = calloc(1, sizeof(*w));
         if (!w) return -1;
         w->ev = event_new(c->base, s, (short)kind, on_socket, c);
-        if (!w->ev || curl_multi_assign(c->multi, s, w) != CURLM_OK) {
+        if (!w->ev || cu->multi_assign(c->multi, s, w) != CURLM_OK) {
             watch_free(w);
             return -1;
         }
@@ -238,13 +244,13 @@ static void req_free(httpc_req *r)
     }
     if (r->easy) {
         if (c->nidle < MAX_IDLE_EASY && !c->freeing) {
-            curl_easy_reset(r->easy);
+            cu->easy_reset(r->easy);
             c->idle[c->nidle++] = r->easy;
         } else {
-            curl_easy_cleanup(r->easy);
+            cu->easy_cleanup(r->easy);
         }
     }
-    if (r->headers != c->plain_headers) curl_slist_free_all(r->headers);
+    if (r->headers != c->plain_headers) cu->slist_free_all(r->headers);
     drop_headers(r);
     free(r->hdrs);
     free(r->resp);
@@ -258,7 +264,7 @@ static void req_detach(httpc_req *r)
     httpc *c = r->c;
     r->done = true;
     if (r->native) hpool_cancel(r->native);
-    else if (r->easy) curl_multi_remove_handle(c->multi, r->easy);
+    else if (r->easy) cu->multi_remove_handle(c->multi, r->easy);
     r->native = NULL;
     if (r->prev) r->prev->next = r->next;
     else c->head = r->next;
@@ -278,8 +284,8 @@ static void req_finish(httpc_req *r, int error, const char *errmsg)
         .nheaders = r->want_headers ? r->nhdrs : 0,
     };
     if (r->easy) {
-        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
-        curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &resp.total_s);
+        cu->easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
+        cu->easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &resp.total_s);
     }
     r->cb(&resp, r->arg);
 }
@@ -302,7 +308,7 @@ static void complete(httpc_req *r, CURLcode code)
     else if (r->oom)
         snprintf(msg, sizeof(msg), "out of memory while reading the response");
     else
-        snprintf(msg, sizeof(msg), "%s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(code));
+        snprintf(msg, sizeof(msg), "%s", r->errbuf[0] ? r->errbuf : cu->easy_strerror(code));
     req_detach(r);
     req_finish(r, error, msg);
     req_free(r);
@@ -315,11 +321,11 @@ static void collect_done(httpc *c)
 {
     CURLMsg *m;
     int left;
-    while (!c->freeing && (m = curl_multi_info_read(c->multi, &left)) != NULL) {
+    while (!c->freeing && (m = cu->multi_info_read(c->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE) continue;
         CURLcode code = m->data.result;
         char *priv = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
+        cu->easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
         httpc_req *r = (httpc_req *)(void *)priv;
         if (r && !r->done) complete(r, code);
     }
@@ -335,19 +341,19 @@ static int req_setup(httpc_req *r, const httpc_opts *o, char *err)
 
     if (o->headers && o->headers[0]) {
         for (const char *const *h = o->headers; *h; h++) {
-            struct curl_slist *l = curl_slist_append(r->headers, *h);
+            struct curl_slist *l = cu->slist_append(r->headers, *h);
             if (!l) goto oom;
             r->headers = l;
         }
         /* curl would otherwise wait up to 1 s for "100 Continue" on big bodies. */
-        struct curl_slist *l = curl_slist_append(r->headers, "Expect:");
+        struct curl_slist *l = cu->slist_append(r->headers, "Expect:");
         if (!l) goto oom;
         r->headers = l;
     } else {
         r->headers = c->plain_headers;
     }
 
-#define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(e, opt, val)
+#define SET(opt, val) if (rc == CURLE_OK) rc = cu->easy_setopt(e, opt, val)
     SET(CURLOPT_URL, o->url);
     SET(CURLOPT_PRIVATE, (void *)r);
     SET(CURLOPT_ERRORBUFFER, r->errbuf);
@@ -380,7 +386,7 @@ static int req_setup(httpc_req *r, const httpc_opts *o, char *err)
     }
 #undef SET
     if (rc != CURLE_OK) {
-        snprintf(err, 256, "cannot set up the request: %s", curl_easy_strerror(rc));
+        snprintf(err, 256, "cannot set up the request: %s", cu->easy_strerror(rc));
         return -1;
     }
     return 0;
@@ -454,12 +460,12 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
     if (body_len) memcpy(r->body, o->body, body_len);
     r->body[body_len] = '\0';
 
-    r->easy = c->nidle ? c->idle[--c->nidle] : curl_easy_init();
+    r->easy = c->nidle ? c->idle[--c->nidle] : cu->easy_init();
     if (!r->easy) goto oom;
     if (req_setup(r, o, err) != 0) goto fail;
-    CURLMcode mc = curl_multi_add_handle(c->multi, r->easy);
+    CURLMcode mc = cu->multi_add_handle(c->multi, r->easy);
     if (mc != CURLM_OK) {
-        snprintf(err, 256, "cannot start the request: %s", curl_multi_strerror(mc));
+        snprintf(err, 256, "cannot start the request: %s", cu->multi_strerror(mc));
         goto fail;
     }
     link_req(c, r);
@@ -515,38 +521,39 @@ void httpc_use_pool(httpc *c, bool on)
     }
 }
 
-/* curl is set up on first use: a process whose backends are all plain
- * http:// by address never loads its TLS libraries' state (about 4 MiB of
- * resident pages). */
+/* curl is loaded and set up on first use: a process whose backends are all
+ * plain http:// by address never maps libcurl, its TLS library or their
+ * dependencies (about 6 MiB of resident pages, see curldl.h). */
 static int curl_setup(httpc *c, char *err)
 {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    if (!cu && !(cu = curldl_load(err))) return -1;
+    if (cu->global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         set_err(err, "curl_global_init failed");
         return -1;
     }
     c->global_init = true;
-    c->multi = curl_multi_init();
+    c->multi = cu->multi_init();
     c->timer = evtimer_new(c->base, on_timer, c);
-    c->plain_headers = curl_slist_append(NULL, "Expect:");
+    c->plain_headers = cu->slist_append(NULL, "Expect:");
     if (!c->multi || !c->timer || !c->plain_headers) {
         set_err(err, "out of memory");
         goto err;
     }
-    CURLMcode mc = curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-    if (mc == CURLM_OK) mc = curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, (void *)c);
-    if (mc == CURLM_OK) mc = curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    if (mc == CURLM_OK) mc = curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, (void *)c);
-    if (mc == CURLM_OK) mc = curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, MAX_CACHED_CONNECTIONS);
+    CURLMcode mc = cu->multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    if (mc == CURLM_OK) mc = cu->multi_setopt(c->multi, CURLMOPT_SOCKETDATA, (void *)c);
+    if (mc == CURLM_OK) mc = cu->multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    if (mc == CURLM_OK) mc = cu->multi_setopt(c->multi, CURLMOPT_TIMERDATA, (void *)c);
+    if (mc == CURLM_OK) mc = cu->multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, MAX_CACHED_CONNECTIONS);
     if (mc != CURLM_OK) {
-        snprintf(err, 256, "cannot set up curl: %s", curl_multi_strerror(mc));
+        snprintf(err, 256, "cannot set up curl: %s", cu->multi_strerror(mc));
         goto err;
     }
     return 0;
 err:
-    if (c->multi) curl_multi_cleanup(c->multi);
+    if (c->multi) cu->multi_cleanup(c->multi);
     if (c->timer) event_free(c->timer);
-    curl_slist_free_all(c->plain_headers);
-    curl_global_cleanup();
+    cu->slist_free_all(c->plain_headers);
+    cu->global_cleanup();
     c->multi = NULL;
     c->timer = NULL;
     c->plain_headers = NULL;
@@ -558,11 +565,11 @@ static void destroy(httpc *c)
 {
     /* Cached connections are closed here, which calls sock_cb/timer_cb: the
      * events they use must still exist. */
-    if (c->multi) curl_multi_cleanup(c->multi);
-    for (size_t i = 0; i < c->nidle; i++) curl_easy_cleanup(c->idle[i]);
+    if (c->multi) cu->multi_cleanup(c->multi);
+    for (size_t i = 0; i < c->nidle; i++) cu->easy_cleanup(c->idle[i]);
     if (c->timer) event_free(c->timer);
-    curl_slist_free_all(c->plain_headers);
-    if (c->global_init) curl_global_cleanup();
+    if (c->plain_headers) cu->slist_free_all(c->plain_headers);
+    if (c->global_init) cu->global_cleanup();
     hpool_free(c->pool);
     free(c);
 }

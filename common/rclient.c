@@ -6,12 +6,12 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <openssl/sha.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 
 #include "cfg.h"
 #include "log.h"
+#include "sha1.h"
 #include "util.h"
 
 #define BACKOFF_MIN_MS 100
@@ -588,10 +588,10 @@ int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char 
 void rclient_script_init(rclient_script *s, const char *text)
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char d[SHA_DIGEST_LENGTH];
-    SHA1((const unsigned char *)text, strlen(text), d);
+    unsigned char d[SHA1_DIGEST_LENGTH];
+    sha1(text, strlen(text), d);
     s->text = text;
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+    for (int i = 0; i < SHA1_DIGEST_LENGTH; i++) {
         s->sha[2 * i] = hex[d[i] >> 4];
         s->sha[2 * i + 1] = hex[d[i] & 15];
     }

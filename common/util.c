@@ -133,6 +133,40 @@ bool util_valid_id(const char *id, size_t len, size_t max)
     return true;
 }
 
+/* 0..63 for the alphabet, 0 for '=', -1 for anything else */
+static int b64_value(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '+') return 62;
+    if (ch == '/') return 63;
+    if (ch == '=') return 0;
+    return -1;
+}
+
+long util_base64_decode(unsigned char *out, const char *in, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)in;
+    while (n > 0 && (*p == ' ' || *p == '\t')) {
+        p++;
+        n--;
+    }
+    while (n > 3 && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r' || p[n - 1] == '\n' || p[n - 1] == '-'))
+        n--;
+    if (n % 4 != 0) return -1;
+    long len = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        int a = b64_value(p[i]), b = b64_value(p[i + 1]), c = b64_value(p[i + 2]), d = b64_value(p[i + 3]);
+        if (a < 0 || b < 0 || c < 0 || d < 0) return -1;
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+        out[len++] = (unsigned char)(v >> 16);
+        out[len++] = (unsigned char)(v >> 8);
+        out[len++] = (unsigned char)v;
+    }
+    return len;
+}
+
 const char *util_reason(int status)
 {
     switch (status) {

@@ -46,6 +46,17 @@ void util_reply_json(struct evhttp_request *req, int status, const char *json,
 /* 1..max characters of [A-Za-z0-9_.:-] (eval ids, task ids). */
 bool util_valid_id(const char *id, size_t len, size_t max);
 
+/* Decodes standard base64 (RFC 4648 alphabet) in[0..n) into out, which must
+ * hold n / 4 * 3 bytes, by the rules of OpenSSL's EVP_DecodeBlock (which the
+ * Celery decoders used before): spaces and tabs before the text and, while
+ * more than 3 characters remain, spaces, tabs, CR, LF and '-' after it are
+ * ignored; what remains must be whole groups of 4 characters of the
+ * alphabet or '='.  Each group gives 3 bytes and '=' decodes as zero bits,
+ * so the caller subtracts the padding.  Returns the number of bytes
+ * written (3 per group), or -1 when the text is not base64. */
+long util_base64_decode(unsigned char *out, const char *in, size_t n)
+    __attribute__((warn_unused_result));
+
 /* Standard reason phrase for an HTTP status. */
 const char *util_reason(int status);
 

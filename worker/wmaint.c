@@ -8,7 +8,6 @@
 
 #include <hiredis/hiredis.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 
 #include "log.h"
 #include "util.h"
@@ -359,9 +358,10 @@ static void on_pidbox(const char *channel, const char *payload, size_t len, void
     if (!b64) goto done;
     size_t blen = strlen(b64);
     if (blen % 4 || !(raw = malloc(blen / 4 * 3 + 1))) goto done;
-    int n = EVP_DecodeBlock(raw, (const unsigned char *)b64, (int)blen);
+    long n = util_base64_decode(raw, b64, blen);
     if (n < 0) goto done;
     for (size_t i = blen; i > 0 && b64[i - 1] == '='; i--) n--;
+    if (n < 0) n = 0;
     body = json_loadb((const char *)raw, (size_t)n, 0, NULL);
     if (!body || strcmp(json_string_value(json_object_get(body, "method")) ?: "", "revoke") != 0) goto done;
     json_t *dest = json_object_get(body, "destination");

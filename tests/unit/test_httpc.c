@@ -1,6 +1,7 @@
 /* httpc against a real evhttp server on 127.0.0.1 (port 0, read back), on
  * the same event base.  Every test runs the loop under a watchdog. */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <strings.h>
@@ -12,6 +13,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "curldl.h"
 #include "httpc.h"
 #include "unit.h"
 #include "util.h"
@@ -454,6 +456,66 @@ static void test_free_from_callback(void)
     CHECK_EQ_INT(b.error, HTTPC_ECANCELLED);
 }
 
+/* libcurl is mapped into this process (the test binary does not link it). */
+static bool curl_mapped(void)
+{
+    void *h = dlopen(CURLDL_SONAME, RTLD_NOW | RTLD_NOLOAD);
+    if (h) dlclose(h); /* only drops the reference NOLOAD took */
+    return h != NULL;
+}
+
+/* libcurl cannot be loaded (its package missing): a request that needs it
+ * fails to start and says which library and package; nothing is kept, so
+ * once the library is there the next request works.  Runs before anything
+ * else has loaded libcurl. */
+static void test_curl_missing(void)
+{
+    static const char missing[] = "libcurl-absent-for-test.so.4";
+    char err[256] = "", u[160];
+    result r = {0};
+    if (curl_mapped()) { /* a proxy variable made the hpool pass use curl */
+        fprintf(stderr, "test_httpc: note: libcurl already loaded; its load failure not tested\n");
+        return;
+    }
+    httpc *c = httpc_new(base, err);
+    CHECK(c != NULL);
+    if (!c) return;
+    curldl_set_soname(missing);
+    /* https:// needs curl even with the pool on */
+    snprintf(u, sizeof(u), "https://127.0.0.1:%d/echo", port);
+    httpc_opts o = {.method = "GET", .url = u, .timeout_ms = 5000};
+    err[0] = '\0';
+    CHECK(httpc_start(c, &o, record, &r, err) == NULL);
+    CHECK_CONTAINS(err, missing);
+    CHECK_CONTAINS(err, "Debian package libcurl4");
+    CHECK_EQ_INT(httpc_in_flight(c), 0);
+    /* plain http:// to an address still goes (hpool), without libcurl */
+    snprintf(u, sizeof(u), "%s/echo", url);
+    o.url = u;
+    finished = 0;
+    CHECK(httpc_start(c, &o, record, &r, err) != NULL);
+    loop_until(&finished, 1);
+    CHECK_EQ_INT(r.error, HTTPC_OK);
+    CHECK_EQ_INT(r.status, 201);
+    /* with curl forced, the same request fails to start */
+    httpc_use_pool(c, false);
+    err[0] = '\0';
+    CHECK(httpc_start(c, &o, record, &r, err) == NULL);
+    CHECK_CONTAINS(err, "libcurl");
+    CHECK(!curl_mapped());
+    /* the library back: the next request loads it and completes */
+    curldl_set_soname(NULL);
+    memset(&r, 0, sizeof(r));
+    finished = 0;
+    CHECK(httpc_start(c, &o, record, &r, err) != NULL);
+    loop_until(&finished, 1);
+    CHECK_EQ_INT(r.calls, 1);
+    CHECK_EQ_INT(r.error, HTTPC_OK);
+    CHECK_EQ_INT(r.status, 201);
+    CHECK(curl_mapped());
+    httpc_free(c);
+}
+
 /* Every test runs twice: hpool carries 127.0.0.1, then libcurl does. */
 int main(void)
 {
@@ -465,8 +527,15 @@ int main(void)
     }
     watchdog = evtimer_new(base, on_watchdog, NULL);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
+    /* The hpool pass first: it must never load libcurl. */
+    bool pooled = !getenv("http_proxy") && !getenv("all_proxy") && !getenv("ALL_PROXY");
     for (int pass = 0; pass < 2; pass++) {
         curl_only = pass == 1;
+        if (curl_only) {
+            unit_current = "hpool pass";
+            if (pooled) CHECK(!curl_mapped());
+            RUN(test_curl_missing);
+        }
         hc = httpc_new(base, err);
         if (!hc || !watchdog) {
             fprintf(stderr, "httpc_new: %s\n", err);
