@@ -201,6 +201,35 @@ def assert_idle(c, *procs):
     wait_until(lambda: unacked_state(c) == (0, 0), 5, f"unacked empty (now {unacked_state(c)})", [])
 
 
+class RunningSampler:
+    """While active, samples the executor's GET /capacity "running" every
+    interval seconds; .counts are the numbers, .errors anything else."""
+
+    def __init__(self, ex, interval):
+        self.ex, self.interval = ex, interval
+        self.counts, self.errors = [], []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        s = http_session()
+        while not self.stop.is_set():
+            try:
+                self.counts.append(s.get(self.ex.url + "/capacity", timeout=2).json()["running"])
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(f"error {e!r}")
+            time.sleep(self.interval)
+        s.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+
+
 # --------------------------------------------------------------- 1. outcomes
 
 @pytest.mark.parametrize("case", ["prints", "raises", "infinite_loop"])
@@ -646,31 +675,15 @@ def test_concurrency_bound_and_result_backend(backend, redis_server, executor_fa
     c.lpush(DEFAULT_LIST, dup)
     wait_until(lambda: mval(w.metrics(), "turnout_worker_tasks_total", outcome="duplicate") == 1, 10,
                "tasks_total{outcome=duplicate} == 1", [w.mp])
-    samples, stop = [], threading.Event()
-
-    def sample():
-        s = http_session()
-        while not stop.is_set():
-            try:
-                samples.append(s.get(ex.url + "/capacity", timeout=2).json()["running"])
-            except Exception as e:  # noqa: BLE001
-                samples.append(f"error {e!r}")
-            time.sleep(0.01)
-        s.close()
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
+    with RunningSampler(ex, 0.01) as sampler:
         ids = [submit(p, "import time\ntime.sleep(0.2)\nprint('ok')") for _ in range(10)]
 
         def all_done():
             recs = [get_result(rc, f"celery-{e}") for e in ids]
             return recs if all(r and r["status"] in TERMINAL for r in recs) else None
         recs = wait_until(all_done, 30, "10 evals done", [w.mp, ex.mp], interval=0.05)
-    finally:
-        stop.set()
-        th.join(5)
-    nums = [x for x in samples if isinstance(x, int)]
-    assert not [x for x in samples if not isinstance(x, int)], samples[:5]
+    nums = sampler.counts
+    assert not sampler.errors, sampler.errors[:5]
     assert len(nums) > 50, f"only {len(nums)} samples"
     assert max(nums) <= 2, f"the executor ran {max(nums)} at once with CELERY_CONCURRENCY=2"
     assert max(nums) == 2, "never two at once"
@@ -697,33 +710,15 @@ def test_two_workers_respect_executor_capacity(redis_server, executor_factory, w
     w2 = worker_factory(ex, CELERY_CONCURRENCY=4)
     p = new_proxy(proxy_factory)
     c = redis_server.client()
-    samples = []
-    stop = threading.Event()
-
-    def sample():
-        s = http_session()
-        while not stop.is_set():
-            try:
-                samples.append(s.get(ex.url + "/capacity", timeout=2).json()["running"])
-            except Exception as e:  # noqa: BLE001
-                samples.append(f"error {e!r}")
-            time.sleep(0.02)
-        s.close()
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
+    with RunningSampler(ex, 0.02) as sampler:
         ids = [submit(p, "import time\ntime.sleep(0.5)\nprint('ok')") for _ in range(12)]
 
         def all_done():
             recs = [get_result(c, f"celery-{e}") for e in ids]
             return recs if all(r and r["status"] in TERMINAL for r in recs) else None
         recs = wait_until(all_done, 30, "12 evals done", [w1.mp, w2.mp, ex.mp], interval=0.1)
-    finally:
-        stop.set()
-        th.join(5)
-    nums = [s for s in samples if isinstance(s, int)]
-    errs = [s for s in samples if not isinstance(s, int)]
-    assert not errs, errs[:5]
+    nums = sampler.counts
+    assert not sampler.errors, sampler.errors[:5]
     assert len(nums) > 50, f"only {len(nums)} samples"
     assert max(nums) <= 2, f"executor ran {max(nums)} at once (max 2)"
     assert max(nums) == 2, "the pool never used both slots"
