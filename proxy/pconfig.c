@@ -52,8 +52,13 @@ const cfg_option pconfig_table[] = {
      "deadline of one pass-through call (-> 504)"},
     {"REDIS_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(redis_timeout_ms),
      "deadline of one Redis command; on expiry the connection is re-made"},
+    {"CLIENT_REQUEST_TIMEOUT_S", CFG_INT, "30", 1, 3600, NULL, F(client_request_timeout_s),
+     "a whole request (headers and body) must arrive within this long of the connection's start or its "
+     "last reply, else the connection is closed (slow clients counted as rejected client_timeout)"},
     {"CLIENT_TIMEOUT_S", CFG_INT, "60", 1, 3600, NULL, F(client_timeout_s),
      "a client connection that sends nothing, or takes nothing, for this long is closed"},
+    {"MAX_CLIENT_CONNECTIONS", CFG_INT, "10000", 1, 1000000, NULL, F(max_client_connections),
+     "client connections open at once; one more is closed at once (counted as rejected max_connections)"},
     {"SHUTDOWN_GRACE_S", CFG_INT, "10", 0, 600, NULL, F(shutdown_grace_s),
      "on SIGTERM, how long in-flight requests may take to finish"},
     {"MAX_IN_FLIGHT", CFG_INT, "10000", 1, 1000000, NULL, F(max_in_flight),

@@ -35,6 +35,8 @@ typedef struct proxy_settings {
     long long redis_timeout_ms;
     long long shutdown_grace_s;
     long long client_timeout_s;
+    long long client_request_timeout_s;
+    long long max_client_connections;
     long long max_in_flight;
     char *env_file;
     long long route_record_ttl_s;

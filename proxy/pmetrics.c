@@ -16,7 +16,8 @@ const char *const pm_code_names[PM_NCODES] = {"200", "201", "202", "204", "400",
                                               "404", "405", "409", "413", "415", "422", "429",
                                               "500", "502", "503", "504", "2xx", "4xx", "5xx"};
 const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_type", "invalid_field",
-                                               "overload", "no_path", "out_of_memory", "method", "fd_limit"};
+                                               "overload", "no_path", "out_of_memory", "method", "fd_limit",
+                                               "max_connections", "client_timeout"};
 const char *const pm_outcome_names[] = {"completed", "failed", "timeout", "cancelled"};
 const char *const pm_gate_names[PG_COUNT] = {"min_samples", "error_ratio", "latency_p99"};
 static const char *const shadow_names[] = {"match", "mismatch", "error"};

@@ -68,7 +68,8 @@ extern const char *const pm_upstream_names[UP_COUNT];
 enum pm_code_dim_size { PM_NCODES = 21 };
 extern const char *const pm_code_names[PM_NCODES];
 enum pm_reject { RJ_BAD_JSON, RJ_TOO_LARGE, RJ_MEDIA_TYPE, RJ_INVALID_FIELD, RJ_OVERLOAD,
-                 RJ_NO_PATH, RJ_OOM, RJ_METHOD, RJ_FD_LIMIT, RJ_COUNT };
+                 RJ_NO_PATH, RJ_OOM, RJ_METHOD, RJ_FD_LIMIT, RJ_MAX_CONNECTIONS, RJ_CLIENT_TIMEOUT,
+                 RJ_COUNT };
 extern const char *const pm_reject_names[RJ_COUNT];
 extern const char *const pm_outcome_names[];
 enum pm_gate { PG_MIN_SAMPLES, PG_ERROR_RATIO, PG_LATENCY_P99, PG_COUNT };

@@ -10,6 +10,7 @@
 
 #include <openssl/ssl.h>
 
+#include "conns.h"
 #include "httpc.h"
 #include "legacy_client.h"
 #include "pconfig.h"
@@ -30,6 +31,7 @@ struct proxy {
     struct event_base *base;
     struct evhttp *http;
     struct evhttp_bound_socket *bound;
+    conns *conns;   /* client connections: limit and request deadline */
     proxy_settings cfg;
     pmetrics m;
     route_state route;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -118,6 +119,7 @@ static void preq_free(preq *r)
 
 void px_finish_error(preq *r, int status, const char *code, const char *msg, int retry_after)
 {
+    conns_reply_out(r->p->conns, r->req);
     util_reply_error(r->req, status, code, msg, retry_after);
     after_reply(r->p, r->route, r->path, status, r->t0);
     preq_free(r);
@@ -131,6 +133,7 @@ void px_finish_json(preq *r, int status, json_t *body)
         px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
         return;
     }
+    conns_reply_out(r->p->conns, r->req);
     util_reply_json(r->req, status, text, strlen(text));
     free(text);
     after_reply(r->p, r->route, r->path, status, r->t0);
@@ -144,6 +147,7 @@ void px_finish_text(preq *r, int status, const char *json, size_t len)
         px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
         return;
     }
+    conns_reply_out(r->p->conns, r->req);
     util_reply_json(r->req, status, json, len);
     after_reply(r->p, r->route, r->path, status, r->t0);
     preq_free(r);
@@ -167,6 +171,7 @@ preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, doub
 void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
                             int status, const char *code, const char *msg, int retry_after)
 {
+    conns_reply_out(p->conns, req);
     util_reply_error(req, status, code, msg, retry_after);
     after_reply(p, route, PATH_NONE, status, t0);
 }
@@ -180,6 +185,7 @@ void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, do
         px_reply_error(p, req, route, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
         return;
     }
+    conns_reply_out(p->conns, req);
     util_reply_json(req, status, text, strlen(text));
     free(text);
     after_reply(p, route, PATH_NONE, status, t0);
@@ -346,6 +352,7 @@ static void handle_metrics(proxy *p, struct evhttp_request *req, double t0)
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
+    conns_reply_out(p->conns, req);
     evhttp_send_reply(req, 200, "OK", NULL);
     after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
 }
@@ -411,6 +418,7 @@ static void on_passthrough_done(const httpc_response *resp, void *arg)
     }
     evbuffer_add(evhttp_request_get_output_buffer(r->req), resp->body, resp->body_len);
     int status = (int)resp->status;
+    conns_reply_out(p->conns, r->req);
     evhttp_send_reply(r->req, status, util_reason(status), NULL);
     after_reply(p, r->route, PATH_NONE, status, r->t0);
     preq_free(r);
@@ -511,6 +519,7 @@ static void handle_dashboard(proxy *p, struct evhttp_request *req, double t0)
                       "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:");
     evhttp_add_header(out, "X-Content-Type-Options", "nosniff");
     evbuffer_add_reference(evhttp_request_get_output_buffer(req), dashboard_page, dashboard_page_len, NULL, NULL);
+    conns_reply_out(p->conns, req);
     evhttp_send_reply(req, 200, "OK", NULL);
     after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
 }
@@ -521,6 +530,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 {
     proxy *p = arg;
     double t0 = util_monotonic();
+    conns_request_in(p->conns, req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path) path = "/";
@@ -531,6 +541,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         handle_submit(p, req, t0);
     } else if (strcmp(path, "/healthz") == 0) {
         static const char ok[] = "{\"status\":\"ok\"}";
+        conns_reply_out(p->conns, req);
         util_reply_json(req, 200, ok, sizeof(ok) - 1);
         after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
     } else if (strcmp(path, "/readyz") == 0) {
@@ -689,7 +700,8 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     }
     p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
     p->http = evhttp_new(base);
-    if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http) {
+    p->conns = conns_new(p);
+    if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http || !p->conns) {
         snprintf(err, 256, "out of memory");
         goto err;
     }
@@ -702,6 +714,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     evhttp_set_max_headers_size(p->http, MAX_HEADERS_BYTES);
     evhttp_set_max_body_size(p->http, p->cfg.max_body_bytes + EVHTTP_BODY_CEILING_EXTRA);
     evhttp_set_timeout(p->http, (int)p->cfg.client_timeout_s);
+    evhttp_set_bevcb(p->http, conns_plain_bevcb, p); /* TLS replaces it with tls_bevcb */
     return p;
 err:
     proxy_free(p);
@@ -717,7 +730,7 @@ static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
     struct bufferevent *bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                              BEV_OPT_CLOSE_ON_FREE);
     if (!bev) SSL_free(ssl);
-    return bev;
+    return conns_track(p->conns, bev);
 }
 
 static int tls_setup(proxy *p, char err[256])
@@ -766,8 +779,34 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     if (p->accept_pause) evtimer_add(p->accept_pause, &pause);
 }
 
+/* Room for MAX_CLIENT_CONNECTIONS: the soft open-files limit is raised
+ * toward the hard one (as redis does for maxclients); below it, accepting
+ * pauses when descriptors run out (fd_limit) before the limit is reached. */
+#define FD_RESERVE 256 /* backends, Redis, the listener, logs */
+
+static void fit_open_files(const proxy *p)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = (rlim_t)p->cfg.max_client_connections + FD_RESERVE;
+    if (rl.rlim_cur >= want) return;
+    rlim_t target = (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want) ? want : rl.rlim_max;
+    if (target > rl.rlim_cur) {
+        rl.rlim_cur = target;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) target = 0;
+    }
+    if (target < want) {
+        char have[32], need[32];
+        snprintf(have, sizeof(have), "%llu", (unsigned long long)(target ? target : rl.rlim_cur));
+        snprintf(need, sizeof(need), "%llu", (unsigned long long)want);
+        LOG_WARN("the open-files limit is below MAX_CLIENT_CONNECTIONS + 256; raise it (ulimit -n) or lower "
+                 "MAX_CLIENT_CONNECTIONS", "limit", have, "wanted", need);
+    }
+}
+
 int proxy_listen(proxy *p, char err[256])
 {
+    fit_open_files(p);
     char host[256];
     int port;
     if (cfg_split_addr(p->cfg.listen, host, sizeof(host), &port) != 0) {
@@ -884,7 +923,8 @@ void proxy_free(proxy *p)
     p->canary = NULL;
     stats_free(p->stats);
     p->stats = NULL;
-    if (p->http) evhttp_free(p->http);
+    if (p->http) evhttp_free(p->http); /* closes every client connection (conns' close callbacks) */
+    conns_free(p->conns);
     if (p->drain_timer) event_free(p->drain_timer);
     if (p->depth_timer) event_free(p->depth_timer);
     if (p->accept_pause) event_free(p->accept_pause);

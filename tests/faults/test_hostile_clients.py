@@ -18,7 +18,8 @@ from faultlib import (SOAK, count_percentile, json_error, own_fds, proc_cpu_s, p
 from fixtures_turnout import binary, http_session, mval, wait_until
 
 HOST = "127.0.0.1"
-# proxy/server.c: evhttp_set_timeout(p->http, CLIENT_TIMEOUT_S), CLIENT_TIMEOUT_S 60, not configurable
+# CLIENT_TIMEOUT_S (per read or write, evhttp_set_timeout) defaults to 60 s; CLIENT_REQUEST_TIMEOUT_S
+# (a whole request, proxy/conns.c) to 30 s
 BUILTIN_CLIENT_TIMEOUT_S = 60
 
 
@@ -223,17 +224,11 @@ def test_slowloris_does_not_starve_normal_clients(proxy_factory):
     serves_normally(p)
 
 
-HEADER_DEADLINE_XFAIL = (
-    "missing limit: no header/request deadline. CLIENT_TIMEOUT_S (default 60) is handed to libevent's "
-    "evhttp_set_timeout, which applies it per read, so a client sending one header byte more often than "
-    "that is never cut off. Expected: a deadline for a whole request's headers after which an unfinished "
-    "request is closed (needs a per-connection timer around evhttp, which libevent 2.1 gives no hook for)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HEADER_DEADLINE_XFAIL)
 def test_trickling_headers_are_cut_off_by_a_header_deadline(proxy_factory):
     names = [n for n in proxy_config_vars()
              if "TIMEOUT" in n and re.search(r"HEADER|CLIENT|REQUEST|READ|IDLE", n)]
+    # a whole-request/header deadline first: a per-read timeout never cuts a trickle
+    names.sort(key=lambda n: not re.search(r"HEADER|REQUEST", n))
     assert names or SOAK, ("turnout-proxy has no configurable client/header timeout (--print-config-markdown "
                            "lists none); the built-in 60 s is per read and a trickling client never hits it")
     env = {}
@@ -242,6 +237,7 @@ def test_trickling_headers_are_cut_off_by_a_header_deadline(proxy_factory):
         limit_s = 2
         env[names[0]] = limit_s * 1000 if names[0].endswith("_MS") else limit_s
     p = proxy_factory(**env)
+    before = mval(p.metrics(), "turnout_rejected_requests_total", reason="client_timeout") or 0
     s = open_conns(1, port_of(p))[0]
     t0 = time.monotonic()
     try:
@@ -257,8 +253,12 @@ def test_trickling_headers_are_cut_off_by_a_header_deadline(proxy_factory):
             time.sleep(0.5)
         took = time.monotonic() - t0
         assert took < limit_s + 5, f"a trickling request was still open after {took:.0f}s (limit {limit_s}s)"
+        assert took >= limit_s - 0.5, f"closed after {took:.1f}s, before the {limit_s}s deadline"
     finally:
         s.close()
+    after = mval(p.metrics(), "turnout_rejected_requests_total", reason="client_timeout") or 0
+    assert after == before + 1, f"the cut-off was not counted (client_timeout {before} -> {after})"
+    serves_normally(p)
 
 
 # --------------------------------------------------------------- (b) oversized headers
@@ -406,15 +406,6 @@ def test_many_idle_keepalive_connections(nofile_raised, proxy_factory):
     serves_normally(p)
 
 
-CONN_LIMIT_XFAIL = (
-    "missing limit: turnout-proxy has no connection limit (libevent 2.1 has no "
-    "evhttp_set_max_connections and no public hook to refuse an accepted socket; no variable "
-    "configures one). Out of file descriptors it now pauses accepting (counted as "
-    "turnout_rejected_requests_total{reason=\"fd_limit\"}, no busy loop: see the test after this "
-    "one), but connections beyond a configured maximum are not closed at once and counted")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=CONN_LIMIT_XFAIL)
 def test_connections_beyond_a_limit_are_cut_off_and_counted(proxy_factory):
     names = [v for v in proxy_config_vars() if re.search(r"MAX_?(CLIENT_)?CONN", v)]
     limit = 100

@@ -1,0 +1,256 @@
+/* conns — see conns.h.
+ *
+ * Each connection in use has an entry, found from its evhttp_connection
+ * through a small hash table, with its deadline timer (one of libevent's
+ * "common timeouts": one duration, an O(1) queue) and a count of the bytes
+ * read since its last reply, so an expiring deadline can tell a slow client
+ * (bytes came, the request did not) from an idle keep-alive connection.
+ * Accepted bufferevents wait in `fresh`, each with a reference held, until
+ * the deferred `adopt` event runs in the same loop turn, after evhttp has
+ * finished setting the connection up. */
+#include "conns.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "log.h"
+#include "pserver.h"
+#include "util.h"
+
+#define MAX_BUCKETS ((size_t)1 << 16)
+#define LOG_EVERY_S 10.0
+
+typedef struct centry {
+    struct centry *next; /* bucket chain */
+    conns *c;
+    struct evhttp_connection *evcon;
+    struct event *deadline;
+    struct evbuffer_cb_entry *watch; /* on the input buffer: counts bytes read */
+    size_t bytes;                    /* read since the last reply (or the start) */
+    bool busy;                       /* a whole request is being answered */
+} centry;
+
+struct conns {
+    proxy *p;
+    struct event_base *base;
+    size_t max, open;
+    const struct timeval *timeout; /* common timeout of CLIENT_REQUEST_TIMEOUT_S */
+    centry **buckets;
+    size_t nbuckets;
+    struct bufferevent **fresh; /* accepted, not adopted yet; a reference each */
+    size_t nfresh, fresh_cap;
+    struct event *adopt;
+    double last_limit_log, last_timeout_log;
+};
+
+static size_t slot(const conns *c, const void *evcon)
+{
+    uint64_t h = (uint64_t)(uintptr_t)evcon * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 32) & (c->nbuckets - 1);
+}
+
+static centry *find(const conns *c, const struct evhttp_connection *evcon)
+{
+    if (!evcon) return NULL;
+    for (centry *e = c->buckets[slot(c, evcon)]; e; e = e->next)
+        if (e->evcon == evcon) return e;
+    return NULL;
+}
+
+static void unlink_entry(conns *c, centry *e)
+{
+    for (centry **pp = &c->buckets[slot(c, e->evcon)]; *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            return;
+        }
+    }
+}
+
+static bool rate_ok(double *last)
+{
+    double now = util_monotonic();
+    if (now - *last < LOG_EVERY_S) return false;
+    *last = now;
+    return true;
+}
+
+/* ---------- per connection ---------- */
+
+static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    ((centry *)arg)->bytes += info->n_added;
+}
+
+static void on_closed(struct evhttp_connection *evcon, void *arg)
+{
+    centry *e = arg;
+    conns *c = e->c;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    if (bev && e->watch) evbuffer_remove_cb_entry(bufferevent_get_input(bev), e->watch);
+    unlink_entry(c, e);
+    c->open--;
+    event_free(e->deadline); /* may be running: event_free is safe from its own callback */
+    free(e);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    centry *e = arg;
+    conns *c = e->c;
+    (void)fd;
+    (void)what;
+    if (e->busy) return;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(e->evcon);
+    if (bev && evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
+        evtimer_add(e->deadline, c->timeout); /* the last reply is still going out */
+        return;
+    }
+    if (e->bytes > 0) {
+        px_count_reject(c->p, RJ_CLIENT_TIMEOUT);
+        if (rate_ok(&c->last_timeout_log))
+            LOG_INFO("closed a connection whose request did not arrive in time (counted as "
+                     "rejected reason=client_timeout; CLIENT_REQUEST_TIMEOUT_S)");
+    }
+    evhttp_connection_free(e->evcon); /* on_closed frees e */
+}
+
+static void adopt_one(conns *c, struct evhttp_connection *evcon, struct bufferevent *bev)
+{
+    if (c->open >= c->max) {
+        px_count_reject(c->p, RJ_MAX_CONNECTIONS);
+        if (rate_ok(&c->last_limit_log))
+            LOG_WARN("connection limit reached: new connections are closed at once (counted as rejected "
+                     "reason=max_connections; MAX_CLIENT_CONNECTIONS)");
+        evhttp_connection_free(evcon);
+        return;
+    }
+    centry *e = calloc(1, sizeof(*e));
+    if (!e) return; /* out of memory: this one goes without limit and deadline */
+    e->c = c;
+    e->evcon = evcon;
+    e->deadline = evtimer_new(c->base, on_deadline, e);
+    e->watch = evbuffer_add_cb(bufferevent_get_input(bev), on_input, e);
+    if (!e->deadline || !e->watch) {
+        if (e->watch) evbuffer_remove_cb_entry(bufferevent_get_input(bev), e->watch);
+        if (e->deadline) event_free(e->deadline);
+        free(e);
+        return;
+    }
+    size_t s = slot(c, evcon);
+    e->next = c->buckets[s];
+    c->buckets[s] = e;
+    c->open++;
+    evhttp_connection_set_closecb(evcon, on_closed, e);
+    evtimer_add(e->deadline, c->timeout);
+}
+
+/* Runs in the loop turn that accepted the connections, after evhttp set
+ * each up: its connection object is then the bufferevent's callback
+ * argument (and a bufferevent evhttp already gave up has none). */
+static void on_adopt(evutil_socket_t fd, short what, void *arg)
+{
+    conns *c = arg;
+    (void)fd;
+    (void)what;
+    size_t n = c->nfresh;
+    c->nfresh = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct bufferevent *bev = c->fresh[i];
+        void *cbarg = NULL;
+        bufferevent_getcb(bev, NULL, NULL, NULL, &cbarg);
+        struct evhttp_connection *evcon = cbarg;
+        if (evcon && evhttp_connection_get_bufferevent(evcon) == bev) adopt_one(c, evcon, bev);
+        bufferevent_decref(bev);
+    }
+}
+
+struct bufferevent *conns_track(conns *c, struct bufferevent *bev)
+{
+    if (!bev || !c) return bev;
+    if (c->nfresh == c->fresh_cap) {
+        size_t cap = c->fresh_cap ? c->fresh_cap * 2 : 16;
+        struct bufferevent **f = realloc(c->fresh, cap * sizeof(*f));
+        if (!f) return bev; /* untracked: no limit and deadline for this one */
+        c->fresh = f;
+        c->fresh_cap = cap;
+    }
+    bufferevent_incref(bev);
+    c->fresh[c->nfresh++] = bev;
+    if (c->nfresh == 1) event_active(c->adopt, EV_TIMEOUT, 1);
+    return bev;
+}
+
+struct bufferevent *conns_plain_bevcb(struct event_base *base, void *proxy_arg)
+{
+    proxy *p = proxy_arg;
+    return conns_track(p->conns, bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE));
+}
+
+void conns_request_in(conns *c, struct evhttp_request *req)
+{
+    centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
+    if (!e) return;
+    e->busy = true;
+    evtimer_del(e->deadline);
+}
+
+void conns_reply_out(conns *c, struct evhttp_request *req)
+{
+    centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
+    if (!e) return;
+    e->busy = false;
+    e->bytes = 0;
+    evtimer_add(e->deadline, c->timeout);
+}
+
+size_t conns_open(const conns *c) { return c ? c->open : 0; }
+
+conns *conns_new(proxy *p)
+{
+    conns *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->p = p;
+    c->base = p->base;
+    c->max = (size_t)p->cfg.max_client_connections;
+    c->nbuckets = 256;
+    while (c->nbuckets < c->max && c->nbuckets < MAX_BUCKETS) c->nbuckets *= 2;
+    c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
+    struct timeval tv = {(time_t)p->cfg.client_request_timeout_s, 0};
+    c->timeout = event_base_init_common_timeout(p->base, &tv);
+    c->adopt = event_new(p->base, -1, 0, on_adopt, c);
+    if (!c->buckets || !c->timeout || !c->adopt) {
+        conns_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void conns_free(conns *c)
+{
+    if (!c) return;
+    for (size_t i = 0; i < c->nfresh; i++) bufferevent_decref(c->fresh[i]);
+    /* entries left (evhttp_free not called first): drop them without their connections */
+    for (size_t i = 0; c->buckets && i < c->nbuckets; i++) {
+        for (centry *e = c->buckets[i], *n; e; e = n) {
+            n = e->next;
+            struct bufferevent *bev = evhttp_connection_get_bufferevent(e->evcon);
+            if (bev && e->watch) evbuffer_remove_cb_entry(bufferevent_get_input(bev), e->watch);
+            evhttp_connection_set_closecb(e->evcon, NULL, NULL);
+            event_free(e->deadline);
+            free(e);
+        }
+    }
+    if (c->adopt) event_free(c->adopt);
+    free(c->fresh);
+    free(c->buckets);
+    free(c);
+}

@@ -1,0 +1,51 @@
+/* conns — the proxy's client connections: at most MAX_CLIENT_CONNECTIONS
+ * open (one more is closed at once and counted, reason "max_connections"),
+ * and each request must arrive whole within CLIENT_REQUEST_TIMEOUT_S of the
+ * connection's start or of its previous reply (a client trickling its
+ * headers or body — slowloris — is closed and counted, reason
+ * "client_timeout"; an idle keep-alive connection is simply closed).
+ *
+ * libevent 2.1 has no hook for either (no evhttp_set_max_connections, no
+ * new-connection callback), so this is built from public parts: the
+ * bufferevent callback (evhttp_set_bevcb) sees every accepted connection
+ * first; once evhttp has set it up, its connection object is the
+ * bufferevent's callback argument, where a deferred event finds it and
+ * registers a close callback (evhttp_connection_set_closecb). */
+#ifndef TURNOUT_CONNS_H
+#define TURNOUT_CONNS_H
+
+#include <stddef.h>
+
+struct event_base;
+struct bufferevent;
+struct evhttp_request;
+typedef struct proxy proxy;
+typedef struct conns conns;
+
+/* NULL when out of memory.  Settings and counters come from p. */
+conns *conns_new(proxy *p);
+
+/* Closes nothing (evhttp_free closes the connections, each through the
+ * close callback, before this is called). */
+void conns_free(conns *c);
+
+/* The evhttp bufferevent callback for plain HTTP (evhttp_set_bevcb with
+ * the proxy as argument); TLS connections call conns_track with their own
+ * bufferevent. */
+struct bufferevent *conns_plain_bevcb(struct event_base *base, void *proxy_arg);
+
+/* Takes note of a bufferevent just made for an accepted connection;
+ * returns it (NULL stays NULL). */
+struct bufferevent *conns_track(conns *c, struct bufferevent *bev);
+
+/* A whole request arrived on req's connection: its deadline stops. */
+void conns_request_in(conns *c, struct evhttp_request *req);
+
+/* About to reply to req: the deadline for the next request starts.  Call
+ * before the reply is sent (the request may be gone after). */
+void conns_reply_out(conns *c, struct evhttp_request *req);
+
+/* Client connections open now. */
+size_t conns_open(const conns *c);
+
+#endif
