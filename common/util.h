@@ -39,6 +39,10 @@ void util_iso8601(double t, char out[32]);
 void util_reply_error(struct evhttp_request *req, int status, const char *code,
                       const char *message, int retry_after_s);
 
+/* Now as an HTTP Date header value ("Sun, 06 Nov 1994 08:49:37 GMT"),
+ * borrowed until the next call; NULL if the clock cannot be formatted. */
+const char *util_http_date(void);
+
 /* Sends a JSON body (already serialized) with `status`; ends the request. */
 void util_reply_json(struct evhttp_request *req, int status, const char *json,
                      size_t len);

@@ -87,6 +87,7 @@ void list_api_get(proxy *p, struct evhttp_request *req, double t0, const list_ap
     if (rclient_command(p->broker, on_list, lc, 4, argv, lens) != 0) {
         free(lc);
         px_hold_in_flight(r, NOT_WAITING);
+        px_count_upstream_error(p, PATH_NEW, UP_REDIS_DOWN);
         px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the list is kept there. Retry shortly", 1);
     }
 }

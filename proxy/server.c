@@ -509,6 +509,7 @@ static void handle_dashboard(proxy *p, struct evhttp_request *req, double t0)
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET && evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
         evhttp_add_header(out, "Allow", "GET");
+        px_count_reject(p, RJ_METHOD);
         px_reply_error(p, req, RT_PROBE, t0, 405, "method_not_allowed", "use GET /dashboard", 0);
         return;
     }
