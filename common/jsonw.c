@@ -135,14 +135,7 @@ void jw_puts(jsonw *w, const char *s) { jw_put(w, s, strlen(s)); }
 void jw_put_int(jsonw *w, long long v)
 {
     char tmp[24];
-    size_t i = sizeof(tmp);
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) tmp[--i] = '-';
-    jw_put(w, tmp + i, sizeof(tmp) - i);
+    jw_put(w, tmp, util_format_ll(v, tmp));
 }
 
 /* ---------- structure ---------- */
