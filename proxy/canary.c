@@ -507,10 +507,7 @@ void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (strcmp(path, "/admin/canary") == 0) {
         if (cmd != EVHTTP_REQ_GET) {
-            px_count_reject(p, RJ_METHOD);
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-            px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed",
-                           "GET /admin/canary reads; POST /admin/canary/{start,pause,resume,abort} acts", 0);
+            px_reply_method_not_allowed(p, req, RT_ADMIN, t0, "GET", "GET /admin/canary reads; POST /admin/canary/{start,pause,resume,abort} acts");
             return;
         }
         json_t *o = canary_view(p->canary);
@@ -528,9 +525,7 @@ void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
         return;
     }
     if (cmd != EVHTTP_REQ_POST) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed", "canary actions take POST", 0);
+        px_reply_method_not_allowed(p, req, RT_ADMIN, t0, "POST", "canary actions take POST");
         return;
     }
     if (!px_admin_authorized(p, req, RT_ADMIN, t0)) return;

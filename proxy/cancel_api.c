@@ -430,10 +430,7 @@ void cancel_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
         return;
     }
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        px_reply_error(p, req, RT_CANCEL, t0, 405, "method_not_allowed",
-                       "use POST /api/eval/{eval_id}/cancel[?terminate=true]", 0);
+        px_reply_method_not_allowed(p, req, RT_CANCEL, t0, "POST", "use POST /api/eval/{eval_id}/cancel[?terminate=true]");
         return;
     }
     if (!util_valid_id(id, len, CANCEL_EVAL_ID_MAX)) {

@@ -661,13 +661,6 @@ done:
 
 /* ---------- dispatch ---------- */
 
-static void method_not_allowed(proxy *p, struct evhttp_request *req, double t0, const char *allow, const char *msg)
-{
-    px_count_reject(p, RJ_METHOD);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
-    px_reply_error(p, req, RT_DLQ, t0, 405, "method_not_allowed", msg, 0);
-}
-
 void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
 {
     const char *tid = NULL;
@@ -688,11 +681,11 @@ void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, doub
         px_reply_error(p, req, RT_DLQ, t0, 422, "invalid_task_id", msg, 0);
         return;
     case DLQ_T_LIST:
-        if (m != EVHTTP_REQ_GET) method_not_allowed(p, req, t0, "GET", "use GET /api/dlq/list?limit=&offset=&eval_id=");
+        if (m != EVHTTP_REQ_GET) px_reply_method_not_allowed(p, req, RT_DLQ, t0, "GET", "use GET /api/dlq/list?limit=&offset=&eval_id=");
         else handle_list(p, req, t0);
         return;
     case DLQ_T_STATS:
-        if (m != EVHTTP_REQ_GET) method_not_allowed(p, req, t0, "GET", "use GET /api/dlq/stats");
+        if (m != EVHTTP_REQ_GET) px_reply_method_not_allowed(p, req, RT_DLQ, t0, "GET", "use GET /api/dlq/stats");
         else handle_stats(p, req, t0);
         return;
     case DLQ_T_ENTRY:
@@ -704,13 +697,13 @@ void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, doub
             dlq_op *op = op_new(p, req, t0, tid, tid_len);
             if (op) start_delete(op);
         } else {
-            method_not_allowed(p, req, t0, "GET, DELETE",
+            px_reply_method_not_allowed(p, req, RT_DLQ, t0, "GET, DELETE",
                                "use GET /api/dlq/{task_id} to read an entry, DELETE (admin token) to remove it");
         }
         return;
     case DLQ_T_RETRY:
         if (m != EVHTTP_REQ_POST) {
-            method_not_allowed(p, req, t0, "POST", "use POST /api/dlq/{task_id}/retry with the admin token");
+            px_reply_method_not_allowed(p, req, RT_DLQ, t0, "POST", "use POST /api/dlq/{task_id}/retry with the admin token");
             return;
         }
         if (!px_admin_authorized(p, req, RT_DLQ, t0)) return;

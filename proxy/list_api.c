@@ -48,10 +48,8 @@ void list_api_get(proxy *p, struct evhttp_request *req, double t0, const list_ap
 {
     char msg[160];
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
         snprintf(msg, sizeof(msg), "use GET with ?limit=1..%ld (default %ld)", spec->max, spec->dflt);
-        px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed", msg, 0);
+        px_reply_method_not_allowed(p, req, RT_ADMIN, t0, "GET", msg);
         return;
     }
     long limit = spec->dflt;

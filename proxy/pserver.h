@@ -93,6 +93,10 @@ void px_hold_in_flight(preq *r, enum route_path path);
 void px_count_reject(proxy *p, enum pm_reject why);
 /* 503 out_of_memory + Retry-After, through `r` when there is one. */
 void px_reply_oom(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, preq *r);
+/* 405 with an Allow header (`allow`, e.g. "GET") and `usage` as the
+ * message; counted as rejected reason "method". */
+void px_reply_method_not_allowed(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
+                                 const char *allow, const char *usage);
 /* 503 "overloaded" + Retry-After when MAX_IN_FLIGHT requests wait on a
  * backend: true when it answered. */
 bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);

@@ -463,9 +463,6 @@ void rollout_api_handle(proxy *p, struct evhttp_request *req, const char *path, 
     } else if (cmd == EVHTTP_REQ_PUT) {
         handle_put(p, req, t0);
     } else {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, PUT");
-        px_reply_error(p, req, RT_ADMIN, t0, 405, "method_not_allowed",
-                       "GET /admin/rollout reads the state; PUT changes it (admin token)", 0);
+        px_reply_method_not_allowed(p, req, RT_ADMIN, t0, "GET, PUT", "GET /admin/rollout reads the state; PUT changes it (admin token)");
     }
 }

@@ -167,6 +167,15 @@ preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, doub
     return r;
 }
 
+/* 405 with Allow and how to call it; counted (reason "method"). */
+void px_reply_method_not_allowed(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
+                                 const char *allow, const char *usage)
+{
+    px_count_reject(p, RJ_METHOD);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    px_reply_error(p, req, route, t0, 405, "method_not_allowed", usage, 0);
+}
+
 /* A reply that needs no backend. */
 void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
                             int status, const char *code, const char *msg, int retry_after)
@@ -239,9 +248,7 @@ bool px_accept_json_post(proxy *p, struct evhttp_request *req, enum pm_route rou
     char msg[320];
 
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        px_reply_error(p, req, route, t0, 405, "method_not_allowed", usage, 0);
+        px_reply_method_not_allowed(p, req, route, t0, "POST", usage);
         return false;
     }
     if (!is_json_content_type(evhttp_find_header(in, "Content-Type"))) {
@@ -508,9 +515,7 @@ static void handle_dashboard(proxy *p, struct evhttp_request *req, double t0)
 {
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET && evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
-        evhttp_add_header(out, "Allow", "GET");
-        px_count_reject(p, RJ_METHOD);
-        px_reply_error(p, req, RT_PROBE, t0, 405, "method_not_allowed", "use GET /dashboard", 0);
+        px_reply_method_not_allowed(p, req, RT_PROBE, t0, "GET", "use GET /dashboard");
         return;
     }
     evhttp_add_header(out, "Content-Type", "text/html; charset=utf-8");

@@ -297,9 +297,7 @@ static void on_shared(rbatch *b, void *arg)
 void stats_api_handle(proxy *p, struct evhttp_request *req, double t0)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-        px_reply_error(p, req, RT_PROBE, t0, 405, "method_not_allowed", "use GET /api/stats", 0);
+        px_reply_method_not_allowed(p, req, RT_PROBE, t0, "GET", "use GET /api/stats");
         return;
     }
     stats_op *op = calloc(1, sizeof(*op));

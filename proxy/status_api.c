@@ -264,10 +264,7 @@ void status_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
         return;
     }
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-        px_reply_error(p, req, RT_STATUS, t0, 405, "method_not_allowed",
-                       "use GET /api/eval-status/{eval_id} (cancel: POST /api/eval/{eval_id}/cancel)", 0);
+        px_reply_method_not_allowed(p, req, RT_STATUS, t0, "GET", "use GET /api/eval-status/{eval_id} (cancel: POST /api/eval/{eval_id}/cancel)");
         return;
     }
     if (!util_valid_id(id, len, SUB_MAX_EVAL_ID)) {
@@ -380,9 +377,7 @@ static void on_queue_new(rbatch *b, void *arg)
 void status_api_queue(proxy *p, struct evhttp_request *req, double t0)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        px_count_reject(p, RJ_METHOD);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-        px_reply_error(p, req, RT_STATUS, t0, 405, "method_not_allowed", "use GET /api/queue-status", 0);
+        px_reply_method_not_allowed(p, req, RT_STATUS, t0, "GET", "use GET /api/queue-status");
         return;
     }
     queue_op *q = calloc(1, sizeof(*q));
