@@ -876,7 +876,7 @@ static bool name_is(const char *h, const char *colon, const char *name)
 }
 
 hpool_req *hpool_start(hpool *p, const httpc_opts *o, size_t max_body, httpc_done_cb cb, void *arg,
-                       char err[256])
+                       bool *declined, char err[256])
 {
     char authority[MAX_AUTHORITY];
     struct sockaddr_storage ss;
@@ -884,6 +884,7 @@ hpool_req *hpool_start(hpool *p, const httpc_opts *o, size_t max_body, httpc_don
     const char *path;
     const char *m = o->method;
     if (!parse_url(o->url, authority, &ss, &sslen, &path)) {
+        if (declined) *declined = true;
         set_err(err, "the URL is not http:// to an IP address");
         return NULL;
     }

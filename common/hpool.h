@@ -47,11 +47,13 @@ void hpool_free(hpool *p);
  * characters or spaces. */
 bool hpool_handles(const char *url);
 
-/* Starts a request (o->url must satisfy hpool_handles).  max_body is the
- * response body limit.  NULL with err filled when it cannot start (out of
- * memory, bad header); the callback is then never called. */
+/* Starts a request.  max_body is the response body limit.  NULL when it
+ * does not start, and the callback is then never called: with *declined
+ * set (when declined is not NULL) if the URL is not one hpool carries (see
+ * hpool_handles; the caller takes it elsewhere), else with err filled (out
+ * of memory, bad header). */
 hpool_req *hpool_start(hpool *p, const httpc_opts *o, size_t max_body, httpc_done_cb cb, void *arg,
-                       char err[256]);
+                       bool *declined, char err[256]);
 
 /* Aborts an in-flight request; its callback is not called.  Not from inside
  * that request's own callback. */

@@ -433,19 +433,21 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
     }
     size_t max_body = o->max_response_bytes ? o->max_response_bytes : DEFAULT_MAX_RESPONSE;
     if (max_body > MAX_RESPONSE_CEILING) max_body = MAX_RESPONSE_CEILING; /* keeps cap + 1 and curl_off_t sane */
-    if (c->pool && hpool_handles(o->url)) {
+    if (c->pool) {
+        bool declined = false;
         r = calloc(1, sizeof(*r) + 1);
         if (!r) goto oom;
         r->c = c;
         r->cb = cb;
         r->arg = arg;
-        r->native = hpool_start(c->pool, o, max_body, native_done, r, err);
-        if (!r->native) {
-            free(r);
-            return NULL;
+        r->native = hpool_start(c->pool, o, max_body, native_done, r, &declined, err);
+        if (r->native) {
+            link_req(c, r);
+            return r;
         }
-        link_req(c, r);
-        return r;
+        free(r);
+        r = NULL;
+        if (!declined) return NULL; /* hpool's URL, but it could not start */
     }
     if (!c->multi && curl_setup(c, err) != 0) return NULL;
     r = malloc(sizeof(*r) + body_len + 1);

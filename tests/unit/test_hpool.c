@@ -209,7 +209,7 @@ static hpool_req *go(const char *method, const char *path, const char *body, lon
     snprintf(u, sizeof(u), "%s%s", url, path);
     httpc_opts o = {.method = method, .url = u, .body = body, .body_len = body ? strlen(body) : 0,
                     .headers = headers, .timeout_ms = timeout_ms, .want_headers = true};
-    hpool_req *q = hpool_start(pool, &o, cap ? cap : 1 << 20, record, r, err);
+    hpool_req *q = hpool_start(pool, &o, cap ? cap : 1 << 20, record, r, NULL, err);
     if (!q) fprintf(stderr, "hpool_start: %s\n", err);
     return q;
 }
@@ -247,6 +247,22 @@ static void test_handles(void)
     CHECK(!hpool_handles("http://127.0.0.1:/"));
     CHECK(!hpool_handles("http://[::1/"));
     CHECK(!hpool_handles(NULL));
+    /* hpool_start says which refusals are "not mine" (the caller goes to curl) */
+    char err[256];
+    bool declined = false;
+    static const char *const bad[] = {"X-Bad\r\nInjected: 1", NULL};
+    httpc_opts o = {.method = "GET", .url = "http://localhost:1/", .timeout_ms = 1000};
+    hpool *lp = hpool_new(base);
+    CHECK(hpool_start(lp, &o, 1024, record, NULL, &declined, err) == NULL);
+    CHECK(declined);
+    declined = false;
+    o.url = "http://127.0.0.1:1/";
+    o.headers = bad;
+    CHECK(hpool_start(lp, &o, 1024, record, NULL, &declined, err) == NULL);
+    CHECK(!declined);
+    CHECK_CONTAINS(err, "bad request header");
+    CHECK_EQ_INT(hpool_connections(lp), 0);
+    hpool_free(lp);
 }
 
 static void test_request_bytes_and_reuse(void)
@@ -446,7 +462,7 @@ static void test_timeout_refused_cancel(void)
     snprintf(u, sizeof(u), "http://127.0.0.1:%d/", ntohs(sa.sin_port));
     result b = {0};
     httpc_opts o = {.method = "GET", .url = u, .timeout_ms = 5000};
-    CHECK(hpool_start(pool, &o, 1024, record, &b, err) != NULL);
+    CHECK(hpool_start(pool, &o, 1024, record, &b, NULL, err) != NULL);
     CHECK_EQ_INT(b.calls, 0); /* never from inside hpool_start */
     loop_until(2);
     close(fd);
@@ -481,9 +497,9 @@ static void test_free_from_callback(void)
     snprintf(u, sizeof(u), "%s/", url);
     httpc_opts o = {.method = "GET", .url = u, .timeout_ms = 5000};
     result a = {0}, b = {0};
-    CHECK(hpool_start(pool, &o, 1024, record, &b, err) != NULL);
+    CHECK(hpool_start(pool, &o, 1024, record, &b, NULL, err) != NULL);
     spin(30); /* b takes the first answer, which never ends */
-    CHECK(hpool_start(pool, &o, 1024, free_pool, &a, err) != NULL);
+    CHECK(hpool_start(pool, &o, 1024, free_pool, &a, NULL, err) != NULL);
     spin(50);
     CHECK_EQ_INT(a.calls, 1);
     CHECK_EQ_INT(a.error, HTTPC_OK);
