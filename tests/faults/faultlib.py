@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from fixtures_turnout import WAIT_S, ManagedProcess, RedisServer, tool, wait_until
+from fixtures_turnout import RedisServer
 
 SOAK = os.environ.get("TURNOUT_SOAK", "").strip() not in ("", "0", "false", "no")
 
@@ -184,23 +184,8 @@ class DurableRedis(RedisServer):
     with the same directory keeps every acknowledged write, even after a
     SIGKILL."""
 
-    def start(self, timeout=WAIT_S):
-        self._starts += 1
-        if self.mp is not None:
-            self.mp.stop(signal.SIGTERM, 5)
-            self.mp.forget()
-        self.mp = ManagedProcess(
-            f"redis-server(aof):{self.port}",
-            [tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--aof-use-rdb-preamble", "yes", "--dir", str(self.dir), "--daemonize", "no"],
-            os.environ.copy(), self.dir / f"redis-{self._starts}.log").start()
-        c = self.client()
-        try:
-            wait_until(lambda: c.ping(), timeout, f"redis-server PING on {self.port}", [self.mp])
-        finally:
-            c.close()
-        return self
+    NAME = "redis-server(aof)"
+    PERSISTENCE = ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--aof-use-rdb-preamble", "yes"]
 
     def kill(self):
         """SIGKILL: no shutdown, no final fsync beyond appendfsync always."""

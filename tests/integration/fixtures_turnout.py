@@ -266,6 +266,9 @@ def wait_http(url, timeout=WAIT_S, procs=(), status=200):
 # --------------------------------------------------------------- services
 
 class RedisServer:
+    NAME = "redis-server"
+    PERSISTENCE = ["--save", "", "--appendonly", "no"]   # subclasses choose their own
+
     def __init__(self, workdir, port=None):
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -288,10 +291,9 @@ class RedisServer:
             self.mp.stop(signal.SIGTERM, 5)
             self.mp.forget()
         self.mp = ManagedProcess(
-            f"redis-server:{self.port}",
-            [tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-             "--daemonize", "no"],
+            f"{self.NAME}:{self.port}",
+            [tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", *self.PERSISTENCE,
+             "--dir", str(self.dir), "--daemonize", "no"],
             os.environ.copy(), self.dir / f"redis-{self._starts}.log").start()
         c = self.client()
         try:
