@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -10,7 +11,8 @@
 
 #include <event2/buffer.h>
 #include <event2/http.h>
-#include <jansson.h>
+
+#include "jsonw.h"
 
 double util_now(void)
 {
@@ -119,6 +121,56 @@ void util_iso8601(double t, char out[32])
     gmtime_r(&sec, &tm);
     size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(out + n, 32 - n, ".%06ld", usec);
+}
+
+/* Bytes of the UTF-8 sequence a lead byte starts: 1 for ASCII, 2..4 for a
+ * lead byte, 0 for a continuation byte or a byte that never starts one. */
+static size_t utf8_lead_len(unsigned char c)
+{
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) return 2;
+    if (c >= 0xE0 && c <= 0xEF) return 3;
+    if (c >= 0xF0 && c <= 0xF4) return 4;
+    return 0;
+}
+
+size_t util_utf8_trim_end(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    /* the last lead byte among the last four; a character shorter than
+     * its lead byte promises was cut */
+    for (size_t back = 1; back <= 4 && back <= len; back++) {
+        unsigned char c = p[len - back];
+        if ((c & 0xC0) == 0x80) continue; /* continuation: look further back */
+        size_t want = utf8_lead_len(c);
+        return want > back ? len - back : len;
+    }
+    return len; /* not UTF-8 there (a run of continuation bytes): left as it is */
+}
+
+size_t util_utf8_prefix(const char *s, size_t max)
+{
+    if (!s) return 0;
+    size_t n = strnlen(s, max);
+    if (n < max || s[n] == '\0') return n; /* the whole string */
+    return util_utf8_trim_end(s, n);
+}
+
+size_t util_snprintf(char *buf, size_t size, const char *fmt, ...)
+{
+    if (!size) return 0;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        buf[0] = '\0';
+        return 0;
+    }
+    if ((size_t)n < size) return (size_t)n;
+    size_t len = util_utf8_trim_end(buf, size - 1);
+    buf[len] = '\0';
+    return len;
 }
 
 bool util_valid_id(const char *id, size_t len, size_t max)
@@ -231,19 +283,28 @@ void util_reply_json(struct evhttp_request *req, int status, const char *json, s
 void util_reply_error(struct evhttp_request *req, int status, const char *code,
                       const char *message, int retry_after_s)
 {
-    json_t *o = json_pack("{s:s, s:s}", "error", code, "message", message);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    /* written with jsonw, which replaces invalid UTF-8 instead of failing:
+     * a message quoting odd input is still sent, and only a real shortage
+     * of memory gives the out_of_memory reply */
+    char stack[512];
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "error");
+    jw_cstring(&w, code);
+    jw_lit_key(&w, "message");
+    jw_cstring(&w, message ? message : "");
+    jw_obj_close(&w);
     if (retry_after_s > 0) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", retry_after_s);
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
     }
-    if (text) {
-        util_reply_json(req, status, text, strlen(text));
+    if (!jw_failed(&w)) {
+        util_reply_json(req, status, jw_text(&w), jw_len(&w));
     } else {
         static const char oom[] = "{\"error\":\"out_of_memory\",\"message\":\"the server is out of memory; retry later\"}";
         util_reply_json(req, status, oom, sizeof(oom) - 1);
     }
-    free(text);
-    json_decref(o);
+    jw_free(&w);
 }

@@ -47,6 +47,23 @@ const char *util_http_date(void);
 void util_reply_json(struct evhttp_request *req, int status, const char *json,
                      size_t len);
 
+/* UTF-8-safe quoting.  Every message that quotes input (a field, a task
+ * name, a header) cuts it at a character boundary, never inside one: a cut
+ * character is invalid UTF-8, which JSON cannot carry and jansson refuses.
+ *
+ * util_utf8_prefix: how many bytes of the NUL-terminated s to show when at
+ * most max may be shown — strnlen(s, max) backed up to the start of a
+ * character cut by the limit.  For printf, UTF8_CUT gives the precision and
+ * the string of a "%.*s":  snprintf(m, n, "task \"%.*s\"", UTF8_CUT(name, 100)).
+ * Reads at most max + 1 bytes of s. */
+size_t util_utf8_prefix(const char *s, size_t max);
+#define UTF8_CUT(s, max) (int)util_utf8_prefix((s), (max)), (s)
+/* len with an incomplete character at the end of s[0..len) removed. */
+size_t util_utf8_trim_end(const char *s, size_t len);
+/* snprintf that, when the text does not fit, ends it at a character
+ * boundary.  Returns the length written (not the length wanted). */
+size_t util_snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* 1..max characters of [A-Za-z0-9_.:-] (eval ids, task ids). */
 bool util_valid_id(const char *id, size_t len, size_t max);
 
