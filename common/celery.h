@@ -16,6 +16,12 @@ extern const int celery_priority_steps[CELERY_NSTEPS]; /* 0, 3, 6, 9 */
 
 /* Celery truncates argsrepr/kwargsrepr to this many characters. */
 #define CELERY_REPR_MAX 1024
+/* The longest task id turnout runs, stores and addresses, in bytes.  The
+ * worker refuses a longer id (or one that is not printable UTF-8) up front,
+ * dead-lettering the message under a substitute id, and never truncates
+ * one; the DLQ API addresses every id it accepts (percent-encoded in the
+ * path). */
+#define CELERY_TASK_ID_MAX 255
 
 /* A task's args and kwargs already written as JSON text (jsonw), with
  * their reprs (celery_repr_str, celery_repr_cut): for producers that build

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include "celery.h"
 
 struct evhttp_request;
 typedef struct proxy proxy;
@@ -15,7 +16,7 @@ typedef struct proxy proxy;
 #define DLQ_LIMIT_DEFAULT 50
 #define DLQ_LIMIT_MAX 500
 #define DLQ_OFFSET_MAX 1000000000L
-#define DLQ_TASK_ID_MAX 255
+#define DLQ_TASK_ID_MAX CELERY_TASK_ID_MAX
 
 /* Query of GET /api/dlq/list. */
 typedef struct dlq_query {
