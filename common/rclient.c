@@ -52,7 +52,14 @@ struct rclient {
     const char *drop_reason; /* error text given to commands failed by a drop */
     subscription *subs;
     bool freeing;
+    /* the server's clock: server_us = (monotonic now + clock_offset) * 1e6 */
+    bool track_clock, clock_known, clock_asked;
+    double clock_offset, clock_unc, clock_at; /* seconds; clock_at: monotonic time of the sample */
+    struct event *clock_timer;
 };
+
+#define CLOCK_RESAMPLE_S 5.0
+#define CLOCK_DRIFT 1e-4 /* allowance per second of a sample's age: far above real clock drift */
 
 static void arm_timer(rclient *rc, double delay_s);
 static void send_subscribe(rclient *rc, subscription *s);
@@ -129,10 +136,15 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
     return 0;
 }
 
+static void sample_clock(rclient *rc);
+static void on_clock_timer(evutil_socket_t fd, short what, void *arg);
+
 static void set_state(rclient *rc, enum rstate s)
 {
     bool was_up = rc->state == RC_UP;
     rc->state = s;
+    if (s != RC_UP) rc->clock_known = false; /* the next server may be another one */
+    if (s == RC_UP && !was_up && rc->track_clock) sample_clock(rc);
     if (was_up != (s == RC_UP) && rc->on_state && !rc->freeing) rc->on_state(rc, s == RC_UP, rc->ud);
 }
 
@@ -418,6 +430,17 @@ rclient *rclient_new(struct event_base *base, const char *url, const rclient_opt
         snprintf(err, 256, "out of memory");
         goto err;
     }
+    rc->track_clock = opts && opts->track_server_clock;
+    if (rc->track_clock) {
+        rc->clock_timer = evtimer_new(base, on_clock_timer, rc);
+        if (!rc->clock_timer) {
+            event_free(rc->timer);
+            snprintf(err, 256, "out of memory");
+            goto err;
+        }
+        struct timeval tv = {(time_t)CLOCK_RESAMPLE_S, 0};
+        evtimer_add(rc->clock_timer, &tv);
+    }
     start_connect(rc);
     return rc;
 err:
@@ -431,6 +454,7 @@ void rclient_free(rclient *rc)
     rc->freeing = true;
     if (rc->ac) drop(rc, "shutting down");
     if (rc->timer) event_free(rc->timer);
+    if (rc->clock_timer) event_free(rc->clock_timer);
     while (rc->subs) {
         subscription *next = rc->subs->next;
         free(rc->subs->channel);
@@ -676,6 +700,80 @@ int rclient_eval(rclient *rc, const rclient_script *script, rclient_cb cb, void 
         return -1;
     }
     return 0;
+}
+
+/* ---------- the server's clock ---------- */
+
+typedef struct clock_call {
+    rclient *rc;
+    double sent;
+} clock_call;
+
+static double clock_unc_now(const rclient *rc, double now)
+{
+    return rc->clock_unc + (now - rc->clock_at) * CLOCK_DRIFT;
+}
+
+static void on_time(struct redisReply *reply, const char *err, void *arg)
+{
+    (void)err;
+    clock_call *c = arg;
+    rclient *rc = c->rc;
+    double now = util_monotonic();
+    rc->clock_asked = false;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_STRING && reply->element[1]->type == REDIS_REPLY_STRING &&
+        rc->state == RC_UP) {
+        double server = strtod(reply->element[0]->str, NULL) + strtod(reply->element[1]->str, NULL) / 1e6;
+        double unc = (now - c->sent) / 2;
+        /* the sample that bounds the server's clock best wins */
+        if (!rc->clock_known || unc < clock_unc_now(rc, now)) {
+            rc->clock_offset = server - (c->sent + now) / 2;
+            rc->clock_unc = unc;
+            rc->clock_at = now;
+            rc->clock_known = true;
+        }
+    }
+    free(c);
+}
+
+static void sample_clock(rclient *rc)
+{
+    if (rc->clock_asked || rc->state != RC_UP) return;
+    clock_call *c = malloc(sizeof(*c));
+    if (!c) return;
+    c->rc = rc;
+    c->sent = util_monotonic();
+    const char *argv[] = {"TIME"};
+    size_t lens[] = {4};
+    if (rclient_command(rc, on_time, c, 1, argv, lens) != 0) {
+        free(c);
+        return;
+    }
+    rc->clock_asked = true;
+}
+
+static void on_clock_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rclient *rc = arg;
+    sample_clock(rc);
+    struct timeval tv = {(time_t)CLOCK_RESAMPLE_S, 0};
+    evtimer_add(rc->clock_timer, &tv);
+}
+
+size_t rclient_deadline(const rclient *rc, char out[24])
+{
+    if (!rc->clock_known || rc->state != RC_UP) return 0;
+    double now = util_monotonic();
+    double timeout = (double)rc->cmd_timeout_ms / 1000.0;
+    /* a tenth of the timeout (at least 5 ms) as margin, on top of what the
+     * sample cannot tell */
+    double margin = timeout / 10 > 0.005 ? timeout / 10 : 0.005;
+    double budget = timeout - margin - clock_unc_now(rc, now);
+    if (budget <= 0) return 0; /* the clock is too uncertain for this timeout */
+    return util_format_ll((long long)((now + rc->clock_offset + budget) * 1e6), out);
 }
 
 bool rclient_is_up(const rclient *rc) { return rc->state == RC_UP; }

@@ -33,6 +33,7 @@ typedef struct rclient_opts {
     const char *name;         /* for logs, e.g. "broker" */
     rclient_state_cb on_state;
     void *ud;
+    bool track_server_clock;  /* measure the server's clock (rclient_deadline) */
 } rclient_opts;
 
 /* Parses "redis://[:password@]host[:port][/db]".  host must be an IP
@@ -101,6 +102,24 @@ void rclient_send(rclient *rc, int argc, const char **argv, const size_t *argvle
  * appends "NAME=<why>" per problem to errs and returns the count. */
 int rclient_check_urls(const char *const *names, const char *const *urls, size_t n, char *errs,
                        size_t errs_size);
+
+/* Deadlines a script can check against the server's own clock, so that a
+ * command whose reply never came (timeout, lost connection) cannot take
+ * effect after the caller has given up on it.  With track_server_clock the
+ * client samples the server's TIME on every connect and every few seconds,
+ * and keeps the offset between that clock and its own monotonic clock with
+ * its uncertainty (half the round trip, plus a drift allowance for the
+ * sample's age).
+ *
+ * rclient_deadline writes, as decimal microseconds of the server's clock
+ * (what `TIME` gives as s * 1e6 + us), the latest moment at which a command
+ * sent now may still act: earlier than the moment this client will fail it
+ * by its command timeout, by the uncertainty and a margin.  A script that
+ * compares it with `TIME` and refuses past it can never act after its
+ * callback has reported "timeout" or "connection lost".  Returns the
+ * length, or 0 when the clock is not known (not connected yet, or no
+ * sample since the last connect): then such a command must not be sent. */
+size_t rclient_deadline(const rclient *rc, char out[24]);
 
 bool rclient_is_up(const rclient *rc);
 int rclient_db(const rclient *rc);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
 #include <jansson.h>
 
 #include "jsonw.h"
@@ -13,6 +14,17 @@
 #include "shadow.h"
 #include "util.h"
 
+/* A Redis command sent with no reply back (timeout, lost connection) may
+ * or may not have acted.  Such a submission is settled before it goes
+ * anywhere else: once the command's deadline has passed in Redis's own
+ * clock (so it can no longer act), the route record is read back.  Ours:
+ * it is queued there; none: it never ran and never will, so the next path
+ * is safe.  When Redis does not answer within SETTLE_TIMEOUTS command
+ * timeouts the client gets a 503 and nothing is sent anywhere else. */
+enum settle_kind { SETTLE_NONE, SETTLE_NEW, SETTLE_CLAIM };
+#define SETTLE_TIMEOUTS 1
+#define SETTLE_RETRY_S 0.1
+
 typedef struct dop {
     proxy *p;
     submission sub;
@@ -21,8 +33,14 @@ typedef struct dop {
     void *arg;
     enum route_path holding; /* share of turnout_in_flight_requests, or NOT_WAITING */
     char *record;            /* the route record this submission writes */
+    char *new_record;        /* new path: the record its script carried (to know it again) */
     double submitted_at;
     bool claimed;            /* legacy: the record is in Redis, ours */
+    enum settle_kind settling;
+    double sent_at;          /* monotonic: the last route record command went out */
+    double settle_until;     /* monotonic: settling gives up (0: not settling yet) */
+    struct event *timer;
+    char why[256];           /* why the new path did not take it */
 } dop;
 
 static void hold(dop *d, enum route_path path)
@@ -40,6 +58,8 @@ static void finish_text(dop *d, int status, enum route_path path, bool duplicate
     d->cb(&res, d->arg);
     submission_free(&d->sub);
     free(d->record);
+    free(d->new_record);
+    if (d->timer) event_free(d->timer);
     free(d);
 }
 
@@ -52,12 +72,24 @@ static void finish(dop *d, int status, enum route_path path, bool duplicate, jso
     free(text);
 }
 
+/* Written with jsonw: a message quoting odd input can never fail to be
+ * written (invalid bytes become U+FFFD), only a real shortage of memory. */
 static void finish_error(dop *d, int status, enum route_path path, const char *code, const char *msg,
                          int retry_after)
 {
-    finish(d, status, path, false, json_pack("{s:s, s:s, s:s}", "eval_id", d->sub.eval_id, "error", code,
-                                             "message", msg),
-           retry_after);
+    char stack[640];
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "eval_id");
+    jw_cstring(&w, d->sub.eval_id);
+    jw_lit_key(&w, "error");
+    jw_cstring(&w, code);
+    jw_lit_key(&w, "message");
+    jw_cstring(&w, msg);
+    jw_obj_close(&w);
+    finish_text(d, status, path, false, jw_failed(&w) ? NULL : jw_text(&w), jw_len(&w), retry_after);
+    jw_free(&w);
 }
 
 /* The reply every accepted submission gets, written without a tree. */
@@ -160,19 +192,102 @@ static void call_legacy(dop *d)
     }
 }
 
+/* A client-supplied eval_id must be checked against the route records
+ * before anything runs, unless the operator chose availability. */
+static bool must_check(const dop *d)
+{
+    return d->sub.eval_id_given && !d->p->cfg.accept_unchecked_eval_ids;
+}
+
+static void refuse_unchecked(dop *d)
+{
+    px_count_reject(d->p, RJ_UNCHECKED);
+    px_count_decision(d->p, PATH_NONE, d->dec.reason);
+    char msg[600];
+    snprintf(msg, sizeof(msg),
+             "Redis, which remembers where each eval_id went, cannot be asked right now, so this submission of "
+             "eval_id \"%s\" cannot be told apart from a resubmission of one that already ran; nothing was "
+             "queued. Retry after the Retry-After delay with the same eval_id (an operator can set "
+             "ACCEPT_UNCHECKED_EVAL_IDS=true to send such submissions to legacy unchecked)",
+             d->sub.eval_id);
+    LOG_WARN("submission refused: its eval_id cannot be checked while Redis is away", "eval_id", d->sub.eval_id);
+    finish_error(d, 503, PATH_NONE, "eval_id_unchecked", msg, 1);
+}
+
+/* The route record could not be claimed and the claim did nothing (not
+ * sent, refused, or past its deadline). */
+static void claim_unavailable(dop *d, const char *why)
+{
+    if (d->sub.eval_id_given) {
+        /* a resubmission during the same outage is known here */
+        const char *held = records_held_find(d->p->records, d->sub.eval_id);
+        if (held) {
+            char *copy = strdup(held);
+            if (copy) {
+                finish_duplicate(d, copy);
+                free(copy);
+                return;
+            }
+        }
+    }
+    if (must_check(d)) {
+        refuse_unchecked(d);
+        return;
+    }
+    if (d->sub.eval_id_given) metrics_add(d->p->m.unchecked_submissions, 0, 1);
+    LOG_WARN("route record not claimed; the legacy call goes ahead and the record is held", "eval_id",
+             d->sub.eval_id, "error", why);
+    d->claimed = false;
+    call_legacy(d);
+}
+
+static void settle_start(dop *d, enum settle_kind kind);
+
 static void on_claimed(const rec_result *res, void *arg)
 {
     dop *d = arg;
     hold(d, NOT_WAITING);
-    if (res->outcome == REC_DUPLICATE) {
+    switch (res->outcome) {
+    case REC_DUPLICATE:
         finish_duplicate(d, res->existing);
         return;
+    case REC_WRITTEN:
+        d->claimed = true;
+        call_legacy(d);
+        return;
+    case REC_FAILED:
+        if (res->lost && must_check(d)) {
+            settle_start(d, SETTLE_CLAIM); /* it may have found another record */
+            return;
+        }
+        if (res->lost) {
+            /* a fresh eval_id (or availability chosen): whatever the claim
+             * did, it can only have written this very record */
+            if (d->sub.eval_id_given) metrics_add(d->p->m.unchecked_submissions, 0, 1);
+            LOG_WARN("route record claim unanswered; the legacy call goes ahead and the record is held", "eval_id",
+                     d->sub.eval_id, "error", res->err ? res->err : "redis error");
+            d->claimed = false;
+            call_legacy(d);
+            return;
+        }
+        claim_unavailable(d, res->err ? res->err : "redis error");
+        return;
+    case REC_EXPIRED:
+    case REC_FULL:
+    case REC_ABSENT:
+        claim_unavailable(d, res->err ? res->err : "redis error");
+        return;
     }
-    d->claimed = res->outcome == REC_WRITTEN;
-    if (!d->claimed)
-        LOG_WARN("route record not claimed; the legacy call goes ahead and the record is held", "eval_id",
-                 d->sub.eval_id, "error", res->err ? res->err : "redis error");
-    call_legacy(d);
+}
+
+static void claim(dop *d)
+{
+    hold(d, PATH_LEGACY);
+    d->sent_at = util_monotonic();
+    if (records_claim(d->p->records, d->sub.eval_id, d->record, on_claimed, d) != 0) {
+        hold(d, NOT_WAITING);
+        claim_unavailable(d, "redis not connected");
+    }
 }
 
 static void go_legacy(dop *d)
@@ -185,12 +300,7 @@ static void go_legacy(dop *d)
         finish_error(d, 503, PATH_NONE, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
         return;
     }
-    hold(d, PATH_LEGACY);
-    if (records_claim(d->p->records, d->sub.eval_id, d->record, on_claimed, d) != 0) {
-        /* Redis is away: legacy does not need it; the record is held. */
-        d->claimed = false;
-        call_legacy(d);
-    }
+    claim(d);
 }
 
 /* ---------- new ---------- */
@@ -209,11 +319,126 @@ static void new_failed(dop *d, const char *why)
     }
     px_count_decision(p, PATH_NONE, d->dec.reason);
     px_count_reject(p, RJ_NO_PATH);
-    char msg[320];
-    snprintf(msg, sizeof(msg),
-             "the new queue cannot take submissions right now (%s) and FALLBACK_TO_LEGACY is off; retry after the Retry-After delay",
-             why);
+    char msg[400];
+    util_snprintf(msg, sizeof(msg),
+                  "the new queue cannot take submissions right now (%s) and FALLBACK_TO_LEGACY is off; retry after "
+                  "the Retry-After delay",
+                  why);
     finish_error(d, 503, PATH_NONE, "no_path_available", msg, 1);
+}
+
+/* ---------- settling a command that got no reply ---------- */
+
+static void settle_step(dop *d);
+
+static void on_settle_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    settle_step(arg);
+}
+
+static void settle_after(dop *d, double delay_s)
+{
+    if (!d->timer && !(d->timer = evtimer_new(d->p->base, on_settle_timer, d))) {
+        px_count_reject(d->p, RJ_OOM);
+        px_count_decision(d->p, PATH_NONE, d->dec.reason);
+        finish_error(d, 503, PATH_NONE, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        return;
+    }
+    hold(d, d->settling == SETTLE_NEW ? PATH_NEW : PATH_LEGACY);
+    if (delay_s < 0) delay_s = 0;
+    struct timeval tv = {(time_t)delay_s, (suseconds_t)((delay_s - (double)(time_t)delay_s) * 1e6)};
+    evtimer_add(d->timer, &tv);
+}
+
+static void settle_give_up(dop *d)
+{
+    proxy *p = d->p;
+    hold(d, NOT_WAITING);
+    char msg[600];
+    if (d->settling == SETTLE_CLAIM) {
+        /* the claim may have landed before its deadline: undone once Redis is back */
+        records_release_later(p->records, d->sub.eval_id, d->record);
+        refuse_unchecked(d);
+        return;
+    }
+    size_t c = PC_UNKNOWN;
+    metrics_add(p->m.outcome_checks, metrics_at(p->m.outcome_checks, &c), 1);
+    px_count_reject(p, RJ_OUTCOME_UNKNOWN);
+    px_count_decision(p, PATH_NONE, d->dec.reason);
+    snprintf(msg, sizeof(msg),
+             "Redis stopped answering while it was taking this submission, and has not answered since, so whether "
+             "it was queued on the new path is not known; it was sent nowhere else. Resubmit with the same eval_id "
+             "(\"%s\") after the Retry-After delay: the reply will say where it is",
+             d->sub.eval_id);
+    LOG_WARN("submission outcome unknown: Redis did not answer in time", "eval_id", d->sub.eval_id);
+    finish_error(d, 503, PATH_NONE, "outcome_unknown", msg, 1);
+}
+
+static void on_settled(const rec_result *res, void *arg)
+{
+    dop *d = arg;
+    hold(d, NOT_WAITING);
+    if (res->outcome == REC_FAILED) {
+        settle_after(d, util_monotonic() >= d->settle_until ? 0 : SETTLE_RETRY_S);
+        return;
+    }
+    enum settle_kind kind = d->settling;
+    d->settling = SETTLE_NONE;
+    bool found = res->outcome == REC_DUPLICATE;
+    if (kind == SETTLE_NEW) {
+        size_t c = found ? PC_QUEUED : PC_NOT_QUEUED;
+        metrics_add(d->p->m.outcome_checks, metrics_at(d->p->m.outcome_checks, &c), 1);
+        if (found && strcmp(res->existing, d->new_record) == 0) {
+            LOG_INFO("submission's reply was lost; Redis shows it queued on the new path", "eval_id",
+                     d->sub.eval_id);
+            finish_queued(d, PATH_NEW, -1);
+        } else if (found) {
+            finish_duplicate(d, res->existing);
+        } else {
+            LOG_INFO("submission's reply was lost; Redis shows it never ran there", "eval_id", d->sub.eval_id);
+            new_failed(d, d->why);
+        }
+        return;
+    }
+    if (found && strcmp(res->existing, d->record) == 0) {
+        d->claimed = true;
+        call_legacy(d);
+    } else if (found) {
+        finish_duplicate(d, res->existing);
+    } else {
+        claim(d); /* the claim never acted: claim again */
+    }
+}
+
+static void settle_step(dop *d)
+{
+    double now = util_monotonic();
+    /* past this the unanswered command is past its deadline in Redis's clock */
+    double safe = d->sent_at + (double)d->p->cfg.redis_timeout_ms / 1000.0 + 0.001;
+    if (now < safe) {
+        settle_after(d, safe - now);
+        return;
+    }
+    if (now > d->settle_until) {
+        settle_give_up(d);
+        return;
+    }
+    hold(d, d->settling == SETTLE_NEW ? PATH_NEW : PATH_LEGACY);
+    if (records_lookup(d->p->records, d->sub.eval_id, on_settled, d) != 0) settle_after(d, SETTLE_RETRY_S);
+}
+
+static void settle_start(dop *d, enum settle_kind kind)
+{
+    d->settling = kind;
+    if (!d->settle_until) {
+        double timeout = (double)d->p->cfg.redis_timeout_ms / 1000.0;
+        double now = util_monotonic();
+        double from = d->sent_at + timeout > now ? d->sent_at + timeout : now;
+        d->settle_until = from + SETTLE_TIMEOUTS * timeout;
+    }
+    settle_step(d);
 }
 
 static void on_new(const rec_result *res, void *arg)
@@ -228,9 +453,28 @@ static void on_new(const rec_result *res, void *arg)
     case REC_DUPLICATE:
         finish_duplicate(d, res->existing);
         return;
+    case REC_FULL:
+        px_count_upstream_error(d->p, PATH_NEW, UP_QUEUE_FULL);
+        snprintf(d->why, sizeof(d->why), "the new queue holds %lld messages, its ceiling CELERY_QUEUE_MAX_DEPTH=%lld",
+                 res->depth, d->p->cfg.queue_max_depth);
+        new_failed(d, d->why);
+        return;
+    case REC_EXPIRED:
+        px_count_upstream_error(d->p, PATH_NEW, UP_TIMEOUT);
+        new_failed(d, res->err);
+        return;
+    case REC_ABSENT:
     case REC_FAILED:
         px_count_upstream_error(d->p, PATH_NEW, res->timeout ? UP_TIMEOUT : UP_REDIS_ERROR);
-        new_failed(d, res->err ? res->err : "redis error");
+        util_snprintf(d->why, sizeof(d->why), "%s", res->err ? res->err : "redis error");
+        if (res->lost) {
+            /* it may have been queued: find out before going anywhere else */
+            d->new_record = d->record;
+            d->record = NULL;
+            settle_start(d, SETTLE_NEW);
+            return;
+        }
+        new_failed(d, d->why);
         return;
     }
 }
@@ -240,6 +484,7 @@ static void go_new(dop *d)
     char err[256];
     d->record = records_build(&d->sub, PATH_NEW, &d->dec, d->submitted_at);
     hold(d, PATH_NEW);
+    d->sent_at = util_monotonic();
     if (!d->record) {
         snprintf(err, sizeof(err), "out of memory");
     } else if (records_submit_new(d->p->records, &d->sub, d->record, d->submitted_at, on_new, d, err) == 0) {

@@ -67,6 +67,12 @@ const cfg_option pconfig_table[] = {
      "how long a route record (turnout:route:<eval_id>) is kept: status, cancel and idempotency work that long"},
     {"ROUTE_PENDING_MAX", CFG_INT, "10000", 0, 1000000, NULL, F(route_pending_max),
      "route records held in memory while Redis is away (written when it returns); beyond -> dropped and counted"},
+    {"ACCEPT_UNCHECKED_EVAL_IDS", CFG_BOOL, "false", 0, 0, NULL, F(accept_unchecked_eval_ids),
+     "while Redis cannot be asked, a submission that brings its own eval_id is refused (503 + Retry-After: it may "
+     "be a resubmission); true sends it to legacy unchecked (availability over idempotency: it may run twice)"},
+    {"CELERY_QUEUE_MAX_DEPTH", CFG_INT, "100000", 0, 100000000, NULL, F(queue_max_depth),
+     "messages the new queue may hold (all priorities); a submission beyond it falls back to legacy or gets "
+     "503 + Retry-After (0: no limit)"},
     {"COMPLETION_POLL_S", CFG_INT, "2", 1, 3600, NULL, F(completion_poll_s),
      "how often unfinished evals are checked for completion (legacy polled, new path swept)"},
     {"COMPLETION_POLL_BATCH", CFG_INT, "100", 1, 10000, NULL, F(completion_poll_batch),

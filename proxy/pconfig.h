@@ -41,6 +41,8 @@ typedef struct proxy_settings {
     char *env_file;
     long long route_record_ttl_s;
     long long route_pending_max;
+    bool accept_unchecked_eval_ids;
+    long long queue_max_depth;
     long long completion_poll_s;
     long long completion_poll_batch;
     char *admin_token_label;

@@ -11,13 +11,15 @@
 const char *const pm_route_names[RT_COUNT] = {"submit", "status", "cancel", "batch", "dlq", "admin",
                                               "passthrough"};
 const char *const pm_upstream_names[UP_COUNT] = {"timeout", "connect", "bad_status", "bad_reply",
-                                                 "redis_down", "redis_error"};
+                                                 "redis_down", "redis_error", "queue_full"};
 const char *const pm_code_names[PM_NCODES] = {"200", "201", "202", "204", "400", "401", "403",
                                               "404", "405", "409", "413", "415", "422", "429",
                                               "500", "502", "503", "504", "2xx", "4xx", "5xx"};
 const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_type", "invalid_field",
                                                "overload", "no_path", "out_of_memory", "method", "fd_limit",
-                                               "max_connections", "client_timeout"};
+                                               "max_connections", "client_timeout", "eval_id_unchecked",
+                                               "outcome_unknown"};
+static const char *const check_names[PC_COUNT] = {"queued", "not_queued", "unknown"};
 const char *const pm_outcome_names[] = {"completed", "failed", "timeout", "cancelled"};
 const char *const pm_gate_names[PG_COUNT] = {"min_samples", "error_ratio", "latency_p99"};
 static const char *const shadow_names[] = {"match", "mismatch", "error"};
@@ -63,6 +65,7 @@ int pmetrics_init(pmetrics *m, const char *queue)
     const metrics_dim D_GRESULT = {"result", gresult_names, 3};
     const metrics_dim D_SHADOW = {"result", shadow_names, 3};
     const metrics_dim D_RBREASON = {"reason", pm_gate_names + 1, 2};
+    const metrics_dim D_CHECK = {"result", check_names, PC_COUNT};
 
     m->reg = metrics_registry_new();
     if (!m->reg) return -1;

@@ -17,7 +17,7 @@ extern const char *const pm_route_names[RT_COUNT];
 
 /* Upstream error reasons. */
 enum pm_upstream { UP_TIMEOUT, UP_CONNECT, UP_BAD_STATUS, UP_BAD_REPLY, UP_REDIS_DOWN,
-                   UP_REDIS_ERROR, UP_COUNT };
+                   UP_REDIS_ERROR, UP_QUEUE_FULL, UP_COUNT };
 extern const char *const pm_upstream_names[UP_COUNT];
 
 /*  X(field, kind, name, help, dims...) — dims name a label list below. */
@@ -49,7 +49,15 @@ extern const char *const pm_upstream_names[UP_COUNT];
     X(route_records_pending, METRICS_GAUGE, "turnout_route_records_pending",                  \
       "Route records held in memory until Redis is back")                                     \
     X(route_records_dropped, METRICS_COUNTER, "turnout_route_records_dropped_total",          \
-      "Route records lost because the in-memory table (ROUTE_PENDING_MAX) was full")          \
+      "Route records lost because the in-memory table (ROUTE_PENDING_MAX) was full: a resubmission of " \
+      "such an eval_id is not recognised")                                                    \
+    X(unchecked_submissions, METRICS_COUNTER, "turnout_unchecked_submissions_total",          \
+      "Submissions with their own eval_id sent to legacy while Redis could not check it "      \
+      "(ACCEPT_UNCHECKED_EVAL_IDS=true): each may be a second run")                            \
+    X(outcome_checks, METRICS_COUNTER, "turnout_new_path_outcome_checks_total",               \
+      "New-path submissions whose Redis reply was lost, settled by asking Redis once the script's " \
+      "deadline had passed, by what was found (queued: it is on the new path; not_queued: it never " \
+      "ran, so it fell back; unknown: Redis did not answer in time, 503 outcome_unknown)", D_CHECK) \
     X(rollout_step, METRICS_GAUGE, "turnout_rollout_step",                                    \
       "Canary step in force, 1-based (0: no canary running or paused)")                      \
     X(gate_checks, METRICS_COUNTER, "turnout_rollout_gate_checks_total",                      \
@@ -69,7 +77,8 @@ enum pm_code_dim_size { PM_NCODES = 21 };
 extern const char *const pm_code_names[PM_NCODES];
 enum pm_reject { RJ_BAD_JSON, RJ_TOO_LARGE, RJ_MEDIA_TYPE, RJ_INVALID_FIELD, RJ_OVERLOAD,
                  RJ_NO_PATH, RJ_OOM, RJ_METHOD, RJ_FD_LIMIT, RJ_MAX_CONNECTIONS, RJ_CLIENT_TIMEOUT,
-                 RJ_COUNT };
+                 RJ_UNCHECKED, RJ_OUTCOME_UNKNOWN, RJ_COUNT };
+enum pm_check { PC_QUEUED, PC_NOT_QUEUED, PC_UNKNOWN, PC_COUNT };
 extern const char *const pm_reject_names[RJ_COUNT];
 extern const char *const pm_outcome_names[];
 enum pm_gate { PG_MIN_SAMPLES, PG_ERROR_RATIO, PG_LATENCY_P99, PG_COUNT };

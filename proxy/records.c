@@ -18,6 +18,7 @@ typedef struct held {
     char eval_id[SUB_MAX_EVAL_ID + 1];
     char *record;
     double submitted_at;
+    bool release; /* delete the record if it is this one, instead of writing it */
 } held;
 
 /* sent by SHA1 (the text only when Redis does not know them yet) */
@@ -30,20 +31,43 @@ struct records {
     size_t flushing;  /* writes sent and not yet answered */
 };
 
-/* KEYS: route key, queue list, in-flight zset.  ARGV: record, TTL, message,
- * eval id, submitted_at.  {1, depth} when queued, {0, record} when the
- * eval id already had one. */
+/* Both scripts that act on a submission first check the deadline the proxy
+ * passes in (rclient_deadline: microseconds of Redis's own clock): a script
+ * that reaches Redis after the proxy has stopped waiting for it (a stalled
+ * or slow server) does nothing, so the proxy can send the submission
+ * elsewhere without it also running here.  (replicate_commands lets a
+ * script write after TIME on Redis < 5; later versions always do.) */
+#define DEADLINE_CHECK(argn)                                                                  \
+    "if redis.replicate_commands then redis.replicate_commands() end\n"                      \
+    "local t = redis.call('TIME')\n"                                                         \
+    "if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[" argn "]) then return {2, 0} end\n"
+
+/* KEYS: route key, queue list, in-flight zset, then every priority list of
+ * the queue.  ARGV: record, TTL, message, eval id, submitted_at, deadline,
+ * depth ceiling (0: none).  {1, depth} queued; {0, record} when the eval id
+ * already had one; {2, 0} past the deadline; {3, depth} the queue is full. */
 static const char submit_new_script[] =
+    DEADLINE_CHECK("6")
     "local old = redis.call('GET', KEYS[1])\n"
     "if old then return {0, old} end\n"
+    "local max = tonumber(ARGV[7])\n"
+    "if max > 0 then\n"
+    "  local n = 0\n"
+    "  for i = 4, #KEYS do n = n + redis.call('LLEN', KEYS[i]) end\n"
+    "  if n >= max then return {3, n} end\n"
+    "end\n"
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
     "local n = redis.call('LPUSH', KEYS[2], ARGV[3])\n"
     "redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])\n"
     "return {1, n}\n";
 
-/* KEYS: route key.  ARGV: record, TTL.  {1, ''} claimed, {0, record} taken. */
+/* KEYS: route key.  ARGV: record, TTL, deadline.  {1, ''} claimed (also
+ * when the record there is this very one: an earlier attempt whose reply
+ * was lost), {0, record} taken, {2, 0} past the deadline. */
 static const char claim_script[] =
+    DEADLINE_CHECK("3")
     "local old = redis.call('GET', KEYS[1])\n"
+    "if old == ARGV[1] then return {1, ''} end\n"
     "if old then return {0, old} end\n"
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
     "return {1, ''}\n";
@@ -149,17 +173,27 @@ typedef struct script_call {
 static void on_script(struct redisReply *reply, const char *err, void *arg)
 {
     script_call *c = arg;
-    rec_result res = {REC_FAILED, 0, NULL, err, false};
+    rec_result res = {REC_FAILED, 0, NULL, err, false, false};
     if (!reply) {
+        /* sent, and no reply: whether it acted is not known */
+        res.lost = true;
         res.timeout = err && strcmp(err, "timeout") == 0;
     } else if (reply->type == REDIS_REPLY_ERROR) {
-        res.err = reply->str;
+        res.err = reply->str; /* refused before its first write: nothing done */
     } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
                reply->element[0]->type == REDIS_REPLY_INTEGER) {
         redisReply *second = reply->element[1];
-        if (reply->element[0]->integer == 1) {
+        long long code = reply->element[0]->integer;
+        if (code == 1) {
             res.outcome = REC_WRITTEN;
             res.depth = second->type == REDIS_REPLY_INTEGER ? second->integer : -1;
+        } else if (code == 2) {
+            res.outcome = REC_EXPIRED;
+            res.err = "the command reached Redis after its deadline and did nothing";
+        } else if (code == 3) {
+            res.outcome = REC_FULL;
+            res.depth = second->type == REDIS_REPLY_INTEGER ? second->integer : -1;
+            res.err = "the new queue is full (CELERY_QUEUE_MAX_DEPTH)";
         } else if (second->type == REDIS_REPLY_STRING) {
             res.outcome = REC_DUPLICATE;
             res.existing = second->str;
@@ -209,27 +243,97 @@ int records_submit_new(records *rs, const submission *sub, const char *record, d
         jw_free(&msg);
         return -1;
     }
+    char deadline[24], max_depth[24], lists[CELERY_NSTEPS][256];
+    size_t dl_len = rclient_deadline(p->broker, deadline);
+    if (!dl_len) {
+        /* just connected, its clock not sampled yet: the submission cannot
+         * be bounded in time, so it is not sent at all */
+        jw_free(&msg);
+        snprintf(err, 256, "redis connected but its clock not measured yet");
+        return -1;
+    }
     records_key(sub->eval_id, route_key);
     size_t ttl_len = util_format_ll(p->cfg.route_record_ttl_s, ttl);
     size_t at_len = util_format_fixed(submitted_at, 6, at);
-    const char *argv[] = {"3", route_key, queue_key, INFLIGHT_NEW, record, ttl, jw_text(&msg), sub->eval_id, at};
-    size_t lens[9] = {1, strlen(route_key), qlen, sizeof(INFLIGHT_NEW) - 1, strlen(record), ttl_len,
-                      jw_len(&msg), strlen(sub->eval_id), at_len};
-    int rc = run_script(rs, &submit_new_sha, 9, argv, lens, cb, arg);
+    size_t md_len = util_format_ll(p->cfg.queue_max_depth, max_depth);
+    const char *argv[8 + CELERY_NSTEPS + 7];
+    size_t lens[8 + CELERY_NSTEPS + 7];
+    int n = 0;
+    argv[n] = "7";
+    lens[n++] = 1;
+    argv[n] = route_key;
+    lens[n++] = strlen(route_key);
+    argv[n] = queue_key;
+    lens[n++] = qlen;
+    argv[n] = INFLIGHT_NEW;
+    lens[n++] = sizeof(INFLIGHT_NEW) - 1;
+    for (int i = 0; i < CELERY_NSTEPS; i++) {
+        argv[n] = lists[i];
+        lens[n++] = celery_queue_key(p->cfg.queue, celery_priority_steps[i], lists[i], sizeof(lists[i]));
+    }
+    const char *args[] = {record, ttl, jw_text(&msg), sub->eval_id, at, deadline, max_depth};
+    size_t alens[] = {strlen(record), ttl_len, jw_len(&msg), strlen(sub->eval_id), at_len, dl_len, md_len};
+    for (int i = 0; i < 7; i++) {
+        argv[n] = args[i];
+        lens[n++] = alens[i];
+    }
+    int rc = run_script(rs, &submit_new_sha, n, argv, lens, cb, arg);
     if (rc != 0) snprintf(err, 256, "redis not connected");
     jw_free(&msg);
     return rc;
 }
 
+typedef struct lookup_call {
+    rec_cb cb;
+    void *arg;
+} lookup_call;
+
+static void on_lookup(struct redisReply *reply, const char *err, void *arg)
+{
+    lookup_call *c = arg;
+    rec_result res = {REC_FAILED, 0, NULL, err, false, false};
+    if (!reply) {
+        res.lost = true;
+        res.timeout = err && strcmp(err, "timeout") == 0;
+    } else if (reply->type == REDIS_REPLY_STRING) {
+        res.outcome = REC_DUPLICATE;
+        res.existing = reply->str;
+    } else if (reply->type == REDIS_REPLY_NIL) {
+        res.outcome = REC_ABSENT;
+    } else {
+        res.err = reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply to GET";
+    }
+    c->cb(&res, c->arg);
+    free(c);
+}
+
+int records_lookup(records *rs, const char *eval_id, rec_cb cb, void *arg)
+{
+    char route_key[ROUTE_KEY_MAX];
+    records_key(eval_id, route_key);
+    lookup_call *c = malloc(sizeof(*c));
+    if (!c) return -1;
+    c->cb = cb;
+    c->arg = arg;
+    const char *argv[] = {"GET", route_key};
+    size_t lens[] = {3, strlen(route_key)};
+    if (rclient_command(rs->p->broker, on_lookup, c, 2, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
 int records_claim(records *rs, const char *eval_id, const char *record, rec_cb cb, void *arg)
 {
-    char route_key[ROUTE_KEY_MAX], ttl[24];
+    char route_key[ROUTE_KEY_MAX], ttl[24], deadline[24];
+    if (!rclient_is_up(rs->p->broker) || !rclient_deadline(rs->p->broker, deadline)) return -1;
     records_key(eval_id, route_key);
     snprintf(ttl, sizeof(ttl), "%lld", rs->p->cfg.route_record_ttl_s);
-    const char *argv[] = {"1", route_key, record, ttl};
-    size_t lens[4];
-    for (int i = 0; i < 4; i++) lens[i] = strlen(argv[i]);
-    return run_script(rs, &claim_sha, 4, argv, lens, cb, arg);
+    const char *argv[] = {"1", route_key, record, ttl, deadline};
+    size_t lens[5];
+    for (int i = 0; i < 5; i++) lens[i] = strlen(argv[i]);
+    return run_script(rs, &claim_sha, 5, argv, lens, cb, arg);
 }
 
 void records_release(records *rs, const char *eval_id, const char *record)
@@ -249,22 +353,52 @@ static void set_gauge(records *rs)
     metrics_set(rs->p->m.route_records_pending, 0, (double)rs->count);
 }
 
-static void hold(records *rs, const char *eval_id, const char *record, double submitted_at)
+static void hold_entry(records *rs, const char *eval_id, const char *record, double submitted_at, bool release)
 {
     char *copy = strdup(record);
     if (!copy || rs->count == rs->cap) {
         free(copy);
+        if (release) {
+            LOG_WARN("route record claim not undone: the in-memory table is full (ROUTE_PENDING_MAX); a "
+                     "resubmission of this eval_id may be answered as a duplicate of a run that never happened",
+                     "eval_id", eval_id);
+        } else {
+            LOG_WARN("route record dropped: the in-memory table is full (ROUTE_PENDING_MAX) or memory is short; "
+                     "status and cancel will not find this eval, and a resubmission of its eval_id will not be "
+                     "recognised as a duplicate (it would run again)",
+                     "eval_id", eval_id);
+        }
         metrics_add(rs->p->m.route_records_dropped, 0, 1);
-        LOG_WARN("route record dropped: the in-memory table is full (ROUTE_PENDING_MAX) or memory is short",
-                 "eval_id", eval_id);
         return;
     }
     held *h = &rs->held[(rs->head + rs->count) % rs->cap];
     snprintf(h->eval_id, sizeof(h->eval_id), "%s", eval_id);
     h->record = copy;
     h->submitted_at = submitted_at;
+    h->release = release;
     rs->count++;
     set_gauge(rs);
+}
+
+static void hold(records *rs, const char *eval_id, const char *record, double submitted_at)
+{
+    hold_entry(rs, eval_id, record, submitted_at, false);
+}
+
+const char *records_held_find(const records *rs, const char *eval_id)
+{
+    /* only while Redis is away, over at most ROUTE_PENDING_MAX entries */
+    for (size_t i = 0; rs && i < rs->count; i++) {
+        const held *h = &rs->held[(rs->head + i) % rs->cap];
+        if (!h->release && strcmp(h->eval_id, eval_id) == 0) return h->record;
+    }
+    return NULL;
+}
+
+void records_release_later(records *rs, const char *eval_id, const char *record)
+{
+    hold_entry(rs, eval_id, record, 0, true);
+    records_flush(rs); /* at once if Redis is there after all */
 }
 
 typedef struct flush_call {
@@ -272,6 +406,7 @@ typedef struct flush_call {
     char eval_id[SUB_MAX_EVAL_ID + 1];
     char *record;
     double submitted_at;
+    bool release;
 } flush_call;
 
 static void on_flushed(struct redisReply *reply, const char *err, void *arg)
@@ -283,13 +418,13 @@ static void on_flushed(struct redisReply *reply, const char *err, void *arg)
         /* back in the table; the next flush tries again */
         LOG_WARN("route record not written yet", "eval_id", c->eval_id, "error",
                  reply ? reply->str : err ? err : "redis error");
-        hold(rs, c->eval_id, c->record, c->submitted_at);
+        hold_entry(rs, c->eval_id, c->record, c->submitted_at, c->release);
     }
     free(c->record);
     free(c);
 }
 
-static int send_flush(records *rs, const char *eval_id, char *record, double submitted_at)
+static int send_flush(records *rs, const char *eval_id, char *record, double submitted_at, bool release)
 {
     char route_key[ROUTE_KEY_MAX], ttl[24], at[32];
     flush_call *c = malloc(sizeof(*c));
@@ -298,13 +433,17 @@ static int send_flush(records *rs, const char *eval_id, char *record, double sub
     snprintf(c->eval_id, sizeof(c->eval_id), "%s", eval_id);
     c->record = record;
     c->submitted_at = submitted_at;
+    c->release = release;
     records_key(eval_id, route_key);
     snprintf(ttl, sizeof(ttl), "%lld", rs->p->cfg.route_record_ttl_s);
     snprintf(at, sizeof(at), "%.6f", submitted_at);
     const char *argv[] = {"EVAL", flush_script, "2", route_key, INFLIGHT_LEGACY, record, ttl, eval_id, at};
+    const char *rargv[] = {"EVAL", release_script, "1", route_key, record};
     size_t lens[9];
-    for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
-    if (rclient_command(rs->p->broker, on_flushed, c, 9, argv, lens) != 0) {
+    int argc = release ? 5 : 9;
+    const char **v = release ? rargv : argv;
+    for (int i = 0; i < argc; i++) lens[i] = strlen(v[i]);
+    if (rclient_command(rs->p->broker, on_flushed, c, argc, v, lens) != 0) {
         free(c);
         return -1;
     }
@@ -318,7 +457,7 @@ void records_flush(records *rs)
     size_t sent = 0;
     while (rs->count) {
         held *h = &rs->held[rs->head];
-        if (send_flush(rs, h->eval_id, h->record, h->submitted_at) != 0) break;
+        if (send_flush(rs, h->eval_id, h->record, h->submitted_at, h->release) != 0) break;
         h->record = NULL; /* owned by the call now */
         rs->head = (rs->head + 1) % rs->cap;
         rs->count--;
@@ -337,7 +476,7 @@ void records_confirm_legacy(records *rs, const char *eval_id, const char *record
 {
     if (claimed && rclient_is_up(rs->p->broker)) {
         char *copy = strdup(record);
-        if (copy && send_flush(rs, eval_id, copy, submitted_at) == 0) return;
+        if (copy && send_flush(rs, eval_id, copy, submitted_at, false) == 0) return;
         free(copy);
     }
     hold(rs, eval_id, record, submitted_at);

@@ -30,7 +30,11 @@ typedef struct json_t json_t;
 enum rec_outcome {
     REC_WRITTEN,   /* the record is ours (and, new path, the message is queued) */
     REC_DUPLICATE, /* a record was there: `existing` holds it, nothing was queued */
-    REC_FAILED,    /* Redis refused or failed: `err` says why */
+    REC_EXPIRED,   /* it reached Redis past its deadline and did nothing */
+    REC_ABSENT,    /* records_lookup: no record */
+    REC_FULL,      /* new path: the queue holds CELERY_QUEUE_MAX_DEPTH (`depth`); nothing done */
+    REC_FAILED,    /* Redis refused or failed: `err` says why; with `lost`, it was sent
+                      and no reply came, so whether it acted is not known */
 };
 
 typedef struct rec_result {
@@ -39,6 +43,7 @@ typedef struct rec_result {
     const char *existing; /* REC_DUPLICATE: the stored record (borrowed) */
     const char *err;      /* REC_FAILED */
     bool timeout;         /* REC_FAILED by a deadline */
+    bool lost;            /* REC_FAILED: sent, no reply (timeout or connection lost) */
 } rec_result;
 
 typedef void (*rec_cb)(const rec_result *res, void *arg);
@@ -63,10 +68,15 @@ void records_key(const char *eval_id, char key[ROUTE_KEY_MAX]);
 int records_submit_new(records *rs, const submission *sub, const char *record, double submitted_at,
                        rec_cb cb, void *arg, char err[256]) __attribute__((warn_unused_result));
 
-/* Legacy path, before the Queue Service call: the record, if absent.
- * 0: cb will be called once; -1: not sent (Redis away; go on unclaimed). */
+/* Legacy path, before the Queue Service call: the record, if absent (or
+ * already this very record: a retried claim).  0: cb will be called once;
+ * -1: not sent (Redis away, or its clock not measured yet). */
 int records_claim(records *rs, const char *eval_id, const char *record, rec_cb cb, void *arg)
     __attribute__((warn_unused_result));
+
+/* The record as Redis holds it now (GET): REC_DUPLICATE with `existing`,
+ * REC_ABSENT, or REC_FAILED.  0: cb will be called once; -1: not sent. */
+int records_lookup(records *rs, const char *eval_id, rec_cb cb, void *arg) __attribute__((warn_unused_result));
 
 /* The legacy call failed: the claim goes (only if it is still ours). */
 void records_release(records *rs, const char *eval_id, const char *record);
@@ -80,5 +90,13 @@ void records_confirm_legacy(records *rs, const char *eval_id, const char *record
 void records_flush(records *rs);
 
 size_t records_pending(const records *rs);
+
+/* The record held in memory for eval_id (Redis was away when it was
+ * routed), or NULL: what answers a resubmission while Redis is still away. */
+const char *records_held_find(const records *rs, const char *eval_id);
+
+/* A claim whose outcome was never learnt, given up: when Redis is back the
+ * record is deleted if it is still this one (nothing ran under it). */
+void records_release_later(records *rs, const char *eval_id, const char *record);
 
 #endif

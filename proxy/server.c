@@ -674,7 +674,8 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
                        .connect_timeout_ms = p->cfg.redis_timeout_ms,
                        .name = "broker",
                        .on_state = on_broker_state,
-                       .ud = p};
+                       .ud = p,
+                       .track_server_clock = true}; /* route record scripts carry deadlines */
     char rerr[256];
     p->broker = rclient_new(base, p->cfg.broker_url, &ro, rerr);
     if (!p->broker) {

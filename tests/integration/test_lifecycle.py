@@ -3,6 +3,7 @@ idempotent submissions, status and cancel on both paths (also after a proxy
 restart), batches, queue status, per-path completion metrics, and records
 written during a Redis outage.  Real redis-server, real turnout binaries.
 Contracts: shared/DESIGN.md §3–§5, §9; docs/records.md."""
+import re
 import json
 import time
 
@@ -374,7 +375,9 @@ def test_completion_sweep_finds_results_published_while_unheard(proxy_factory, r
 # --------------------------------------------------------------- Redis outage
 
 def test_records_written_during_a_redis_outage_appear_after_it(proxy_factory, redis_server, legacyd):
-    p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=1, REDIS_TIMEOUT_MS=300)
+    # client-supplied eval_ids during an outage need ACCEPT_UNCHECKED_EVAL_IDS
+    # (test_one_path.py covers the default, which refuses them)
+    p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=1, REDIS_TIMEOUT_MS=300, ACCEPT_UNCHECKED_EVAL_IDS=True)
     assert p.submit(eval_id="before-1").json()["path"] == "new"
     redis_server.stop()
     ids = [f"outage-{i}" for i in range(5)]
@@ -382,9 +385,15 @@ def test_records_written_during_a_redis_outage_appear_after_it(proxy_factory, re
         resp = p.submit(eval_id=e)
         assert resp.status_code == 202, resp.text
         assert resp.json()["path"] == "legacy" and resp.json()["reason"] == "fallback", resp.text
+    # a resubmission during the same outage is answered from the held record
+    again = p.submit(eval_id="outage-1")
+    assert again.status_code == 202 and again.json()["duplicate"] is True and again.json()["path"] == "legacy", \
+        again.text
     m = p.metrics()
     assert mval(m, "turnout_route_records_pending") == 5
     assert mval(m, "turnout_routing_decisions_total", path="legacy", reason="fallback") == 5
+    assert mval(m, "turnout_unchecked_submissions_total") == 5
+    assert legacyd.status()["total_tasks"] == 5
     redis_server.start()  # same port, empty (no persistence in tests)
     r = redis_server.client()
     try:
@@ -406,11 +415,17 @@ def test_records_written_during_a_redis_outage_appear_after_it(proxy_factory, re
 def test_held_records_are_bounded(proxy_factory, redis_server, legacyd):
     p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=1, REDIS_TIMEOUT_MS=300, ROUTE_PENDING_MAX=2)
     redis_server.stop()
+    ids = []
     for i in range(4):
-        assert p.submit(eval_id=f"bound-{i}").status_code == 202
+        r = p.submit()   # generated eval_ids: fresh, so they need no check
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["eval_id"])
     m = p.metrics()
     assert mval(m, "turnout_route_records_pending") == 2
     assert mval(m, "turnout_route_records_dropped_total") == 2
+    # each drop is logged with its eval_id and what it costs
+    dropped = [e for e in ids if re.search(rf'msg="route record dropped[^"]*would run again\)"[^\n]*eval_id={e}', p.log(200))]
+    assert dropped == ids[2:], p.log(40)
     assert len(series(m, "turnout_evals_completed_total")) == 8, "every path x outcome at zero"
 
 
