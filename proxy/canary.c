@@ -107,11 +107,18 @@ static void read_window(const rbatch_reply *r, gate_stats *s)
 
 typedef struct transition {
     canary *c;
+    json_t *next;    /* the state written */
     json_t *patch;   /* rollout change after the state is written, or NULL */
     char reason[400];
     char by[128];    /* who: "canary", or the admin who acted */
     preq *r;         /* an admin request waiting for the outcome, or NULL */
+    char action[16]; /* the admin action, retried on a version conflict */
+    int attempt;
 } transition;
+
+#define ACT_ATTEMPTS 3 /* an admin action re-read and re-tried after a version conflict */
+
+static void act(proxy *p, preq *r, const char *action, const char *by, int attempt);
 
 static json_t *history_entry(const char *by, const char *reason, json_t *from, json_t *to)
 {
@@ -119,14 +126,49 @@ static json_t *history_entry(const char *by, const char *reason, json_t *from, j
                      reason, "from", status_of(from), "to", status_of(to), "canary", to);
 }
 
+static void free_transition(transition *t)
+{
+    json_decref(t->next);
+    json_decref(t->patch);
+    free(t);
+}
+
+/* The admin who acted hears the outcome once the change is in force here:
+ * a GET /admin/canary or /admin/rollout after the reply sees it. */
+static void answer(transition *t, int status, const char *code, const char *msg, int retry_after)
+{
+    if (!t->r) return;
+    px_hold_in_flight(t->r, NOT_WAITING);
+    if (status == 200) {
+        json_t *o = json_pack("{s:b, s:s, s:o}", "ok", 1, "message", t->reason, "canary", canary_view(t->c));
+        px_finish_json(t->r, 200, o);
+        json_decref(o);
+    } else {
+        px_finish_error(t->r, status, code, msg, retry_after);
+    }
+    t->r = NULL;
+}
+
 static void on_rolled(const char *state, const char *err, void *arg)
 {
     transition *t = arg;
-    if (!state)
+    if (!state) {
         LOG_ERROR("canary could not change the rollout percentage; it will be retried by a resume", "error",
                   err ? err : "version moved", "reason", t->reason);
-    free(t);
+        char msg[600];
+        util_snprintf(msg, sizeof(msg),
+                      "the canary state changed (%s) but the rollout percentage could not be set (%s); "
+                      "GET /admin/rollout shows what is in force, and PUT /admin/rollout sets it",
+                      t->reason, err ? err : "it changed meanwhile");
+        answer(t, 503, "rollout_not_changed", msg, 1);
+    } else {
+        answer(t, 200, NULL, NULL, 0);
+    }
+    free_transition(t);
 }
+
+/* A state read for an admin action that met a version conflict. */
+static void on_reread(struct redisReply *reply, const char *err, void *arg);
 
 static void on_written(struct redisReply *reply, const char *err, void *arg)
 {
@@ -134,32 +176,59 @@ static void on_written(struct redisReply *reply, const char *err, void *arg)
     canary *c = t->c;
     c->judging = false;
     bool ok = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
-    if (t->r) {
-        px_hold_in_flight(t->r, NOT_WAITING);
-        if (ok) {
-            json_t *o = json_pack("{s:b, s:s}", "ok", 1, "message", t->reason);
-            px_finish_json(t->r, 200, o);
-            json_decref(o);
-        } else if (reply && reply->type == REDIS_REPLY_INTEGER) {
-            px_finish_error(t->r, 409, "conflict", "the canary changed meanwhile (another proxy or person); read GET /admin/canary and retry", 0);
-        } else {
-            px_finish_error(t->r, 503, "redis_unavailable",
-                            reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err ? err : "Redis did not answer", 1);
+    if (ok) {
+        /* in force here at once, before anyone is told */
+        json_decref(c->state);
+        c->state = t->next;
+        t->next = NULL;
+        c->version = (long long)json_integer_value(json_object_get(c->state, "version"));
+        set_step_gauge(c);
+        LOG_INFO("canary", "change", t->reason);
+        if (t->patch && rollout_update(c->p->rollout, t->patch, t->by, t->reason, -1, on_rolled, t) == 0) return;
+        if (t->patch) {
+            on_rolled(NULL, "Redis is unreachable", t);
+            return;
         }
-        t->r = NULL;
+        answer(t, 200, NULL, NULL, 0);
+    } else if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        if (t->r && t->attempt + 1 < ACT_ATTEMPTS) {
+            /* another proxy (or the leader's verdict) wrote first: read what
+             * is there and decide the action again against it */
+            static const char *argv[] = {"GET", CANARY_KEY};
+            static const size_t lens[] = {3, sizeof(CANARY_KEY) - 1};
+            t->attempt++;
+            if (rclient_command(c->p->broker, on_reread, t, 2, argv, lens) == 0) return;
+        }
+        answer(t, 409, "conflict", "the canary changed meanwhile (another proxy or person); read GET /admin/canary and retry", 0);
+    } else {
+        answer(t, 503, "redis_unavailable",
+               reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err ? err : "Redis did not answer", 1);
     }
-    if (ok) LOG_INFO("canary", "change", t->reason);
-    if (ok && t->patch && rollout_update(c->p->rollout, t->patch, t->by, t->reason, -1, on_rolled, t) == 0) {
-        json_decref(t->patch);
-        return; /* t is freed by on_rolled */
+    free_transition(t);
+}
+
+static void take_state(canary *c, struct redisReply *reply);
+
+static void on_reread(struct redisReply *reply, const char *err, void *arg)
+{
+    transition *t = arg;
+    canary *c = t->c;
+    preq *r = t->r;
+    t->r = NULL;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        px_hold_in_flight(r, NOT_WAITING);
+        px_finish_error(r, 503, "redis_unavailable", reply ? reply->str : err ? err : "Redis did not answer", 1);
+    } else {
+        take_state(c, reply);
+        act(c->p, r, t->action, t->by, t->attempt);
     }
-    json_decref(t->patch);
-    free(t);
+    free_transition(t);
 }
 
 /* Writes `next` (stolen) over the state of version c->version, then applies
  * `patch` (stolen, may be NULL) to the rollout.  -1 when not sent. */
-static int transition_to(canary *c, json_t *next, json_t *patch, const char *by, const char *reason, preq *r)
+static int transition_to(canary *c, json_t *next, json_t *patch, const char *by, const char *reason, preq *r,
+                         const char *action, int attempt)
 {
     transition *t = calloc(1, sizeof(*t));
     json_object_set_new(next, "version", json_integer(c->version + 1));
@@ -174,18 +243,25 @@ static int transition_to(canary *c, json_t *next, json_t *patch, const char *by,
     int rc = -1;
     if (t && text && htext) {
         t->c = c;
+        t->next = json_incref(next);
         t->patch = patch;
         t->r = r;
-        snprintf(t->reason, sizeof(t->reason), "%s", reason);
-        snprintf(t->by, sizeof(t->by), "%s", by);
+        t->attempt = attempt;
+        snprintf(t->action, sizeof(t->action), "%s", action ? action : "");
+        util_snprintf(t->reason, sizeof(t->reason), "%s", reason);
+        util_snprintf(t->by, sizeof(t->by), "%s", by);
         const char *argv[] = {"EVAL", cas_script, "2", CANARY_KEY, ROLLOUT_HISTORY, expected, text, htext, hmax};
         size_t lens[9];
         for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
         rc = rclient_command(c->p->broker, on_written, t, 9, argv, lens);
         if (rc == 0) c->judging = true;
+        else t->patch = NULL; /* freed below */
     }
     if (rc != 0) {
-        free(t);
+        if (t) {
+            json_decref(t->next);
+            free(t);
+        }
         json_decref(patch);
     }
     json_decref(next);
@@ -270,7 +346,7 @@ static void on_window(rbatch *b, void *arg)
         json_t *next = copy_state(c);
         json_object_set_new(next, "status", json_string("rolled_back"));
         json_object_set_new(next, "last_check", check);
-        (void)transition_to(c, next, percentage_patch(back), "canary", reason, NULL);
+        (void)transition_to(c, next, percentage_patch(back), "canary", reason, NULL, NULL, 0);
         return;
     }
     if (g.overall == GATE_PASS && elapsed) {
@@ -282,13 +358,13 @@ static void on_window(rbatch *b, void *arg)
             snprintf(reason, sizeof(reason), "canary completed: the last step (%g) passed; %s", step_fraction(c->state, step),
                      g.why);
             json_object_set_new(next, "status", json_string("completed"));
-            (void)transition_to(c, next, NULL, "canary", reason, NULL);
+            (void)transition_to(c, next, NULL, "canary", reason, NULL, NULL, 0);
         } else {
             double f = step_fraction(c->state, step + 1);
             snprintf(reason, sizeof(reason), "canary step %lld/%lld passed, now %g: %s", step + 1, nsteps, f, g.why);
             json_object_set_new(next, "step", json_integer(step + 1));
             new_window(next);
-            (void)transition_to(c, next, percentage_patch(f), "canary", reason, NULL);
+            (void)transition_to(c, next, percentage_patch(f), "canary", reason, NULL, NULL, 0);
         }
         return;
     }
@@ -337,20 +413,33 @@ static void on_lock(struct redisReply *reply, const char *err, void *arg)
         judge(c);
 }
 
-static void on_state(struct redisReply *reply, const char *err, void *arg)
+/* A state read from Redis, unless it is older than the one in force here
+ * (this proxy's own write is applied before the reply to it is sent). */
+static void take_state(canary *c, struct redisReply *reply)
 {
-    canary *c = arg;
-    (void)err;
     if (!reply || (reply->type != REDIS_REPLY_NIL && reply->type != REDIS_REPLY_STRING)) return;
     json_t *s = reply->type == REDIS_REPLY_STRING ? json_loadb(reply->str, reply->len, 0, NULL) : NULL;
     if (reply->type == REDIS_REPLY_STRING && !json_is_object(s)) {
         json_decref(s);
         return;
     }
+    long long v = s ? (long long)json_integer_value(json_object_get(s, "version")) : 0;
+    if (s && v < c->version) {
+        json_decref(s);
+        return;
+    }
     json_decref(c->state);
     c->state = s;
-    c->version = s ? (long long)json_integer_value(json_object_get(s, "version")) : 0;
+    c->version = v;
     set_step_gauge(c);
+}
+
+static void on_state(struct redisReply *reply, const char *err, void *arg)
+{
+    canary *c = arg;
+    (void)err;
+    take_state(c, reply);
+    json_t *s = c->state;
     if (s && is(s, "running") && c->timer) {
         const char *argv[] = {"EVAL", completion_lock_script, "1", CANARY_LOCK, c->owner, LEASE_MS};
         size_t lens[6];
@@ -437,7 +526,7 @@ static void refuse(preq *r, int status, const char *code, const char *msg)
     px_finish_error(r, status, code, msg, 0);
 }
 
-static void act(proxy *p, preq *r, const char *action, const char *by)
+static void act(proxy *p, preq *r, const char *action, const char *by, int attempt)
 {
     canary *c = p->canary;
     json_t *s = c->state;
@@ -496,7 +585,7 @@ static void act(proxy *p, preq *r, const char *action, const char *by)
         patch = percentage_patch(0);
         snprintf(reason, sizeof(reason), "canary aborted; the new path is back to 0");
     }
-    if (transition_to(c, next, patch, by, reason, r) != 0) {
+    if (transition_to(c, next, patch, by, reason, r, action, attempt) != 0) {
         px_hold_in_flight(r, NOT_WAITING);
         px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the canary state is kept there. Retry shortly", 1);
     }
@@ -535,8 +624,24 @@ void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
         px_reply_oom(p, req, RT_ADMIN, t0, NULL);
         return;
     }
-    char by[128];
-    rollout_actor(p, req, by);
+    /* decided on the state as Redis has it now, not on this proxy's copy
+     * (up to a second old when another proxy changed it) */
+    transition *t = calloc(1, sizeof(*t));
+    static const char *argv[] = {"GET", CANARY_KEY};
+    static const size_t lens[] = {3, sizeof(CANARY_KEY) - 1};
     px_hold_in_flight(r, PATH_NEW);
-    act(p, r, action, by);
+    if (!t) {
+        px_hold_in_flight(r, NOT_WAITING);
+        px_reply_oom(p, req, RT_ADMIN, t0, r);
+        return;
+    }
+    t->c = p->canary;
+    t->r = r;
+    snprintf(t->action, sizeof(t->action), "%s", action);
+    rollout_actor(p, req, t->by);
+    if (rclient_command(p->broker, on_reread, t, 2, argv, lens) != 0) {
+        free(t);
+        px_hold_in_flight(r, NOT_WAITING);
+        px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the canary state is kept there. Retry shortly", 1);
+    }
 }

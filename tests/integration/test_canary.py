@@ -199,3 +199,51 @@ def test_canary_api_refusals(proxy_factory):
     bad = proxy_factory(wait=False, ROLLOUT_STEPS="0.5,0.2")
     assert bad.proc.wait(10) == 2
     assert "ROLLOUT_STEPS" in bad.log(10)
+
+
+def test_canary_controls_see_their_own_writes(proxy_factory):
+    """The proxy that makes a change applies it before answering: the very
+    next read shows it, and the next action builds on it (no 409 for a
+    state this proxy itself just wrote)."""
+    p = proxy_factory(ADMIN_TOKEN=TOKEN, ROLLOUT_STEPS="0.2,0.6,1", ROLLOUT_STEP_INTERVAL_S=3600)
+    for _ in range(3):   # the whole cycle, several times in a row, without pause
+        r = act(p, "start")
+        assert r.status_code == 200, r.text
+        assert r.json()["canary"]["status"] == "running"
+        view = p.get("/admin/canary").json()
+        assert view["status"] == "running" and view["step"] == 1, view
+        assert p.get("/admin/rollout").json()["percentage"] == 0.2
+        r = act(p, "pause")
+        assert r.status_code == 200, r.text
+        assert p.get("/admin/canary").json()["status"] == "paused"
+        r = act(p, "resume")
+        assert r.status_code == 200, r.text
+        assert p.get("/admin/canary").json()["status"] == "running"
+        r = act(p, "abort")
+        assert r.status_code == 200, r.text
+        view = p.get("/admin/canary").json()
+        assert view["status"] == "aborted" and view["percentage"] == 0, view
+        assert p.get("/admin/rollout").json()["percentage"] == 0
+        assert mval(p.metrics(), "turnout_rollout_percentage") == 0
+
+
+def test_abort_works_at_once_from_another_proxy(proxy_factory):
+    """A proxy whose copy of the canary state is a version behind (another
+    proxy just changed it) re-reads it on the version conflict and acts on
+    what is there: abort succeeds at once."""
+    a = proxy_factory(ADMIN_TOKEN=TOKEN, ROLLOUT_STEPS="0.2,1", ROLLOUT_STEP_INTERVAL_S=3600)
+    b = proxy_factory(ADMIN_TOKEN=TOKEN, ROLLOUT_STEPS="0.2,1", ROLLOUT_STEP_INTERVAL_S=3600)
+    assert act(a, "start").status_code == 200
+    wait_until(lambda: b.get("/admin/canary").json()["status"] == "running", 5, "b sees the canary", [b.mp])
+    for _ in range(3):
+        assert act(a, "pause").status_code == 200
+        r = act(b, "resume")   # b may not have read the pause yet
+        assert r.status_code in (200, 409), r.text
+        if r.status_code == 409:
+            assert r.json()["error"] == "not_paused", r.text   # b's own stale view, re-read: decided afresh
+        r = act(b, "abort")
+        assert r.status_code == 200, r.text
+        assert b.get("/admin/canary").json()["status"] == "aborted"
+        assert act(a, "start").status_code == 200, "a restarts after b's abort"
+        wait_until(lambda: b.get("/admin/canary").json()["status"] == "running", 5, "b sees the restart", [b.mp])
+    assert act(a, "abort").status_code == 200
