@@ -183,6 +183,16 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     return 0;
 }
 
+static int load_any(void *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+{
+    return pconfig_load(s, lookup, ud, errs, errs_size);
+}
+
+int pconfig_read(proxy_settings *s, const char *env_file, char *errs, size_t errs_size)
+{
+    return cfg_load_with_env_file(env_file, load_any, s, errs, errs_size);
+}
+
 void pconfig_free(proxy_settings *s)
 {
     cfg_free(pconfig_table, pconfig_count, s);

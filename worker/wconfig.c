@@ -119,6 +119,16 @@ int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs,
     return 0;
 }
 
+static int load_any(void *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+{
+    return wconfig_load(s, lookup, ud, errs, errs_size);
+}
+
+int wconfig_read(worker_settings *s, const char *env_file, char *errs, size_t errs_size)
+{
+    return cfg_load_with_env_file(env_file, load_any, s, errs, errs_size);
+}
+
 void wconfig_free(worker_settings *s)
 {
     cfg_free(wconfig_table, wconfig_count, s);
