@@ -492,8 +492,10 @@ void cfg_append_error(char *errs, size_t size, const char *fmt, ...)
     if (used + 1 >= size) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errs + used, size - used, fmt, ap);
+    int n = vsnprintf(errs + used, size - used, fmt, ap);
     va_end(ap);
+    if (n >= 0 && (size_t)n >= size - used) /* cut: never inside a character */
+        errs[used + util_utf8_trim_end(errs + used, size - 1 - used)] = '\0';
 }
 
 int cfg_cli(int argc, char **argv, const char *program, const char *summary, const cfg_option *table,
@@ -638,10 +640,13 @@ const char *cfg_suggest(const char *name)
     const char *best = NULL;
     for (size_t p = 0; p < cfg_nprograms; p++) {
         for (size_t i = 0; i < cfg_programs[p].n; i++) {
-            size_t d = cfg_edit_distance(name, cfg_programs[p].names[i]);
+            const char *known = cfg_programs[p].names[i];
+            size_t kl = strlen(known);
+            if ((kl > len ? kl - len : len - kl) >= best_d) continue; /* cannot be closer */
+            size_t d = cfg_edit_distance(name, known);
             if (d < best_d) {
                 best_d = d;
-                best = cfg_programs[p].names[i];
+                best = known;
             }
         }
     }

@@ -110,9 +110,9 @@ static int check_url(const char *item, size_t len, void *ud)
     uc->problems++;
     size_t used = strlen(uc->errs);
     if (used + 1 < uc->size)
-        snprintf(uc->errs + used, uc->size - used,
-                 "EXECUTOR_SERVICE_URL=\"%.300s\": item \"%.*s\" must be a URL starting with http:// or https://\n",
-                 uc->list, (int)(len > 200 ? 200 : len), item);
+        util_snprintf(uc->errs + used, uc->size - used,
+                 "EXECUTOR_SERVICE_URL=\"%.*s\": item \"%.*s\" must be a URL starting with http:// or https://\n",
+                 UTF8_CUT(uc->list, 300), (int)(len > 200 ? util_utf8_prefix(item, 200) : len), item);
     return 0;
 }
 

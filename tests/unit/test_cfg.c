@@ -3,6 +3,7 @@
 
 #include "cfg.h"
 #include "pconfig.h"
+#include "util.h"
 #include "unit.h"
 
 typedef struct kv {
@@ -144,6 +145,40 @@ static void temp_file(char path[32], const char *text)
     FILE *f = fdopen(fd, "w");
     fputs(text, f);
     fclose(f);
+}
+
+/* True when s is whole UTF-8 characters (no character cut at the end). */
+static bool utf8_whole(const char *s)
+{
+    size_t n = strlen(s);
+    return util_utf8_trim_end(s, n) == n;
+}
+
+static void test_error_lines_cut_between_characters(void)
+{
+    char value[1000] = "";
+    for (int i = 0; i < 300; i++) strcat(value, "\xe2\x82\xac"); /* 300 x EURO SIGN, 3 bytes each */
+    kv env[] = {{"ROLLOUT_SALT", value}, {NULL, NULL}};
+    proxy_settings s = {0};
+    char errs[4096];
+    CHECK_EQ_INT(pconfig_load(&s, lookup, env, errs, sizeof(errs)), 1);
+    CHECK_CONTAINS(errs, "ROLLOUT_SALT=\"\xe2\x82\xac");
+    CHECK_CONTAINS(errs, "\xe2\x82\xac...\": must be text of at most 256 characters"); /* shown value cut */
+    CHECK(utf8_whole(errs));
+    for (size_t size = 20; size < 120; size++) { /* a full buffer is cut between characters too */
+        char small[120];
+        CHECK_EQ_INT(pconfig_load(&s, lookup, env, small, size), 1);
+        CHECK(strlen(small) < size && utf8_whole(small));
+    }
+    kv steps[] = {{"ROLLOUT_STEPS", value}, {NULL, NULL}};
+    CHECK_EQ_INT(pconfig_load(&s, lookup, steps, errs, sizeof(errs)), 1);
+    CHECK_CONTAINS(errs, "ROLLOUT_STEPS=\"\xe2\x82\xac");
+    CHECK(utf8_whole(errs));
+    for (size_t size = 20; size < 120; size++) {
+        char small[120];
+        CHECK_EQ_INT(pconfig_load(&s, lookup, steps, small, size), 1);
+        CHECK(strlen(small) < size && utf8_whole(small));
+    }
 }
 
 static void test_bool_rule(void)
@@ -300,6 +335,7 @@ int main(void)
     RUN(test_split_addr);
     RUN(test_envfile);
     RUN(test_bool_rule);
+    RUN(test_error_lines_cut_between_characters);
     RUN(test_edit_distance);
     RUN(test_suggestion);
     RUN(test_prefix_rule);
