@@ -1,5 +1,7 @@
 #include "cfg.h"
 
+#include "util.h"
+
 #ifdef TURNOUT_VERSION
 #define TURNOUT_VERSION_TEXT TURNOUT_VERSION
 #else
@@ -14,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 
 const char *cfg_getenv(const char *name, void *ud)
@@ -37,16 +40,23 @@ static void add_err(errbuf *e, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(e->buf + e->len, e->size - e->len, fmt, ap);
     va_end(ap);
-    if (n < 0) return;
+    if (n < 0) {
+        e->buf[e->len] = '\0';
+        return;
+    }
+    if (e->len + (size_t)n >= e->size) { /* cut: never inside a character */
+        e->len += util_utf8_trim_end(e->buf + e->len, e->size - 1 - e->len);
+        e->buf[e->len] = '\0';
+        return;
+    }
     e->len += (size_t)n;
-    if (e->len >= e->size) e->len = e->size - 1;
     if (e->len + 1 < e->size) {
         e->buf[e->len++] = '\n';
         e->buf[e->len] = '\0';
     }
 }
 
-static bool parse_bool(const char *v, bool *out)
+bool cfg_parse_bool(const char *v, bool *out)
 {
     static const char *const yes[] = {"true", "1", "yes", "on"};
     static const char *const no[] = {"false", "0", "no", "off"};
@@ -95,7 +105,7 @@ int cfg_split_addr(const char *addr, char *host, size_t hostlen, int *port)
 static void describe_bounds(const cfg_option *o, char *out, size_t n)
 {
     switch (o->type) {
-    case CFG_BOOL: snprintf(out, n, "true or false"); break;
+    case CFG_BOOL: snprintf(out, n, "true/false, 1/0, yes/no or on/off (any case)"); break;
     case CFG_INT: snprintf(out, n, "an integer from %.0f to %.0f", o->min, o->max); break;
     case CFG_FRACTION:
         snprintf(out, n, "a number from %g to %g", o->min, o->max);
@@ -137,8 +147,12 @@ static bool valid_list(const char *v)
     }
 }
 
+/* Longest part of a value an error line quotes. */
+#define SHOWN_MAX 400
+
 /* What an error line may show of a value: nothing of a token, password or
- * secret, and no credentials of a URL (stderr is the log). */
+ * secret, no credentials of a URL (stderr is the log), and at most
+ * SHOWN_MAX bytes, cut between characters. */
 static const char *shown_value(const cfg_option *o, const char *v, char *buf, size_t n)
 {
     if (strstr(o->name, "TOKEN") || strstr(o->name, "PASSWORD") || strstr(o->name, "SECRET")) {
@@ -147,7 +161,11 @@ static const char *shown_value(const cfg_option *o, const char *v, char *buf, si
     }
     const char *scheme = strstr(v, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
     if (at && !memchr(scheme + 3, '/', (size_t)(at - scheme - 3))) {
-        snprintf(buf, n, "%.*s<credentials>%s", (int)(scheme + 3 - v), v, at);
+        util_snprintf(buf, n, "%.*s<credentials>%.*s", UTF8_CUT(v, (size_t)(scheme + 3 - v)), UTF8_CUT(at, SHOWN_MAX));
+        return buf;
+    }
+    if (strlen(v) > SHOWN_MAX) {
+        util_snprintf(buf, n, "%.*s...", UTF8_CUT(v, SHOWN_MAX));
         return buf;
     }
     return v;
@@ -164,7 +182,7 @@ static bool parse_one(const cfg_option *o, const char *v, char *field, errbuf *e
     switch (o->type) {
     case CFG_BOOL: {
         bool b;
-        if (!parse_bool(v, &b)) add_err(e, "%s=\"%s\"%s: must be %s", o->name, shown, origin, bounds);
+        if (!cfg_parse_bool(v, &b)) add_err(e, "%s=\"%s\"%s: must be %s", o->name, shown, origin, bounds);
         else memcpy(field, &b, sizeof(b));
         break;
     }
@@ -357,15 +375,30 @@ static char *trim(char *s)
     return s;
 }
 
-cfg_envfile *cfg_envfile_read(const char *path, char err[256])
+/* Appends a file's problem: "<path> line N: <what>". */
+__attribute__((format(printf, 4, 5)))
+static void file_err(errbuf *e, const char *path, int lineno, const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    if (n < 0) what[0] = '\0';
+    else if ((size_t)n >= sizeof(what)) what[util_utf8_trim_end(what, sizeof(what) - 1)] = '\0';
+    add_err(e, "%.*s line %d: %s", UTF8_CUT(path, 200), lineno, what);
+}
+
+/* Every problem of the file goes to e; NULL when there is any. */
+static cfg_envfile *envfile_read(const char *path, errbuf *e)
 {
     FILE *fp = fopen(path, "r");
     cfg_envfile *f = NULL;
     char line[8192];
-    int lineno = 0;
+    int lineno = 0, before = e->count;
 
     if (!fp) {
-        snprintf(err, 256, "cannot open %s: %s", path, strerror(errno));
+        add_err(e, "TURNOUT_ENV_FILE=\"%.*s\": cannot open it: %s", UTF8_CUT(path, 200), strerror(errno));
         return NULL;
     }
     f = calloc(1, sizeof(*f));
@@ -377,11 +410,18 @@ cfg_envfile *cfg_envfile_read(const char *path, char err[256])
         if (strncmp(s, "export ", 7) == 0) s = trim(s + 7);
         char *eq = strchr(s, '=');
         if (!eq || eq == s) {
-            snprintf(err, 256, "%s line %d: expected NAME=value", path, lineno);
-            goto err;
+            file_err(e, path, lineno, "expected NAME=value");
+            continue;
         }
         *eq = '\0';
         char *name = trim(s), *value = trim(eq + 1);
+        /* A typo of a setting would be ignored and its default used (the
+         * kill switch left off): refuse the file instead. */
+        char unknown[400];
+        if (cfg_unknown_name(name, unknown, sizeof(unknown))) {
+            file_err(e, path, lineno, "%s", unknown);
+            continue;
+        }
         size_t vl = strlen(value);
         if (vl >= 2 && (value[0] == '"' || value[0] == '\'') && value[vl - 1] == value[0]) {
             value[vl - 1] = '\0';
@@ -399,12 +439,41 @@ cfg_envfile *cfg_envfile_read(const char *path, char err[256])
         if (!f->names[f->n - 1] || !f->values[f->n - 1]) goto oom;
     }
     fclose(fp);
-    return f;
+    if (e->count == before) return f;
+    cfg_envfile_free(f);
+    return NULL;
 oom:
-    snprintf(err, 256, "out of memory reading %s", path);
-err:
+    add_err(e, "out of memory reading %.*s", UTF8_CUT(path, 200));
     fclose(fp);
     cfg_envfile_free(f);
+    return NULL;
+}
+
+cfg_envfile *cfg_envfile_open(const char *path, char *errs, size_t errs_size, int *problems)
+{
+    size_t used = errs && errs_size ? strnlen(errs, errs_size) : 0;
+    if (used >= errs_size) used = errs_size ? errs_size - 1 : 0;
+    errbuf e = {errs, errs_size, used, 0};
+    cfg_envfile *f = envfile_read(path, &e);
+    *problems = e.count;
+    return f;
+}
+
+cfg_envfile *cfg_envfile_read(const char *path, char err[256])
+{
+    char lines[2048] = "";
+    errbuf e = {lines, sizeof(lines), 0, 0};
+    cfg_envfile *f = envfile_read(path, &e);
+    if (f) return f;
+    /* one line for the log: the problems joined by "; " */
+    size_t len = 0;
+    err[0] = '\0';
+    for (char *p = lines, *nl; *p && len < 255; p = nl + 1) {
+        nl = strchr(p, '\n');
+        if (!nl) nl = p + strlen(p);
+        len += util_snprintf(err + len, 256 - len, "%s%.*s", len ? "; " : "", (int)(nl - p), p);
+        if (!*nl) break;
+    }
     return NULL;
 }
 
@@ -423,8 +492,10 @@ void cfg_append_error(char *errs, size_t size, const char *fmt, ...)
     if (used + 1 >= size) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errs + used, size - used, fmt, ap);
+    int n = vsnprintf(errs + used, size - used, fmt, ap);
     va_end(ap);
+    if (n >= 0 && (size_t)n >= size - used) /* cut: never inside a character */
+        errs[used + util_utf8_trim_end(errs + used, size - 1 - used)] = '\0';
 }
 
 int cfg_cli(int argc, char **argv, const char *program, const char *summary, const cfg_option *table,
@@ -451,6 +522,12 @@ int cfg_cli(int argc, char **argv, const char *program, const char *summary, con
             return 2;
         }
     }
+    char err[400];
+    if (cfg_check_names(program, table, n, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s: internal error: %s\n", program, err);
+        return 70; /* EX_SOFTWARE: a build that no test can pass */
+    }
+    (void)cfg_warn_unknown_env(program, stderr);
     return -1;
 }
 
@@ -465,4 +542,182 @@ int cfg_report(const char *program, int problems, const char *errs, bool check_o
         return 0;
     }
     return -1;
+}
+
+int cfg_load_with_env_file(const char *env_file, cfg_loader load, void *settings, char *errs, size_t errs_size)
+{
+    if (errs && errs_size) errs[0] = '\0';
+    if (!env_file || !*env_file) return load(settings, cfg_getenv, NULL, errs, errs_size);
+    int problems = 0;
+    cfg_envfile *f = cfg_envfile_open(env_file, errs, errs_size, &problems);
+    if (!f) return problems ? problems : 1;
+    problems = load(settings, cfg_envfile_lookup, f, errs, errs_size);
+    cfg_envfile_free(f);
+    return problems;
+}
+
+/* ---- setting names ---- */
+
+/* First words too common to claim alone: TIME_STYLE (GNU ls) is not ours,
+ * so TIME_LIMIT_S gives the prefix TIME_LIMIT_ and not TIME_. */
+static const char *const common_words[] = {"TIME"};
+
+/* Length of the prefix that `name`, a setting, claims for turnout: its
+ * first word and "_", or two words when the first is a common one; 0 when
+ * it has no "_". */
+static size_t claimed_prefix(const char *name)
+{
+    const char *us = strchr(name, '_');
+    if (!us) return 0;
+    size_t first = (size_t)(us - name);
+    for (size_t i = 0; i < sizeof(common_words) / sizeof(common_words[0]); i++) {
+        if (strlen(common_words[i]) == first && strncmp(name, common_words[i], first) == 0) {
+            const char *us2 = strchr(us + 1, '_');
+            return us2 ? (size_t)(us2 - name) + 1 : 0;
+        }
+    }
+    return first + 1;
+}
+
+bool cfg_name_has_turnout_prefix(const char *name)
+{
+    for (size_t p = 0; p < cfg_nprograms; p++) {
+        for (size_t i = 0; i < cfg_programs[p].n; i++) {
+            const char *known = cfg_programs[p].names[i];
+            size_t len = claimed_prefix(known);
+            if (len && strncasecmp(name, known, len) == 0) return true;
+        }
+    }
+    return false;
+}
+
+bool cfg_name_known(const char *name)
+{
+    for (size_t p = 0; p < cfg_nprograms; p++)
+        for (size_t i = 0; i < cfg_programs[p].n; i++)
+            if (strcmp(name, cfg_programs[p].names[i]) == 0) return true;
+    for (size_t i = 0; i < cfg_noutside; i++) {
+        const char *o = cfg_outside_names[i];
+        size_t len = strlen(o);
+        if (len && o[len - 1] == '*' ? strncmp(name, o, len - 1) == 0 : strcmp(name, o) == 0) return true;
+    }
+    return false;
+}
+
+/* Names longer than this get no suggestion (and cost no quadratic time). */
+#define SUGGEST_MAX_LEN 64
+
+size_t cfg_edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > SUGGEST_MAX_LEN || lb > SUGGEST_MAX_LEN) return la > lb ? la : lb; /* no better bound needed */
+    /* three rows of the dynamic programme: i-2, i-1, i */
+    size_t rows[3][SUGGEST_MAX_LEN + 1];
+    for (size_t j = 0; j <= lb; j++) rows[1][j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t *cur = rows[(i + 1) % 3], *prev = rows[i % 3], *prev2 = rows[(i + 2) % 3];
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            int ca = toupper((unsigned char)a[i - 1]), cb = toupper((unsigned char)b[j - 1]);
+            size_t best = prev[j - 1] + (ca != cb);
+            if (prev[j] + 1 < best) best = prev[j] + 1;
+            if (cur[j - 1] + 1 < best) best = cur[j - 1] + 1;
+            if (i > 1 && j > 1 && ca == toupper((unsigned char)b[j - 2]) && toupper((unsigned char)a[i - 2]) == cb &&
+                prev2[j - 2] + 1 < best)
+                best = prev2[j - 2] + 1;
+            cur[j] = best;
+        }
+    }
+    return rows[(la + 1) % 3][lb];
+}
+
+const char *cfg_suggest(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > SUGGEST_MAX_LEN) return NULL;
+    /* A likely typo: a couple of keys, or up to a third of the name. */
+    size_t limit = len / 3 > 2 ? len / 3 : 2, best_d = limit + 1;
+    const char *best = NULL;
+    for (size_t p = 0; p < cfg_nprograms; p++) {
+        for (size_t i = 0; i < cfg_programs[p].n; i++) {
+            const char *known = cfg_programs[p].names[i];
+            size_t kl = strlen(known);
+            if ((kl > len ? kl - len : len - kl) >= best_d) continue; /* cannot be closer */
+            size_t d = cfg_edit_distance(name, known);
+            if (d < best_d) {
+                best_d = d;
+                best = known;
+            }
+        }
+    }
+    return best;
+}
+
+bool cfg_unknown_name(const char *name, char *out, size_t out_size)
+{
+    if (cfg_name_known(name) || !cfg_name_has_turnout_prefix(name)) return false;
+    /* the name is the operator's text: shown cut and without control bytes */
+    char shown[104];
+    size_t n = util_utf8_prefix(name, 100);
+    for (size_t i = 0; i < n; i++) shown[i] = (unsigned char)name[i] < 0x20 || name[i] == 0x7f ? '?' : name[i];
+    strcpy(shown + n, name[n] ? "..." : "");
+    const char *best = cfg_suggest(name);
+    if (best) util_snprintf(out, out_size, "%s is not a turnout setting; did you mean %s?", shown, best);
+    else util_snprintf(out, out_size, "%s is not a turnout setting; see --help for the settings", shown);
+    return true;
+}
+
+static bool in_table(const cfg_option *table, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(table[i].name, name) == 0) return true;
+    return false;
+}
+
+int cfg_check_names(const char *program, const cfg_option *table, size_t n, char *err, size_t err_size)
+{
+    const cfg_program_names *own = NULL;
+    for (size_t p = 0; p < cfg_nprograms; p++)
+        if (strcmp(cfg_programs[p].program, program) == 0) own = &cfg_programs[p];
+    if (!own) {
+        util_snprintf(err, err_size, "common/cfg_names.c has no list of %s's settings; add one", program);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool listed = false;
+        for (size_t j = 0; j < own->n && !listed; j++) listed = strcmp(own->names[j], table[i].name) == 0;
+        if (!listed) {
+            util_snprintf(err, err_size,
+                          "setting %s is missing from %s's list in common/cfg_names.c (the other binaries "
+                          "would call it unknown); add it there",
+                          table[i].name, program);
+            return -1;
+        }
+    }
+    for (size_t j = 0; j < own->n; j++) {
+        if (!in_table(table, n, own->names[j])) {
+            util_snprintf(err, err_size,
+                          "common/cfg_names.c lists %s for %s, which has no such setting; remove it there",
+                          own->names[j], program);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int cfg_warn_unknown_env(const char *program, FILE *out)
+{
+    int count = 0;
+    for (char **e = environ; e && *e; e++) {
+        const char *eq = strchr(*e, '=');
+        size_t len = eq ? (size_t)(eq - *e) : strlen(*e);
+        char name[256], msg[400];
+        if (len == 0 || len >= sizeof(name)) continue;
+        memcpy(name, *e, len);
+        name[len] = '\0';
+        if (!cfg_unknown_name(name, msg, sizeof(msg))) continue;
+        fprintf(out, "%s: warning: %s\n", program, msg);
+        count++;
+    }
+    return count;
 }

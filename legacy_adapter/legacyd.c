@@ -110,9 +110,9 @@ static int check_url(const char *item, size_t len, void *ud)
     uc->problems++;
     size_t used = strlen(uc->errs);
     if (used + 1 < uc->size)
-        snprintf(uc->errs + used, uc->size - used,
-                 "EXECUTOR_SERVICE_URL=\"%.300s\": item \"%.*s\" must be a URL starting with http:// or https://\n",
-                 uc->list, (int)(len > 200 ? 200 : len), item);
+        util_snprintf(uc->errs + used, uc->size - used,
+                 "EXECUTOR_SERVICE_URL=\"%.*s\": item \"%.*s\" must be a URL starting with http:// or https://\n",
+                 UTF8_CUT(uc->list, 300), (int)(len > 200 ? util_utf8_prefix(item, 200) : len), item);
     return 0;
 }
 
@@ -142,20 +142,15 @@ static int settings_load(settings *s, cfg_lookup_fn lookup, void *ud, char *errs
     return 0;
 }
 
+static int settings_load_any(void *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t size)
+{
+    return settings_load(s, lookup, ud, errs, size);
+}
+
 /* The environment, or TURNOUT_ENV_FILE over it when that is set. */
 static int settings_read(settings *s, char *errs, size_t size)
 {
-    const char *path = getenv("TURNOUT_ENV_FILE");
-    if (!path || !*path) return settings_load(s, cfg_getenv, NULL, errs, size);
-    char err[256];
-    cfg_envfile *f = cfg_envfile_read(path, err);
-    if (!f) {
-        snprintf(errs, size, "TURNOUT_ENV_FILE=\"%s\": %s\n", path, err);
-        return 1;
-    }
-    int problems = settings_load(s, cfg_envfile_lookup, f, errs, size);
-    cfg_envfile_free(f);
-    return problems;
+    return cfg_load_with_env_file(getenv("TURNOUT_ENV_FILE"), settings_load_any, s, errs, size);
 }
 
 /* ---------- state ---------- */

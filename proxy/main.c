@@ -38,7 +38,7 @@ int main(int argc, char **argv)
 
     proxy_settings s = {0};
     char errs[8192] = "";
-    int n = pconfig_load(&s, cfg_getenv, NULL, errs, sizeof(errs));
+    int n = pconfig_read(&s, getenv("TURNOUT_ENV_FILE"), errs, sizeof(errs));
     exit_code = cfg_report("turnout-proxy", n, errs, check_only);
     if (exit_code >= 0) {
         pconfig_free(&s);

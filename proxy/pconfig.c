@@ -1,6 +1,7 @@
 #include "pconfig.h"
 
 #include "rclient.h"
+#include "util.h"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -118,13 +119,14 @@ SSL_CTX *pconfig_tls_context(const char *cert, const char *key, char *err, size_
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        snprintf(err, n, "PROXY_TLS_CERT=\"%.100s\": cannot load the PEM certificate chain: %.80s", cert, tls_reason());
+        util_snprintf(err, n, "PROXY_TLS_CERT=\"%.*s\": cannot load the PEM certificate chain: %.80s", UTF8_CUT(cert, 100),
+                      tls_reason());
         SSL_CTX_free(ctx);
         return NULL;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, n, "PROXY_TLS_KEY=\"%.100s\": cannot load a PEM key matching the certificate: %.80s", key,
-                 tls_reason());
+        util_snprintf(err, n, "PROXY_TLS_KEY=\"%.*s\": cannot load a PEM key matching the certificate: %.80s",
+                      UTF8_CUT(key, 100), tls_reason());
         SSL_CTX_free(ctx);
         return NULL;
     }
@@ -174,9 +176,9 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
         if (!ok) {
             n++;
             char line[600];
-            snprintf(line, sizeof(line),
-                     "ROLLOUT_STEPS=\"%.400s\": must be up to %d rising fractions in (0, 1] separated by commas, e.g. 0.1,0.25,0.5,0.9,1.0\n",
-                     tmp.rollout_steps_text, ROLLOUT_MAX_STEPS);
+            util_snprintf(line, sizeof(line),
+                          "ROLLOUT_STEPS=\"%.*s\": must be up to %d rising fractions in (0, 1] separated by commas, e.g. 0.1,0.25,0.5,0.9,1.0\n",
+                          UTF8_CUT(tmp.rollout_steps_text, 400), ROLLOUT_MAX_STEPS);
             cfg_append_error(errs, errs_size, "%s", line); /* the value is the user's: never a format */
         }
     }
@@ -187,6 +189,16 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     pconfig_free(s);
     *s = tmp;
     return 0;
+}
+
+static int load_any(void *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+{
+    return pconfig_load(s, lookup, ud, errs, errs_size);
+}
+
+int pconfig_read(proxy_settings *s, const char *env_file, char *errs, size_t errs_size)
+{
+    return cfg_load_with_env_file(env_file, load_any, s, errs, errs_size);
 }
 
 void pconfig_free(proxy_settings *s)

@@ -65,6 +65,10 @@ extern const size_t pconfig_count;
  * (each written as one line into errs).  On 0, *s holds the new settings. */
 int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
     __attribute__((warn_unused_result));
+/* pconfig_load over the environment with the TURNOUT_ENV_FILE `env_file`
+ * over it (NULL or "": none); a misspelt name in the file is a problem. */
+int pconfig_read(proxy_settings *s, const char *env_file, char *errs, size_t errs_size)
+    __attribute__((warn_unused_result));
 void pconfig_free(proxy_settings *s);
 
 /* A TLS server context from PEM files, TLS 1.2 and 1.3 only; NULL with a

@@ -79,20 +79,15 @@ static const cfg_option options[] = {
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
+static int settings_load(void *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t size)
+{
+    return cfg_load(options, NOPTIONS, s, sizeof(settings), lookup, ud, errs, size);
+}
+
 /* The environment, or TURNOUT_ENV_FILE over it when that is set. */
 static int settings_read(settings *s, char *errs, size_t size)
 {
-    const char *path = getenv("TURNOUT_ENV_FILE");
-    if (!path || !*path) return cfg_load(options, NOPTIONS, s, sizeof(*s), cfg_getenv, NULL, errs, size);
-    char err[256];
-    cfg_envfile *f = cfg_envfile_read(path, err);
-    if (!f) {
-        snprintf(errs, size, "TURNOUT_ENV_FILE=\"%s\": %s\n", path, err);
-        return 1;
-    }
-    int problems = cfg_load(options, NOPTIONS, s, sizeof(*s), cfg_envfile_lookup, f, errs, size);
-    cfg_envfile_free(f);
-    return problems;
+    return cfg_load_with_env_file(getenv("TURNOUT_ENV_FILE"), settings_load, s, errs, size);
 }
 
 /* ---------- state ---------- */

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "rclient.h"
+#include "util.h"
 
 #define F(field) offsetof(worker_settings, field)
 
@@ -82,8 +83,10 @@ int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs,
         size_t len = strcspn(p, ",");
         if (len && strncmp(p, "http://", 7) != 0 && strncmp(p, "https://", 8) != 0) {
             n++;
+            /* the item ends at a comma or the end: a cut there is between characters */
+            int shown = (int)(len <= 200 ? len : util_utf8_prefix(p, 200));
             cfg_append_error(errs, errs_size, "EXECUTOR_SERVICE_URL: \"%.*s\" must start with http:// or https://\n",
-                   (int)len, p);
+                             shown, p);
         }
         p += len;
         if (*p == ',') p++;
@@ -117,6 +120,16 @@ int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs,
     wconfig_free(s);
     *s = tmp;
     return 0;
+}
+
+static int load_any(void *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
+{
+    return wconfig_load(s, lookup, ud, errs, errs_size);
+}
+
+int wconfig_read(worker_settings *s, const char *env_file, char *errs, size_t errs_size)
+{
+    return cfg_load_with_env_file(env_file, load_any, s, errs, errs_size);
 }
 
 void wconfig_free(worker_settings *s)

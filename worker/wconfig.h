@@ -46,6 +46,11 @@ extern const size_t wconfig_count;
 /* Loads and cross-checks; the number of problems (one line each in errs). */
 int wconfig_load(worker_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
     __attribute__((warn_unused_result));
+/* wconfig_load over the environment with the TURNOUT_ENV_FILE `env_file`
+ * over it (NULL or "": none), at start-up and on SIGHUP; a misspelt name in
+ * the file is a problem and nothing changes. */
+int wconfig_read(worker_settings *s, const char *env_file, char *errs, size_t errs_size)
+    __attribute__((warn_unused_result));
 void wconfig_free(worker_settings *s);
 
 #endif

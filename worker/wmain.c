@@ -444,7 +444,7 @@ int main(int argc, char **argv)
 
     static worker w; /* one per process; static keeps it off the stack */
     char errs[8192] = "";
-    int n = wconfig_load(&w.cfg, cfg_getenv, NULL, errs, sizeof(errs));
+    int n = wconfig_read(&w.cfg, getenv("TURNOUT_ENV_FILE"), errs, sizeof(errs));
     exit_code = cfg_report("turnout-worker", n, errs, check_only);
     if (exit_code >= 0) {
         wconfig_free(&w.cfg);

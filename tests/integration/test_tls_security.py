@@ -477,9 +477,11 @@ def test_overlong_admin_token_not_echoed_by_config_errors(proxy_factory, tmp_pat
     if token in r.stdout + r.stderr:
         leaks.append("--check-config prints the rejected ADMIN_TOKEN")
     # SIGHUP with a bad token in TURNOUT_ENV_FILE: the old settings stay; the log must not hold it
+    # (the file is read at start-up too, so the bad token goes in only after the start)
     envfile = tmp_path / "proxy.env"
-    envfile.write_text(f"ADMIN_TOKEN={token}\n")
+    envfile.write_text("ADMIN_TOKEN=short-good-token\n")
     p = proxy_factory(ADMIN_TOKEN="short-good-token", TURNOUT_ENV_FILE=envfile)
+    envfile.write_text(f"ADMIN_TOKEN={token}\n")
     p.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "reload failed" in proxy_log_text(p), WAIT_S, "reload failure logged", [p.mp])
     p.stop()

@@ -1,0 +1,67 @@
+/* cfg_names — the names of every setting of every turnout binary, in one
+ * place, so each binary also knows the others' names: one env file (or one
+ * environment) shared by all four is normal, and WORKER_NAME in the proxy's
+ * environment is not a typo.  The unknown-name checks (cfg.c) use this list.
+ *
+ * It cannot drift from the tables: every binary compares its own table with
+ * its entry here when it starts (cfg_cli -> cfg_check_names) and refuses to
+ * run when they differ, naming the setting to add or remove. */
+#include "cfg.h"
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *const proxy_names[] = {
+    "PROXY_LISTEN", "CELERY_ENABLED", "CELERY_PERCENTAGE", "FORCE_LEGACY_QUEUE", "ROUTING_MODE",
+    "ROLLOUT_SALT", "FALLBACK_TO_LEGACY", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_QUEUE",
+    "CELERY_TASK_NAME", "LEGACY_QUEUE_URL", "UPSTREAM_API_URL", "ADMIN_TOKEN", "ADMIN_TOKEN_LABEL",
+    "MAX_BODY_BYTES", "ALLOWED_LANGUAGES", "LOG_LEVEL", "LOG_FORMAT", "PROXY_TLS_CERT", "PROXY_TLS_KEY",
+    "LEGACY_TIMEOUT_MS", "UPSTREAM_TIMEOUT_MS", "REDIS_TIMEOUT_MS", "CLIENT_REQUEST_TIMEOUT_S",
+    "CLIENT_TIMEOUT_S", "MAX_CLIENT_CONNECTIONS", "SHUTDOWN_GRACE_S", "MAX_IN_FLIGHT", "ROUTE_RECORD_TTL_S",
+    "ROUTE_PENDING_MAX", "COMPLETION_POLL_S", "COMPLETION_POLL_BATCH", "ROLLOUT_STEPS",
+    "ROLLOUT_STEP_INTERVAL_S", "GATE_ERROR_DELTA", "GATE_LATENCY_RATIO", "GATE_MIN_SAMPLES",
+    "ROLLOUT_ROLLBACK_TO", "SHADOW_PERCENTAGE", "SHADOW_MISMATCHES_KEPT", "TURNOUT_ENV_FILE",
+};
+
+static const char *const worker_names[] = {
+    "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_QUEUES", "CELERY_CONCURRENCY", "CELERY_TASK_NAME",
+    "EXECUTOR_SERVICE_URL", "STORAGE_SERVICE_URL", "WORKER_METRICS_LISTEN", "WORKER_NAME",
+    "VISIBILITY_TIMEOUT_S", "SOFT_TIME_LIMIT_S", "TIME_LIMIT_S", "RESULT_EXPIRES_S", "DLQ_RETENTION_DAYS",
+    "RETRY_DEFAULT_MAX", "RETRY_DEFAULT_BASE_S", "RETRY_DEFAULT_FACTOR", "RETRY_DEFAULT_CAP_S",
+    "RETRY_NETWORK_MAX", "RETRY_NETWORK_BASE_S", "RETRY_NETWORK_FACTOR", "RETRY_NETWORK_CAP_S",
+    "RETRY_JITTER", "REDIS_TIMEOUT_MS", "PROGRESS_INTERVAL_S", "WORKER_SHUTDOWN_GRACE_S",
+    "WORKER_POLL_MAX_S", "LOG_LEVEL", "LOG_FORMAT", "TURNOUT_ENV_FILE",
+};
+
+static const char *const legacyd_names[] = {
+    "LEGACYD_LISTEN", "EXECUTOR_SERVICE_URL", "LEGACYD_CONCURRENCY", "LEGACYD_MAX_QUEUE",
+    "LEGACYD_RESULT_TTL_S", "LOG_LEVEL", "LOG_FORMAT",
+};
+
+static const char *const executor_names[] = {
+    "EXECUTOR_LISTEN", "EXECUTOR_MAX_CONCURRENT", "EXECUTOR_ID", "EXECUTOR_MEMORY_MB", "EXECUTOR_FILE_MB",
+    "EXECUTOR_MAX_PROCS", "EXECUTOR_OUTPUT_LIMIT", "LOG_LEVEL", "LOG_FORMAT",
+};
+
+const cfg_program_names cfg_programs[] = {
+    {"turnout-proxy", proxy_names, N(proxy_names)},
+    {"turnout-worker", worker_names, N(worker_names)},
+    {"turnout-legacyd", legacyd_names, N(legacyd_names)},
+    {"turnout-executor", executor_names, N(executor_names)},
+};
+const size_t cfg_nprograms = N(cfg_programs);
+
+/* Names with a turnout prefix that the project uses outside the binaries
+ * (tests, scripts, the demo, benchmarks): never reported as unknown.  A
+ * trailing '*' matches any rest. */
+const char *const cfg_outside_names[] = {
+    "TURNOUT_BIN_DIR",           /* tests: where the binaries are */
+    "TURNOUT_SOAK",              /* tests/faults: the long form (make soak) */
+    "TURNOUT_PYTEST_PATHS",      /* scripts/run-pytest.sh */
+    "TURNOUT_VALGRIND",          /* make valgrind: its log directory */
+    "TURNOUT_VALGRIND_SKIP",     /* make valgrind: binaries run without it */
+    "TURNOUT_VALGRIND_SLOWDOWN", /* make valgrind: the time factor */
+    "DEMO_*",                    /* make run: DEMO_PROXY_PORT and friends */
+    "FUZZ_*",                    /* make fuzz: FUZZ_SECONDS, FUZZ_KEEP_CORPUS */
+    "BENCH_*",                   /* make bench */
+};
+const size_t cfg_noutside = N(cfg_outside_names);
