@@ -52,6 +52,7 @@ struct rclient {
     const char *drop_reason; /* error text given to commands failed by a drop */
     subscription *subs;
     bool freeing;
+    bool warned;          /* "unreachable" logged for this outage already */
     /* the server's clock: server_us = (monotonic now + clock_offset) * 1e6 */
     bool track_clock, clock_known, clock_asked;
     double clock_offset, clock_unc, clock_at; /* seconds; clock_at: monotonic time of the sample */
@@ -137,6 +138,19 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
 }
 
 static void sample_clock(rclient *rc);
+
+/* A failed connect: a warning once per outage (at start-up too, so a
+ * process pointed at the wrong Redis says so), then debug lines for the
+ * retries. */
+static void unreachable(rclient *rc, const char *why)
+{
+    char addr[80];
+    snprintf(addr, sizeof(addr), "%s:%d", rc->host, rc->port);
+    if (!rc->warned) LOG_WARN("redis unreachable; retrying until it answers", "redis", rc->name, "address", addr,
+                              "error", why);
+    else LOG_DEBUG("redis connect failed", "redis", rc->name, "address", addr, "error", why);
+    rc->warned = true;
+}
 static void on_clock_timer(evutil_socket_t fd, short what, void *arg);
 
 static void set_state(rclient *rc, enum rstate s)
@@ -192,7 +206,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (!rc || rc->ac != ac) return;
     if (status != REDIS_OK) {
         /* hiredis frees the context itself after this callback */
-        LOG_DEBUG("redis connect failed", "redis", rc->name, "error", ac->errstr);
+        unreachable(rc, ac->errstr);
         rc->ac = NULL;
         set_state(rc, RC_DOWN);
         arm_timer(rc, (double)rc->backoff_ms / 1000.0);
@@ -201,6 +215,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     rc->backoff_ms = BACKOFF_MIN_MS;
+    rc->warned = false;
     LOG_INFO("redis connected", "redis", rc->name);
     for (subscription *s = rc->subs; s; s = s->next) send_subscribe(rc, s);
     set_state(rc, RC_UP);
@@ -235,7 +250,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         if (rc->ac) {
             redisAsyncContext *ac = rc->ac;
             rc->ac = NULL;
-            LOG_WARN("redis connect timed out", "redis", rc->name);
+            unreachable(rc, "connect timed out");
             redisAsyncFree(ac);
         }
         set_state(rc, RC_DOWN);
@@ -383,7 +398,7 @@ static void start_connect(rclient *rc)
 {
     redisAsyncContext *ac = redisAsyncConnect(rc->host, rc->port);
     if (!ac || ac->err) {
-        LOG_DEBUG("redis connect failed", "redis", rc->name, "error", ac ? ac->errstr : "out of memory");
+        unreachable(rc, ac ? ac->errstr : "out of memory");
         if (ac) redisAsyncFree(ac);
         set_state(rc, RC_DOWN);
         arm_timer(rc, (double)rc->backoff_ms / 1000.0);

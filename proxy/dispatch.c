@@ -7,6 +7,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "evlookup.h"
 #include "jsonw.h"
 #include "log.h"
 #include "pserver.h"
@@ -41,6 +42,7 @@ typedef struct dop {
     double settle_until;     /* monotonic: settling gives up (0: not settling yet) */
     struct event *timer;
     char why[256];           /* why the new path did not take it */
+    json_t *dup_record;      /* a duplicate's stored record, while its state is looked up */
 } dop;
 
 static void hold(dop *d, enum route_path path)
@@ -59,6 +61,7 @@ static void finish_text(dop *d, int status, enum route_path path, bool duplicate
     submission_free(&d->sub);
     free(d->record);
     free(d->new_record);
+    json_decref(d->dup_record);
     if (d->timer) event_free(d->timer);
     free(d);
 }
@@ -121,10 +124,14 @@ static void finish_queued(dop *d, enum route_path path, long long position)
     jw_free(&w);
 }
 
-/* The eval id has a record already: answer with it, enqueue nothing. */
-static void finish_duplicate(dop *d, const char *existing)
+/* The eval id has a record already: answer with it and the eval's state
+ * now (looked up on its path), enqueue nothing. */
+static void on_duplicate_status(const char *status, void *arg)
 {
-    json_t *rec = records_parse(existing, strlen(existing));
+    dop *d = arg;
+    json_t *rec = d->dup_record;
+    d->dup_record = NULL;
+    hold(d, NOT_WAITING);
     enum route_path path = records_path(rec);
     if (path == PATH_NONE) path = PATH_LEGACY; /* a record of an older shape: say where it most likely is */
     size_t c = path;
@@ -135,14 +142,27 @@ static void finish_duplicate(dop *d, const char *existing)
     char msg[400];
     snprintf(msg, sizeof(msg), "already submitted%s%s; nothing was enqueued. Its state: GET /api/eval-status/%s",
              created[0] ? " at " : "", created, d->sub.eval_id);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:s, s:o}", "eval_id", d->sub.eval_id, "status", "queued", "path",
-                          route_path_names[path], "duplicate", 1, "message", msg, "created_at",
-                          created[0] ? json_string(created) : json_null());
+    /* the state as the path reports it; as last known ("queued") when the
+     * path cannot be asked right now */
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:s, s:o}", "eval_id", d->sub.eval_id, "status",
+                          status ? status : "queued", "path", route_path_names[path], "duplicate", 1, "message", msg,
+                          "created_at", created[0] ? json_string(created) : json_null());
     json_t *reason = json_object_get(rec, "reason");
     if (o && json_is_string(reason)) json_object_set(o, "reason", reason);
-    LOG_DEBUG("duplicate submission", "eval_id", d->sub.eval_id, "path", route_path_names[path]);
+    LOG_DEBUG("duplicate submission", "eval_id", d->sub.eval_id, "path", route_path_names[path], "status",
+              status ? status : "unknown");
     json_decref(rec);
     finish(d, 202, path, true, o, 0);
+}
+
+/* `existing` is borrowed for the call. */
+static void finish_duplicate(dop *d, const char *existing)
+{
+    json_decref(d->dup_record);
+    d->dup_record = records_parse(existing, strlen(existing));
+    if (!d->dup_record) d->dup_record = json_object();
+    hold(d, records_path(d->dup_record) == PATH_NEW ? PATH_NEW : PATH_LEGACY);
+    evlookup_status(d->p, d->sub.eval_id, d->dup_record, on_duplicate_status, d);
 }
 
 /* ---------- legacy ---------- */

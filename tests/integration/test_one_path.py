@@ -176,3 +176,42 @@ def test_new_queue_ceiling_without_fallback_is_503(proxy_factory, redis_server, 
     b = p.post("/api/eval-batch", json={"evaluations": [{"code": "print(1)"}] * 3})
     assert b.status_code in (200, 202, 207, 503), b.text
     assert sum(redis_server.queue_lengths()) == 1
+
+
+def test_a_duplicate_reply_carries_the_evals_state_now(proxy_factory, redis_server, legacyd):
+    p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=1)
+    first = p.submit(eval_id="dupst-1").json()
+    assert first["path"] == "new" and first["status"] == "queued"
+    again = p.submit(eval_id="dupst-1").json()
+    assert again["duplicate"] is True and again["status"] == "queued", again
+    r = redis_server.client()
+    try:
+        r.set("turnout:running:celery-dupst-1", "http://127.0.0.1:1")
+        assert p.submit(eval_id="dupst-1").json()["status"] == "running"
+        r.set("celery-task-meta-celery-dupst-1", json.dumps({
+            "status": "SUCCESS", "task_id": "celery-dupst-1", "traceback": None, "children": [],
+            "date_done": "2026-12-02T07:00:00.000000",
+            "result": {"eval_id": "dupst-1", "status": "failed", "output": "", "error": "boom", "exit_code": 1}}))
+        again = p.submit(eval_id="dupst-1")
+        assert again.status_code == 202, again.text
+        again = again.json()
+        assert again["status"] == "failed" and again["duplicate"] is True, again
+    finally:
+        r.close()
+    # legacy: the Queue Service says where it is
+    p0 = proxy_factory(CELERY_ENABLED=False)
+    assert p0.submit(eval_id="dupst-2").json()["path"] == "legacy"
+    assert p0.submit(eval_id="dupst-2").json()["status"] == "queued"
+    assert p0.post("/api/eval/dupst-2/cancel").status_code == 200
+    again = p0.submit(eval_id="dupst-2").json()
+    assert again["duplicate"] is True and again["status"] == "cancelled" and again["path"] == "legacy", again
+
+
+def test_start_with_redis_and_legacy_unreachable_says_so(proxy_factory):
+    p = proxy_factory(CELERY_BROKER_URL="redis://127.0.0.1:1/0", LEGACY_QUEUE_URL="http://127.0.0.1:1",
+                      CELERY_ENABLED=True, CELERY_PERCENTAGE=1)
+    wait_until(lambda: "legacy Queue Service unreachable at start-up" in p.log(50), 5, "the legacy warning", [p.mp])
+    log = p.log(50)
+    assert 'msg="redis unreachable; retrying until it answers" redis=broker address=127.0.0.1:1' in log, log
+    r = p.get("/readyz")
+    assert r.status_code == 503 and set(r.json()["down"]) == {"redis", "legacy"}, r.text
