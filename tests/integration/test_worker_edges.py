@@ -81,7 +81,8 @@ POISON = {
     "long_utf8_task_name": lambda: message(task="x" + "é" * 300),
     "bad_json": lambda: (None, '{"body": "not json'),
     "bad_base64": lambda: message(body="!!!not base64!!!"),
-    "wrong_content_type": lambda: message(content_type="application/x-python-serialize" + "ü" * 40),
+    # quoted in the error as %.60s: cut inside the first ü
+    "wrong_content_type": lambda: message(content_type="x" * 59 + "ü" * 10),
     "args_not_a_list": lambda: message(args={"eval_id": "x"}),
 }
 
