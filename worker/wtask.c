@@ -148,7 +148,7 @@ static void disarm(struct event **ev)
 static const char *exec_url(const task *t) { return t->w->execs[t->exec].url; }
 
 /* The largest request body executor i takes: what its GET /capacity said,
- * else the reference executor's limit. */
+ * else (when it does not say) the reference executor's limit. */
 static size_t exec_max_body(const worker *w, size_t i)
 {
     return w->execs[i].max_body ? w->execs[i].max_body : EXECUTOR_DEFAULT_MAX_BODY;
@@ -163,6 +163,9 @@ static void task_free(task *t)
     disarm(&t->progress_timer);
     disarm(&t->kill_timer);
     disarm(&t->write_timer);
+    disarm(&t->ack_timer);
+    for (size_t i = 0; i < t->nextra; i++)
+        for (int k = 0; k < t->extra[i].argc; k++) free(t->extra[i].argv[k]);
     if (t->prev) t->prev->next = t->next;
     else w->tasks = t->next;
     if (t->next) t->next->prev = t->prev;
@@ -171,6 +174,7 @@ static void task_free(task *t)
     metrics_set(w->m.in_flight, 0, (double)w->in_flight);
     celery_message_free(&t->msg);
     free(t->record);
+    free(t->orig_id);
     free(t->raw);
     free(t->tag);
     free(t);
@@ -957,8 +961,9 @@ static void dispatch(task *t)
     jw_int(&b, t->timeout);
     jw_obj_close(&b);
     t->req_bytes = jw_len(&b); /* 0 after an out-of-memory: caught below */
-    if (t->req_bytes > exec_max_body(w, t->exec)) {
-        /* refused before a byte is sent: the executor would refuse it */
+    if (w->execs[t->exec].max_body && t->req_bytes > w->execs[t->exec].max_body) {
+        /* refused before a byte is sent: the executor said it would refuse
+         * it (one that does not say may take more: it is sent) */
         char msg[400];
         jw_free(&b);
         util_snprintf(msg, sizeof(msg),
