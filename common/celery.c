@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "jsonr.h"
+#include "sha1.h"
 #include "jsonw.h"
 #include "util.h"
 
@@ -36,6 +37,49 @@ size_t celery_queue_key(const char *queue, int priority, char *buf, size_t cap)
     }
     buf[need] = '\0';
     return need;
+}
+
+/* ---------- task ids ---------- */
+
+bool celery_task_id_ok(const char *id, size_t len)
+{
+    if (!id || len < 1 || len > CELERY_TASK_ID_MAX) return false;
+    const unsigned char *s = (const unsigned char *)id;
+    for (size_t i = 0; i < len;) {
+        unsigned c = s[i];
+        if (c < 0x20 || c == 0x7f) return false;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* the length of the sequence and the smallest code point it may
+         * hold (no overlong forms), then its continuation bytes */
+        size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        if (!n || i + n > len) return false;
+        unsigned cp = c & (0xff >> (n + 1));
+        for (size_t k = 1; k < n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return false;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
+            return false;
+        i += n;
+    }
+    return true;
+}
+
+void celery_invalid_id(const char *id, size_t len, char out[CELERY_INVALID_ID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char d[SHA1_DIGEST_LENGTH];
+    sha1(id, len, d);
+    memcpy(out, "invalid-id-", 11);
+    for (int i = 0; i < SHA1_DIGEST_LENGTH; i++) {
+        out[11 + 2 * i] = hex[d[i] >> 4];
+        out[12 + 2 * i] = hex[d[i] & 15];
+    }
+    out[CELERY_INVALID_ID_LEN] = '\0';
 }
 
 /* ---------- argsrepr / kwargsrepr ---------- */
@@ -396,7 +440,7 @@ int celery_decode(const char *msg, size_t len, celery_message *out, char err[256
         goto err;
     }
     if (ctype && strcmp(ctype, "application/json") != 0) {
-        snprintf(err, 256, "content-type \"%.60s\" is not application/json", ctype);
+        snprintf(err, 256, "content-type \"%.*s\" is not application/json", UTF8_CUT(ctype, 60));
         goto err;
     }
     const char *enc = opt_string(props, "body_encoding");

@@ -3,6 +3,7 @@
 #ifndef TURNOUT_CELERY_H
 #define TURNOUT_CELERY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct json_t json_t;
@@ -22,6 +23,16 @@ extern const int celery_priority_steps[CELERY_NSTEPS]; /* 0, 3, 6, 9 */
  * one; the DLQ API addresses every id it accepts (percent-encoded in the
  * path). */
 #define CELERY_TASK_ID_MAX 255
+
+/* The rule for a task id turnout runs: 1..CELERY_TASK_ID_MAX bytes of
+ * valid UTF-8 with no control character (C0, DEL, C1); spaces are fine. */
+bool celery_task_id_ok(const char *id, size_t len);
+
+/* The id a refused id is dead-lettered under: "invalid-id-" and the 40
+ * hex digits of the SHA-1 of its raw bytes (stable, so one bad id always
+ * lands on one DLQ entry). */
+#define CELERY_INVALID_ID_LEN (11 + 40)
+void celery_invalid_id(const char *id, size_t len, char out[CELERY_INVALID_ID_LEN + 1]);
 
 /* A task's args and kwargs already written as JSON text (jsonw), with
  * their reprs (celery_repr_str, celery_repr_cut): for producers that build

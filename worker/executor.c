@@ -6,6 +6,7 @@
  * GET /capacity · GET /health.  It exists so the whole system runs on one
  * machine; real deployments point EXECUTOR_SERVICE_URL at their own. */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +27,7 @@
 
 #include "cfg.h"
 #include "executor_run.h"
+#include "jsonw.h"
 #include "log.h"
 #include "util.h"
 
@@ -123,7 +125,10 @@ struct executor {
 /* Sends `o` (stolen) as JSON; 503 when it could not be built. */
 static void reply_obj(struct evhttp_request *req, int status, json_t *o)
 {
-    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    /* the only reals are durations, rounded to the microsecond: 15
+     * significant digits write them back exactly (0.011113, not
+     * 0.011113000000023021) */
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15)) : NULL;
     if (text) util_reply_json(req, status, text, strlen(text));
     else util_reply_error(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1);
     free(text);
@@ -133,17 +138,32 @@ static void reply_obj(struct evhttp_request *req, int status, json_t *o)
 static void reply_field(struct evhttp_request *req, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* 422 naming the field, both in the message and as "field". */
+/* 422 naming the field, both in the message and as "field".  The message
+ * is cut at a character boundary and written with jsonw, so input quoted
+ * in it can never turn the reply into an out_of_memory one. */
 static void reply_field(struct evhttp_request *req, const char *field, const char *fmt, ...)
 {
-    char msg[512];
+    char msg[512], stack[1024];
     int n = snprintf(msg, sizeof(msg), "%s: ", field);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+    int m = vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
     va_end(ap);
+    if (m >= 0 && (size_t)(n + m) >= sizeof(msg)) msg[util_utf8_trim_end(msg, sizeof(msg) - 1)] = '\0';
     LOG_INFO("request refused", "status", "422", "field", field, "reason", msg);
-    reply_obj(req, 422, json_pack("{s:s, s:s, s:s}", "error", "invalid_field", "message", msg, "field", field));
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "error");
+    jw_lit_string(&w, "invalid_field");
+    jw_lit_key(&w, "message");
+    jw_cstring(&w, msg);
+    jw_lit_key(&w, "field");
+    jw_cstring(&w, field);
+    jw_obj_close(&w);
+    if (jw_failed(&w)) util_reply_error(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1);
+    else util_reply_json(req, 422, jw_text(&w), jw_len(&w));
+    jw_free(&w);
 }
 
 /* util_reply_error plus the log line every refusal gets. */
@@ -314,7 +334,8 @@ static void on_run_done(const exec_result *res, void *ud)
                                            : json_null();
     json_t *o = json_pack("{s:s, s:s, s:o, s:o, s:o, s:s, s:f}", "eval_id", s->eval_id, "status",
                           exec_outcome_name(res->outcome), "output", text_json(res->out, res->out_len), "error",
-                          error, "exit_code", exit_code, "executor_id", ex->id, "duration_s", res->duration_s);
+                          error, "exit_code", exit_code, "executor_id", ex->id, "duration_s",
+                          round(res->duration_s * 1e6) / 1e6);
     char dur[32], code[16];
     snprintf(dur, sizeof(dur), "%.3f", res->duration_s);
     snprintf(code, sizeof(code), "%d", res->exited ? res->exit_code : -res->term_signal);
@@ -427,8 +448,8 @@ static void handle_execute(executor *ex, struct evhttp_request *req)
     }
     if (lang && !json_is_null(lang) &&
         (!json_is_string(lang) || strcmp(json_string_value(lang), "python") != 0)) {
-        reply_field(req, "language", "\"%.64s\" is not supported; supported: " SUPPORTED_LANGUAGES,
-                    json_is_string(lang) ? json_string_value(lang) : "(not a string)");
+        reply_field(req, "language", "\"%.*s\" is not supported; supported: " SUPPORTED_LANGUAGES,
+                    UTF8_CUT(json_is_string(lang) ? json_string_value(lang) : "(not a string)", 64));
         goto done;
     }
     if (timeout && !json_is_null(timeout)) {
@@ -499,7 +520,8 @@ static void handle_kill(executor *ex, struct evhttp_request *req, const char *re
     }
     slot *s = valid_eval_id(id, n) ? find_running(ex, id) : NULL;
     if (!s) {
-        snprintf(msg, sizeof(msg), "no run \"%.130s\" is running here (never started, or already finished)", id);
+        snprintf(msg, sizeof(msg), "no run \"%.*s\" is running here (never started, or already finished)",
+                 UTF8_CUT(id, 130));
         refuse(req, 404, "not_running", msg, 0, valid_eval_id(id, n) ? id : NULL);
         goto done;
     }
@@ -513,9 +535,10 @@ done:
 static void handle_capacity(executor *ex, struct evhttp_request *req)
 {
     size_t avail = ex->stopping ? 0 : ex->nslots - ex->running;
-    reply_obj(req, 200, json_pack("{s:s, s:b, s:I, s:I, s:I}", "executor_id", ex->id, "can_accept", avail > 0,
+    reply_obj(req, 200, json_pack("{s:s, s:b, s:I, s:I, s:I, s:I}", "executor_id", ex->id, "can_accept", avail > 0,
                                   "running", (json_int_t)ex->running, "max_concurrent", (json_int_t)ex->nslots,
-                                  "available_slots", (json_int_t)avail));
+                                  "available_slots", (json_int_t)avail, "max_body_bytes",
+                                  (json_int_t)MAX_BODY_BYTES));
 }
 
 static void handle_health(executor *ex, struct evhttp_request *req)

@@ -61,6 +61,9 @@ const cfg_option wconfig_table[] = {
      "on SIGTERM, how long running evaluations may finish before their messages are returned"},
     {"WORKER_POLL_MAX_S", CFG_FRACTION, "0.05", 0.001, 5, NULL, F(poll_max_s),
      "longest pause between polls of empty queues"},
+    {"WORKER_MAX_MESSAGE_BYTES", CFG_INT, "100663296", 65536, 536870912, NULL, F(max_message_bytes),
+     "a queued message larger than this is dead-lettered unread (reason too_large); default 96 MiB, above "
+     "the ~86 MiB envelope of the largest body the proxy takes"},
     {"LOG_LEVEL", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", F(log_level), "log threshold"},
     {"LOG_FORMAT", CFG_ENUM, "logfmt", 0, 0, "logfmt|json", F(log_format), "log line format"},
     {"TURNOUT_ENV_FILE", CFG_STRING, "", 0, 4096, NULL, F(env_file), "KEY=value file re-read on SIGHUP"},

@@ -35,6 +35,7 @@ typedef struct worker_settings {
     double progress_interval_s;
     long long shutdown_grace_s;
     double poll_max_s;
+    long long max_message_bytes;
     char *log_level;
     char *log_format;
     char *env_file;

@@ -18,10 +18,16 @@ struct event;
 struct evhttp;
 
 #define WORKER_SLOT_GRACE_S 60 /* slot lease beyond the hard limit */
+/* The request body limit of the reference executor, assumed for an
+ * executor whose GET /capacity does not say its max_body_bytes. */
+#define EXECUTOR_DEFAULT_MAX_BODY (2u * 1024 * 1024)
+/* /healthz turns unhealthy after this many takes in a row fail. */
+#define WORKER_TAKE_FAILS_UNHEALTHY 3
 
 typedef struct executor {
     char *url;          /* as configured, no trailing slash */
     int capacity;       /* max_concurrent from GET /capacity; 0 = unknown or down */
+    size_t max_body;    /* max_body_bytes from GET /capacity; 0 = not said */
     double down_until;  /* skipped until then (unix seconds) */
 } executor;
 
@@ -62,12 +68,27 @@ struct worker {
     bool returning; /* grace over: messages are being put back */
     double last_job[WJ_COUNT];
     unsigned long long token_seq;
+    /* health of the take loop (/healthz) */
+    unsigned take_fails;     /* takes failed in a row */
+    char last_error[256];    /* the last broker error, UTF-8-safe */
+    double last_error_at;    /* unix seconds; 0 = none */
+    /* this process among workers of the same WORKER_NAME */
+    char instance_id[37];
+    char instance_key[300];
+    bool name_clash_warned;
+    struct event *reload_timer; /* SIGHUP: one reload per burst */
 };
 
 /* wmain.c */
 void worker_pump(worker *w);          /* take more work if there is room */
 void worker_task_done(worker *w);     /* a task left: pump, or finish draining */
 bool worker_exec_usable(const worker *w, size_t i);
+/* Holds turnout:worker:<name>:instance, warning when another process
+ * holds it (two workers under one WORKER_NAME). */
+#define WORKER_INSTANCE_TTL "15"
+void worker_claim_name(worker *w);
+/* Notes a failed broker command for /healthz and the error counter. */
+void worker_broker_error(worker *w, enum wm_broker_op op, const char *error);
 
 /* wtask.c */
 /* What the take script read for the task id it found in the message's
@@ -80,6 +101,8 @@ typedef struct task_prefetch {
     bool result_read;
     const char *revoked; /* NULL: not revoked */
     size_t revoked_len;
+    size_t oversize_bytes; /* > 0: the message is this large, over the limit,
+                              and only its head was read */
 } task_prefetch;
 
 /* Starts handling a message just taken (raw text copied; pre borrowed, may

@@ -13,6 +13,7 @@
 #include <hiredis/hiredis.h>
 
 #include "celery.h"
+#include "jsonw.h"
 #include "log.h"
 #include "results.h"
 #include "util.h"
@@ -45,18 +46,38 @@ static void poll_later(worker *w)
     w->poll_delay = fmin(w->poll_delay * 2, w->cfg.poll_max_s);
 }
 
+void worker_broker_error(worker *w, enum wm_broker_op op, const char *error)
+{
+    metrics_add(w->m.broker_errors, (size_t)op, 1);
+    util_snprintf(w->last_error, sizeof(w->last_error), "%s: %s", wm_broker_op_names[op],
+                  error ? error : "unknown error");
+    w->last_error_at = util_now();
+}
+
+/* A take that failed: counted, and after a few in a row /healthz says so.
+ * The pause before the next one grows as for an empty queue. */
+static void take_failed(worker *w, const char *error)
+{
+    worker_broker_error(w, WB_TAKE, error);
+    if (++w->take_fails == WORKER_TAKE_FAILS_UNHEALTHY)
+        LOG_ERROR("takes keep failing; /healthz reports unhealthy until one succeeds", "error", error);
+    else if (w->take_fails < WORKER_TAKE_FAILS_UNHEALTHY)
+        LOG_WARN("take failed", "error", error);
+    poll_later(w);
+}
+
 static void on_taken(redisReply *r, const char *err, void *arg)
 {
     worker *w = arg;
     w->taking = false;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
-        if (r && r->type == REDIS_REPLY_ERROR) LOG_ERROR("take script failed", "error", r->str);
-        else if (err) LOG_DEBUG("take failed", "error", err);
-        poll_later(w);
+        take_failed(w, r && r->type == REDIS_REPLY_ERROR ? r->str : err ? err : "unexpected reply");
         return;
     }
+    if (w->take_fails >= WORKER_TAKE_FAILS_UNHEALTHY) LOG_INFO("takes succeed again; healthy");
+    w->take_fails = 0;
     long long code = r->element[0]->integer;
-    if (code <= 0 || r->elements != 7) {
+    if (code <= 0 || r->elements != 8) {
         poll_later(w); /* -1: no executor slot; 0: nothing queued */
         return;
     }
@@ -77,6 +98,8 @@ static void on_taken(redisReply *r, const char *err, void *arg)
             pre.revoked_len = rev->len;
         }
     }
+    if (r->element[7]->type == REDIS_REPLY_INTEGER && r->element[7]->integer > 0)
+        pre.oversize_bytes = (size_t)r->element[7]->integer;
     w->rr = (size_t)ex->integer + 1;
     task_start(w, msg->str, msg->len, tag->str, (size_t)ex->integer, &pre);
     worker_pump(w);
@@ -91,10 +114,10 @@ void worker_pump(worker *w)
         w->in_flight >= 2 * conc || !rclient_is_up(w->rc))
         return;
     /* EVAL take <nkeys> keys... now lease tagset token nexec start caps... bases... result-prefix */
-    size_t argc = 3 + w->nkeys + 6 + w->nexec + w->nkeys + 1;
+    size_t argc = 3 + w->nkeys + 6 + w->nexec + w->nkeys + 2;
     const char **argv = calloc(argc, sizeof(char *));
     size_t *len = calloc(argc, sizeof(size_t));
-    char *nums = calloc(6 + w->nexec, 32);
+    char *nums = calloc(7 + w->nexec, 32);
     if (!argv || !len || !nums) goto done;
     size_t k = 0;
     char nkeys[16];
@@ -137,13 +160,16 @@ void worker_pump(worker *w)
     }
     for (size_t i = 0; i < w->nkeys; i++) argv[k++] = w->key_queue[i];
     argv[k++] = w->res == w->rc ? RESULTS_KEY_PREFIX : ""; /* another backend: read apart */
+    char *max = nums + (5 + w->nexec) * 32;
+    snprintf(max, 32, "%lld", w->cfg.max_message_bytes);
+    argv[k++] = max;
     for (size_t i = 0; i < k; i++)
         if (!len[i]) len[i] = strlen(argv[i]);
     /* by SHA1 (EVALSHA), the text only when Redis lacks it */
     static rclient_script take;
     if (!take.text) rclient_script_init(&take, wscript_take);
     if (rclient_eval(w->rc, &take, on_taken, w, (int)k - 2, argv + 2, len + 2) == 0) w->taking = true;
-    else poll_later(w);
+    else take_failed(w, "redis not connected");
 done:
     free(argv);
     free(len);
@@ -198,6 +224,7 @@ static void on_broker_state(rclient *rc, bool up, void *ud)
     (void)rc;
     worker *w = ud;
     if (!up) return;
+    worker_claim_name(w);
     if (!w->ready) restore_own(w);
     worker_pump(w);
 }
@@ -218,10 +245,35 @@ static void on_http(struct evhttp_request *req, void *arg)
                           "text/plain; version=0.0.4; charset=utf-8");
         evhttp_send_reply(req, 200, "OK", NULL);
     } else if (path && strcmp(path, "/healthz") == 0) {
-        char body[256];
-        int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":\"%s\",\"in_flight\":%zu}",
-                         w->draining ? "draining" : "ok", rclient_is_up(w->rc) ? "up" : "down", w->in_flight);
-        util_reply_json(req, 200, body, (size_t)n);
+        /* Unhealthy while takes keep failing (a Redis that became a
+         * replica answers READONLY, one out of memory OOM): the worker is
+         * up but does no work, which a 200 would hide. */
+        bool unhealthy = w->take_fails >= WORKER_TAKE_FAILS_UNHEALTHY;
+        char stack[1024];
+        jsonw j;
+        jw_init(&j, stack, sizeof(stack));
+        jw_obj_open(&j);
+        jw_lit_key(&j, "status");
+        jw_cstring(&j, unhealthy ? "unhealthy" : w->draining ? "draining" : "ok");
+        if (unhealthy) {
+            jw_lit_key(&j, "reason");
+            jw_lit_string(&j, "taking messages from the broker fails; see last_error");
+        }
+        jw_lit_key(&j, "redis");
+        jw_cstring(&j, rclient_is_up(w->rc) ? "up" : "down");
+        jw_lit_key(&j, "in_flight");
+        jw_int(&j, (long long)w->in_flight);
+        jw_lit_key(&j, "take_failures_in_a_row");
+        jw_int(&j, (long long)w->take_fails);
+        jw_lit_key(&j, "last_error");
+        jw_cstring(&j, w->last_error_at > 0 ? w->last_error : NULL);
+        jw_lit_key(&j, "last_error_at");
+        if (w->last_error_at > 0) jw_real(&j, w->last_error_at);
+        else jw_null(&j);
+        jw_obj_close(&j);
+        if (jw_failed(&j)) util_reply_error(req, 503, "out_of_memory", "could not build the health reply", 1);
+        else util_reply_json(req, unhealthy ? 503 : 200, jw_text(&j), jw_len(&j));
+        jw_free(&j);
     } else {
         util_reply_error(req, 404, "not_found", "the worker serves /metrics and /healthz", 0);
     }
@@ -276,6 +328,127 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     w->grace_timer = evtimer_new(w->base, on_grace_over, w);
     struct timeval tv = {(time_t)w->cfg.shutdown_grace_s, 0};
     if (!w->grace_timer || evtimer_add(w->grace_timer, &tv) != 0) on_grace_over(-1, 0, w);
+}
+
+/* ---------- SIGHUP: re-reading the settings ---------- */
+
+/* The settings as the process reads them: the environment, and
+ * TURNOUT_ENV_FILE over it when that is set (as the executor does). */
+/* The environment, then TURNOUT_ENV_FILE over it (an unknown turnout
+ * name in the file is an error), at start-up and on SIGHUP alike. */
+static int settings_read(worker_settings *s, char *errs, size_t size)
+{
+    return wconfig_read(s, getenv("TURNOUT_ENV_FILE"), errs, size);
+}
+
+/* Takes what may change live from a fresh read of the settings; what
+ * needs a restart (connections, queue keys, listener, executors, name) is
+ * kept and named.  A file with any problem changes nothing. */
+static void reload(worker *w)
+{
+    const char *path = getenv("TURNOUT_ENV_FILE");
+    if (!path || !*path) {
+        LOG_WARN("SIGHUP: TURNOUT_ENV_FILE is not set, so there is nothing to re-read; settings unchanged");
+        return;
+    }
+    worker_settings fresh = {0};
+    char errs[4096] = "";
+    if (settings_read(&fresh, errs, sizeof(errs)) != 0) {
+        for (char *p = errs; *p; p++)
+            if (*p == '\n') *p = p[1] ? ';' : '\0';
+        LOG_ERROR("reload failed, keeping the old settings", "file", path, "errors", errs);
+        metrics_add(w->m.reloads, 1, 1);
+        return;
+    }
+    char restart[512] = "";
+    char *swap;
+#define KEEP(field, name)                                                                                   \
+    do {                                                                                                    \
+        if (strcmp(fresh.field, w->cfg.field) != 0)                                                         \
+            cfg_append_error(restart, sizeof(restart), "%s%s", restart[0] ? "," : "", name);                \
+        swap = fresh.field, fresh.field = w->cfg.field, w->cfg.field = swap;                                \
+    } while (0)
+    KEEP(broker_url, "CELERY_BROKER_URL");
+    KEEP(result_backend, "CELERY_RESULT_BACKEND");
+    KEEP(queues, "CELERY_QUEUES");
+    KEEP(executors, "EXECUTOR_SERVICE_URL");
+    KEEP(metrics_listen, "WORKER_METRICS_LISTEN");
+    KEEP(name, "WORKER_NAME");
+    KEEP(env_file, "TURNOUT_ENV_FILE");
+#undef KEEP
+    if (fresh.redis_timeout_ms != w->cfg.redis_timeout_ms) {
+        cfg_append_error(restart, sizeof(restart), "%sREDIS_TIMEOUT_MS", restart[0] ? "," : "");
+        fresh.redis_timeout_ms = w->cfg.redis_timeout_ms;
+    }
+    /* the kept strings are now in w->cfg, the old live ones in fresh */
+    worker_settings old = w->cfg;
+    w->cfg = fresh;
+    wconfig_free(&old);
+    if (log_setup(w->cfg.log_level, w->cfg.log_format, NULL) != 0) LOG_WARN("bad log settings ignored");
+    if (restart[0])
+        LOG_WARN("reload: these settings changed but need a restart; the running values are kept", "settings",
+                 restart);
+    char conc[24];
+    snprintf(conc, sizeof(conc), "%lld", w->cfg.concurrency);
+    LOG_INFO("reloaded", "file", path, "concurrency", conc, "log_level", w->cfg.log_level);
+    metrics_add(w->m.reloads, 0, 1);
+    worker_pump(w); /* a larger CELERY_CONCURRENCY takes effect at once */
+}
+
+static void on_reload_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    reload(arg);
+}
+
+/* A burst of SIGHUPs is one reload, a moment later, from the event loop
+ * (never inside another step). */
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    worker *w = arg;
+    struct timeval tv = {0, 50000};
+    if (w->reload_timer && !evtimer_pending(w->reload_timer, NULL)) evtimer_add(w->reload_timer, &tv);
+}
+
+/* ---------- one process per WORKER_NAME ---------- */
+
+/* Two workers under one name share a tag set: each start-up of one puts
+ * the other's running messages back.  Each worker holds
+ * turnout:worker:<name>:instance with its own id (refreshed every tick);
+ * one that finds another id there says so. */
+static const char claim_script[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v and v ~= ARGV[1] then return v end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+    "return false\n";
+
+static void on_claimed(redisReply *r, const char *err, void *arg)
+{
+    (void)err;
+    worker *w = arg;
+    if (!r) return;
+    if (r->type == REDIS_REPLY_STRING) {
+        if (!w->name_clash_warned)
+            LOG_WARN("another turnout-worker with this WORKER_NAME is running on this Redis: give each worker its own "
+                     "WORKER_NAME (two under one name put back each other's running messages); if this worker just "
+                     "restarted after a crash, this clears within " WORKER_INSTANCE_TTL " s",
+                     "name", w->cfg.name, "other_instance", r->str, "this_instance", w->instance_id);
+        w->name_clash_warned = true;
+    } else if (r->type == REDIS_REPLY_NIL) {
+        if (w->name_clash_warned) LOG_INFO("this worker now holds its WORKER_NAME alone", "name", w->cfg.name);
+        w->name_clash_warned = false;
+    }
+}
+
+void worker_claim_name(worker *w)
+{
+    const char *a[6] = {"EVAL", claim_script, "1", w->instance_key, w->instance_id, WORKER_INSTANCE_TTL};
+    size_t l[6];
+    for (int i = 0; i < 6; i++) l[i] = strlen(a[i]);
+    if (rclient_command(w->rc, on_claimed, w, 6, a, l) != 0) LOG_DEBUG("name claim skipped: redis not connected");
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -360,6 +533,7 @@ static void worker_free(worker *w)
     if (w->poll_timer) event_free(w->poll_timer);
     if (w->tick) event_free(w->tick);
     if (w->grace_timer) event_free(w->grace_timer);
+    if (w->reload_timer) event_free(w->reload_timer);
     for (size_t i = 0; i < w->nkeys; i++) {
         if (w->keys) free(w->keys[i]);
         if (w->key_queue) free(w->key_queue[i]);
@@ -380,6 +554,8 @@ static int worker_init(worker *w, struct event_base *base, char err[256])
     w->poll_delay = POLL_MIN_S;
     snprintf(w->tagset_key, sizeof(w->tagset_key), "turnout:worker:%s:tags", w->cfg.name);
     snprintf(w->heartbeat_key, sizeof(w->heartbeat_key), "turnout:worker:%s", w->cfg.name);
+    snprintf(w->instance_key, sizeof(w->instance_key), "turnout:worker:%s:instance", w->cfg.name);
+    util_uuid4(w->instance_id);
     if (build_keys(w) != 0 || build_executors(w) != 0 || wmetrics_init(&w->m, w->exec_urls, w->nexec) != 0) {
         snprintf(err, 256, "out of memory");
         return -1;
@@ -412,8 +588,9 @@ static int worker_init(worker *w, struct event_base *base, char err[256])
     if (!(w->hc = httpc_new(base, err))) return -1;
     w->poll_timer = evtimer_new(base, on_poll_timer, w);
     w->tick = event_new(base, -1, EV_PERSIST, on_tick, w);
+    w->reload_timer = evtimer_new(base, on_reload_timer, w);
     w->http = evhttp_new(base);
-    if (!w->poll_timer || !w->tick || !w->http) {
+    if (!w->poll_timer || !w->tick || !w->http || !w->reload_timer) {
         snprintf(err, 256, "out of memory");
         return -1;
     }
@@ -444,7 +621,7 @@ int main(int argc, char **argv)
 
     static worker w; /* one per process; static keeps it off the stack */
     char errs[8192] = "";
-    int n = wconfig_read(&w.cfg, getenv("TURNOUT_ENV_FILE"), errs, sizeof(errs));
+    int n = settings_read(&w.cfg, errs, sizeof(errs));
     exit_code = cfg_report("turnout-worker", n, errs, check_only);
     if (exit_code >= 0) {
         wconfig_free(&w.cfg);
@@ -452,10 +629,11 @@ int main(int argc, char **argv)
     }
     if (log_setup(w.cfg.log_level, w.cfg.log_format, "turnout-worker") != 0) return 2;
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN); /* until the reload handler is installed */
 
     int rc = 1;
     char err[256];
-    struct event *sigs[2] = {NULL, NULL};
+    struct event *sigs[3] = {NULL, NULL, NULL};
     struct event_base *base = event_base_new();
     if (!base) {
         fprintf(stderr, "turnout-worker: cannot create the event loop\n");
@@ -468,7 +646,8 @@ int main(int argc, char **argv)
     }
     sigs[0] = evsignal_new(base, SIGTERM, on_term, &w);
     sigs[1] = evsignal_new(base, SIGINT, on_term, &w);
-    for (int i = 0; i < 2; i++) {
+    sigs[2] = evsignal_new(base, SIGHUP, on_hup, &w);
+    for (int i = 0; i < 3; i++) {
         if (!sigs[i] || evsignal_add(sigs[i], NULL) != 0) {
             fprintf(stderr, "turnout-worker: cannot install signal handlers\n");
             goto done;
@@ -480,7 +659,7 @@ int main(int argc, char **argv)
     LOG_INFO("stopped");
     rc = 0;
 done:
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++)
         if (sigs[i]) event_free(sigs[i]);
     worker_free(&w);
     if (base) event_base_free(base);

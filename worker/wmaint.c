@@ -71,6 +71,8 @@ static void on_capacity(const httpc_response *resp, void *arg)
         if (e->capacity == 0 || e->down_until > 0)
             LOG_INFO("executor up", "executor", e->url);
         e->capacity = (int)json_integer_value(mc);
+        json_t *mb = json_object_get(doc, "max_body_bytes");
+        e->max_body = json_is_integer(mb) && json_integer_value(mb) > 0 ? (size_t)json_integer_value(mb) : 0;
         e->down_until = 0;
         snprintf(val, sizeof(val), "%d", e->capacity);
         if (pr->publish) {
@@ -216,9 +218,10 @@ static void on_heartbeat_checked(redisReply *r, const char *err, void *arg)
     char *name = arg;
     worker *w = *(worker **)name;
     const char *wname = name + sizeof(worker *);
-    if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-        char key[300], nexec[16];
-        snprintf(key, sizeof(key), "turnout:worker:%s:tags", wname);
+    char key[300], nexec[16];
+    /* a name too long for the key is no worker's (names are at most 200) */
+    if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0 &&
+        (size_t)snprintf(key, sizeof(key), "turnout:worker:%s:tags", wname) < sizeof(key)) {
         snprintf(nexec, sizeof(nexec), "%zu", w->nexec);
         const char *a[5] = {"EVAL", wscript_restore_tags, "1", key, nexec};
         size_t l[5] = {4, strlen(wscript_restore_tags), 1, strlen(key), strlen(nexec)};
@@ -245,7 +248,9 @@ static void on_workers_listed(redisReply *r, const char *err, void *arg)
         const char *wname = r->element[i]->str;
         if (!wname || strcmp(wname, w->cfg.name) == 0) continue;
         size_t n = strlen(wname);
-        char *ctx = malloc(sizeof(worker *) + n + 1), key[300];
+        char key[300];
+        if (n > 200) continue; /* no worker's: WORKER_NAME is at most 200 */
+        char *ctx = malloc(sizeof(worker *) + n + 1);
         if (!ctx) continue;
         memcpy(ctx, &w, sizeof(worker *));
         memcpy(ctx + sizeof(worker *), wname, n + 1);
@@ -307,6 +312,7 @@ void maint_tick(worker *w)
     const char *s[3] = {"SADD", "turnout:workers", w->cfg.name};
     size_t sl[3] = {4, 15, strlen(w->cfg.name)};
     rclient_send(w->rc, 3, s, sl);
+    worker_claim_name(w);
     /* two reads in one reply keep the callback simple */
     static const char pool_view[] =
         "return {redis.call('HGETALL', 'turnout:pool:capacity'), redis.call('HGETALL', 'turnout:pool:down')}";
@@ -327,6 +333,8 @@ void maint_tick(worker *w)
 static void persist_revoke(worker *w, const char *tid, bool terminate)
 {
     char key[340], val[128];
+    /* an id the worker would never run has no marker (and would not fit) */
+    if (!celery_task_id_ok(tid, strlen(tid))) return;
     snprintf(key, sizeof(key), "turnout:revoked:%s", tid);
     snprintf(val, sizeof(val), "{\"terminate\":%s,\"at\":%.3f,\"by\":\"pidbox\"}", terminate ? "true" : "false",
              util_now());

@@ -9,6 +9,8 @@ const char *const wm_outcome_names[WO_COUNT] = {"completed", "failed", "timeout"
                                                "malformed", "scheduled", "returned"};
 const char *const wm_policy_names[WP_COUNT] = {"default", "network_error"};
 const char *const wm_job_names[WJ_COUNT] = {"restore", "schedule", "dlq_prune", "orphans", "executors"};
+const char *const wm_broker_op_names[WB_COUNT] = {"ack", "dead_letter", "result", "take"};
+static const char *const reload_outcome_names[] = {"ok", "error"};
 static const char *const exec_outcome_names[WE_COUNT] = {"ok", "busy", "connect", "timeout", "error"};
 static const char *const job_outcome_names[WJO_COUNT] = {"ok", "error", "skipped"};
 static const char *const version_names[] = {TURNOUT_VERSION};
@@ -23,6 +25,8 @@ int wmetrics_init(wmetrics *m, const char *const *executors, size_t nexec)
     const metrics_dim exec[2] = {{"executor", executors, nexec}, {"outcome", exec_outcome_names, WE_COUNT}};
     const metrics_dim job[2] = {{"job", wm_job_names, WJ_COUNT}, {"outcome", job_outcome_names, WJO_COUNT}};
     const metrics_dim version = {"version", version_names, 1};
+    const metrics_dim op = {"op", wm_broker_op_names, WB_COUNT};
+    const metrics_dim reload = {"outcome", reload_outcome_names, 2};
     m->tasks = metrics_family_add(m->reg, METRICS_COUNTER, "turnout_worker_tasks_total",
                                   "Messages handled, by outcome", 1, &outcome, NULL, 0);
     m->duration = metrics_family_add(m->reg, METRICS_HISTOGRAM, "turnout_worker_task_duration_seconds",
@@ -38,8 +42,13 @@ int wmetrics_init(wmetrics *m, const char *const *executors, size_t nexec)
                                         "Maintenance job runs, by job and outcome", 2, job, NULL, 0);
     m->build_info = metrics_family_add(m->reg, METRICS_GAUGE, "turnout_worker_build_info",
                                        "Always 1; the version label says which build", 1, &version, NULL, 0);
+    m->broker_errors = metrics_family_add(m->reg, METRICS_COUNTER, "turnout_worker_broker_errors_total",
+                                          "Broker commands that failed (error reply, timeout, not connected), by op",
+                                          1, &op, NULL, 0);
+    m->reloads = metrics_family_add(m->reg, METRICS_COUNTER, "turnout_worker_reloads_total",
+                                    "Settings reloads (SIGHUP), by outcome", 1, &reload, NULL, 0);
     if (!m->tasks || !m->duration || !m->in_flight || !m->retries || !m->exec_requests ||
-        !m->maintenance || !m->build_info) {
+        !m->maintenance || !m->build_info || !m->broker_errors || !m->reloads) {
         wmetrics_free(m);
         return -1;
     }

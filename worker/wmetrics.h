@@ -13,10 +13,13 @@ enum wm_policy { WP_DEFAULT, WP_NETWORK, WP_COUNT };
 enum wm_exec_outcome { WE_OK, WE_BUSY, WE_CONNECT, WE_TIMEOUT, WE_ERROR, WE_COUNT };
 enum wm_job { WJ_RESTORE, WJ_SCHEDULE, WJ_DLQ_PRUNE, WJ_ORPHANS, WJ_EXECUTORS, WJ_COUNT };
 enum wm_job_outcome { WJO_OK, WJO_ERROR, WJO_SKIPPED, WJO_COUNT };
+/* Broker commands whose failures are counted (WB_ACK first: the default). */
+enum wm_broker_op { WB_ACK, WB_DEAD_LETTER, WB_RESULT, WB_TAKE, WB_COUNT };
 
 extern const char *const wm_outcome_names[WO_COUNT];
 extern const char *const wm_policy_names[WP_COUNT];
 extern const char *const wm_job_names[WJ_COUNT];
+extern const char *const wm_broker_op_names[WB_COUNT];
 
 typedef struct wmetrics {
     metrics_registry *reg;
@@ -27,6 +30,8 @@ typedef struct wmetrics {
     metrics_family *exec_requests; /* turnout_worker_executor_requests_total{executor,outcome} */
     metrics_family *maintenance;   /* turnout_worker_maintenance_runs_total{job,outcome} */
     metrics_family *build_info;
+    metrics_family *broker_errors; /* turnout_worker_broker_errors_total{op} */
+    metrics_family *reloads;       /* turnout_worker_reloads_total{outcome} */
 } wmetrics;
 
 /* executors: the configured executor URLs (borrowed; outlive the registry). */

@@ -29,7 +29,10 @@
 /* Takes one message for a free executor slot; also reads, for the task id
  * in its headers, the result record (when ARGV[7 + nexec + #KEYS] names
  * the result key prefix: same Redis) and the revoke marker, which the
- * worker checks before running it — one round trip instead of three. */
+ * worker checks before running it — one round trip instead of three.
+ * A message over ARGV[8 + nexec + #KEYS] bytes is never decoded nor sent
+ * whole: it is recorded in unacked as it is, and only its head, its size
+ * and the id a plain search finds in it go back, to be dead-lettered. */
 const char wscript_take[] =
     "local now = tonumber(ARGV[1])\n"
     "local nexec = tonumber(ARGV[5])\n"
@@ -45,8 +48,22 @@ const char wscript_take[] =
     "  end\n"
     "end\n"
     "if chosen < 0 then return {-1} end\n"
+    "local max = tonumber(ARGV[8 + nexec + #KEYS])\n"
     "for i, key in ipairs(KEYS) do\n"
     "  local m = redis.call('RPOP', key)\n"
+    "  if m and max and #m > max then\n"
+    "    local tag = 'turnout-oversize-' .. ARGV[4]\n"
+    "    local stored = m\n"
+    /* unacked holds JSON: a message that does not even look like an object
+     * is kept as a JSON string, as a malformed one is below */
+    "    if string.sub(m, 1, 1) ~= '{' or string.sub(m, -1) ~= '}' then stored = cjson.encode(m) end\n"
+    "    redis.call('ZADD', 'unacked_index', now, tag)\n"
+    "    redis.call('HSET', 'unacked', tag, '[' .. stored .. ',\"\",' .. cjson.encode(ARGV[6 + nexec + i]) .. ']')\n"
+    "    redis.call('SADD', ARGV[3], tag)\n"
+    "    redis.call('ZADD', 'turnout:pool:slots:' .. chosen, ARGV[2], tag)\n"
+    "    local tid = string.match(m, '[{,]%s*\"id\"%s*:%s*\"([^\"\\\\]*)\"')\n"
+    "    return {i, string.sub(m, 1, 4096), tag, chosen, tid or false, false, false, #m}\n"
+    "  end\n"
     "  if m then\n"
     "    local tag, ex, rk = nil, '', ARGV[6 + nexec + i]\n"
     "    local ok, env = pcall(cjson.decode, m)\n"
@@ -74,7 +91,7 @@ const char wscript_take[] =
     "      if rprefix and rprefix ~= '' then res = redis.call('GET', rprefix .. tid) end\n"
     "      rev = redis.call('GET', 'turnout:revoked:' .. tid)\n"
     "    end\n"
-    "    return {i, m, tag, chosen, tid, res, rev}\n"
+    "    return {i, m, tag, chosen, tid, res, rev, 0}\n"
     "  end\n"
     "end\n"
     "return {0}\n";

@@ -8,9 +8,12 @@
  * the message in kombu's unacked/unacked_index and in the worker's tag set.
  * KEYS: the queue lists in consumption order.
  * ARGV: now, lease_until, tagset_key, unique_token, nexec, start,
- *       cap[0..nexec), base queue name per KEY.
+ *       cap[0..nexec), base queue name per KEY, result key prefix,
+ *       max message bytes.
  * Returns {-1} no executor slot free, {0} all lists empty, or
- * {key_index (1-based), message, delivery_tag, executor_index}. */
+ * {key_index (1-based), message, delivery_tag, executor_index, task_id,
+ *  result, revoke marker, size}: size 0 for a whole message, else the
+ * size of one over the limit, of which `message` is the head. */
 extern const char wscript_take[];
 
 /* The terminal result and the ack in one step (result backend = broker):

@@ -30,6 +30,19 @@
 #define KILL_MAX_TRIES 100
 #define WRITE_RETRY_S 0.5
 #define WRITE_MAX_TRIES 120
+/* A transaction that acks a message (with its DLQ entry, retry or
+ * schedule) and was refused is sent again after ACK_RETRY_S, doubling up
+ * to ACK_RETRY_MAX_S, ACK_MAX_TRIES times in all; then the message is
+ * left in unacked, to come back after the visibility timeout.  Never at
+ * once: a message that cannot be dead-lettered must not loop. */
+#define ACK_RETRY_S 0.25
+#define ACK_RETRY_MAX_S 30.0
+#define ACK_MAX_TRIES 12
+/* What a DLQ entry keeps of input it quotes: the original id of a refused
+ * id, and the raw message when it is too large or a full entry could not
+ * be built. */
+#define DLQ_ORIG_ID_MAX 1024
+#define DLQ_RAW_HEAD_MAX 4096
 #define REVOKED_TTL_S 86400
 #define STORAGE_TIMEOUT_MS 5000
 
@@ -44,7 +57,10 @@ struct task {
     size_t exec;
     celery_message msg;
     bool decoded;
-    char task_id[300];
+    char task_id[CELERY_TASK_ID_MAX + 1]; /* checked by celery_task_id_ok, or a substitute */
+    char *orig_id;     /* the refused id, when task_id is its substitute */
+    size_t msg_bytes;  /* the whole message's size (raw may hold only its head) */
+    bool oversize;     /* over WORKER_MAX_MESSAGE_BYTES: raw is its head */
     const char *eval_id, *code, *language;
     int timeout;
     double t_taken, t_started;
@@ -57,11 +73,21 @@ struct task {
     httpc_req *exec_req;
     httpc_req *kill_req;
     int kill_tries;
-    struct event *soft_timer, *progress_timer, *kill_timer, *write_timer;
+    size_t req_bytes; /* the POST /execute body */
+    struct event *soft_timer, *progress_timer, *kill_timer, *write_timer, *ack_timer;
     /* what to store when finishing */
     char *record;
     enum wm_outcome outcome;
     int write_tries;
+    /* the ack transaction's extra commands, owned, for a send again */
+    struct owned_cmd {
+        int argc;
+        char *argv[8];
+        size_t len[8];
+    } extra[2];
+    size_t nextra;
+    enum wm_broker_op ack_op;
+    int ack_tries;
 };
 
 /* ---------- small helpers ---------- */
@@ -121,6 +147,13 @@ static void disarm(struct event **ev)
 
 static const char *exec_url(const task *t) { return t->w->execs[t->exec].url; }
 
+/* The largest request body executor i takes: what its GET /capacity said,
+ * else (when it does not say) the reference executor's limit. */
+static size_t exec_max_body(const worker *w, size_t i)
+{
+    return w->execs[i].max_body ? w->execs[i].max_body : EXECUTOR_DEFAULT_MAX_BODY;
+}
+
 static void task_free(task *t)
 {
     worker *w = t->w;
@@ -130,6 +163,9 @@ static void task_free(task *t)
     disarm(&t->progress_timer);
     disarm(&t->kill_timer);
     disarm(&t->write_timer);
+    disarm(&t->ack_timer);
+    for (size_t i = 0; i < t->nextra; i++)
+        for (int k = 0; k < t->extra[i].argc; k++) free(t->extra[i].argv[k]);
     if (t->prev) t->prev->next = t->next;
     else w->tasks = t->next;
     if (t->next) t->next->prev = t->prev;
@@ -138,6 +174,7 @@ static void task_free(task *t)
     metrics_set(w->m.in_flight, 0, (double)w->in_flight);
     celery_message_free(&t->msg);
     free(t->record);
+    free(t->orig_id);
     free(t->raw);
     free(t->tag);
     free(t);
@@ -228,32 +265,99 @@ static void done_acked(task *t)
     task_free(t);
 }
 
+/* The error of a transaction's reply: NULL when every command went
+ * through.  MULTI applies the commands it queued even when one of them
+ * fails, so each reply of EXEC is looked at. */
+static const char *exec_error(redisReply *r, const char *err)
+{
+    if (!r) return err ? err : "no reply";
+    if (r->type == REDIS_REPLY_ERROR) return r->str;
+    if (r->type != REDIS_REPLY_ARRAY) return "transaction aborted";
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_ERROR) return r->element[i]->str;
+    return NULL;
+}
+
+static void send_ack(task *t);
+
+static void on_ack_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    send_ack(arg);
+}
+
 static void on_acked(redisReply *r, const char *err, void *arg)
 {
     task *t = arg;
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
-        /* Not acknowledged: the message stays in unacked and comes back
-         * later, to be skipped then as a duplicate of its stored result. */
-        LOG_WARN("ack failed; the message will be redelivered", "task_id", t->task_id, "error",
-                 err ? err : (r && r->type == REDIS_REPLY_ERROR ? r->str : "transaction aborted"));
+    const char *why = exec_error(r, err);
+    if (why) {
+        worker *w = t->w;
+        worker_broker_error(w, t->ack_op, why);
+        /* Every command of the transaction is idempotent: the whole of it
+         * goes again, after a pause that grows, a bounded number of times.
+         * Then (or when leaving) the message stays in unacked and comes
+         * back after the visibility timeout, to be skipped then as a
+         * duplicate of its stored result if it has one. */
+        if (++t->ack_tries < ACK_MAX_TRIES && !w->returning) {
+            double delay = fmin(ACK_RETRY_S * pow(2, t->ack_tries - 1), ACK_RETRY_MAX_S);
+            char d[32];
+            snprintf(d, sizeof(d), "%.2f", delay);
+            LOG_WARN("ack not written; trying again", "task_id", t->task_id, "op", wm_broker_op_names[t->ack_op],
+                     "error", why, "retry_in_s", d);
+            arm(&t->ack_timer, w, on_ack_retry, t, delay);
+            return;
+        }
+        LOG_ERROR("ack not written; the message stays in unacked until the visibility timeout", "task_id",
+                  t->task_id, "op", wm_broker_op_names[t->ack_op], "error", why);
     }
     done_acked(t);
 }
 
-/* Acks, optionally with more commands in the same transaction. */
-static void ack_with(task *t, enum wm_outcome outcome, cmd *extra, size_t nextra)
+static void send_ack(task *t)
 {
-    cmd c[12];
+    cmd all[12];
     char slot_key[64], running_key[340];
-    size_t n = ack_cmds(t, c, slot_key, sizeof(slot_key), running_key, sizeof(running_key));
-    for (size_t i = 0; i < nextra && n < 12; i++) c[n++] = extra[i];
-    t->outcome = outcome;
-    t->stage = ST_FINISHING;
-    if (send_multi(t->w->rc, on_acked, t, c, n) != 0) {
+    /* the extras first, then the acks */
+    size_t k = 0;
+    for (size_t i = 0; i < t->nextra; i++, k++) {
+        all[k].argc = t->extra[i].argc;
+        for (int j = 0; j < all[k].argc; j++) {
+            all[k].argv[j] = t->extra[i].argv[j];
+            all[k].len[j] = t->extra[i].len[j];
+        }
+    }
+    k += ack_cmds(t, all + k, slot_key, sizeof(slot_key), running_key, sizeof(running_key));
+    if (send_multi(t->w->rc, on_acked, t, all, k) != 0) {
         on_acked(NULL, "redis not connected", t);
         return;
     }
     to_finishing(t);
+}
+
+/* Acks, optionally with more commands in the same transaction (copied:
+ * the transaction may have to be sent again). */
+static void ack_with(task *t, enum wm_outcome outcome, cmd *extra, size_t nextra)
+{
+    t->outcome = outcome;
+    t->stage = ST_FINISHING;
+    for (size_t i = 0; i < nextra && i < 2; i++) {
+        struct owned_cmd *o = &t->extra[i];
+        t->nextra = i + 1;
+        for (int k = 0; k < extra[i].argc; k++) {
+            o->len[k] = extra[i].len[k];
+            if (!(o->argv[k] = malloc(o->len[k] + 1))) {
+                LOG_ERROR("out of memory acking; the message stays in unacked until the visibility timeout",
+                          "task_id", t->task_id);
+                done_acked(t);
+                return;
+            }
+            o->argc = k + 1;
+            memcpy(o->argv[k], extra[i].argv[k], o->len[k]);
+            o->argv[k][o->len[k]] = '\0';
+        }
+    }
+    send_ack(t);
 }
 
 /* ---------- storing the terminal result, then the ack ---------- */
@@ -273,6 +377,7 @@ static void on_write_retry(evutil_socket_t fd, short what, void *arg)
 static bool final_failed(task *t, redisReply *r, const char *err)
 {
     if (r && r->type != REDIS_REPLY_ERROR) return false;
+    worker_broker_error(t->w, WB_RESULT, err ? err : r->str);
     if (++t->write_tries >= WRITE_MAX_TRIES || t->w->returning) {
         LOG_ERROR("result not stored", "task_id", t->task_id, "error", err ? err : r->str);
         give_back(t, "result could not be stored");
@@ -439,12 +544,12 @@ static double first_failure(const task *t, double now)
     return json_is_number(f) ? json_number_value(f) : now;
 }
 
-static void dead_letter(task *t, const char *reason, const char *policy, const char *exc_class,
-                        const char *message)
+/* The DLQ entry, built whole: the original message when it is whole and
+ * UTF-8 text (the DLQ API re-publishes it from there), else its head.
+ * NULL when it cannot be built. */
+static char *dlq_entry_full(const task *t, const char *eval_id, const char *reason, const char *policy,
+                            const char *exc_class, const char *message, double now)
 {
-    double now = util_now();
-    const char *eval_id = t->eval_id;
-    if (!eval_id && t->known_id && strncmp(t->task_id, "celery-", 7) == 0) eval_id = t->task_id + 7;
     json_t *e = json_pack("{s:s, s:s?, s:s?, s:s?, s:i, s:O?, s:O?, s:s, s:s, s:s, s:i, s:s?, s:f, s:f, s:s}",
                           "task_id", t->task_id, "eval_id", eval_id, "task",
                           t->decoded ? t->msg.task_name : NULL, "queue",
@@ -454,29 +559,88 @@ static void dead_letter(task *t, const char *reason, const char *policy, const c
                           "exception_message", message, "traceback", message, "retries",
                           t->decoded ? t->msg.retries : 0, "policy", policy, "first_failure_at",
                           first_failure(t, now), "last_failure_at", now, "reason", reason);
-    /* The original bytes may not even be UTF-8: keep what JSON can hold. */
-    json_t *orig = json_stringn(t->raw, t->raw_len);
-    if (e) json_object_set_new(e, "message", orig ? orig : json_string("(the message was not UTF-8 text)"));
-    char *entry = e ? json_dumps(e, JSON_COMPACT) : NULL;
-    json_decref(e);
-    if (!entry) {
-        give_back(t, "out of memory building the DLQ entry");
-        return;
+    if (!e) return NULL;
+    int bad = 0;
+    if (t->orig_id) bad |= json_object_set_new(e, "original_task_id", json_string(t->orig_id));
+    bad |= json_object_set_new(e, "message_bytes", json_integer((json_int_t)t->msg_bytes));
+    json_t *orig = t->oversize ? NULL : json_stringn(t->raw, t->raw_len);
+    if (orig) {
+        bad |= json_object_set_new(e, "message", orig);
+    } else {
+        /* too large, or not UTF-8: its head, cut at a character boundary */
+        size_t n = util_utf8_trim_end(t->raw, t->raw_len < DLQ_RAW_HEAD_MAX ? t->raw_len : DLQ_RAW_HEAD_MAX);
+        json_t *head = json_stringn(t->raw, n);
+        bad |= json_object_set_new(e, "message_head", head ? head : json_string("(the message is not UTF-8 text)"));
     }
-    char key[340], score[32];
+    char *entry = bad ? NULL : json_dumps(e, JSON_COMPACT);
+    json_decref(e);
+    return entry;
+}
+
+/* The least entry that still says what happened: id, reason, error and the
+ * head of the raw bytes.  jsonw never refuses text (invalid UTF-8 becomes
+ * U+FFFD) and every part is capped to fit `buf`, so this cannot fail. */
+static size_t dlq_entry_minimal(const task *t, const char *reason, const char *exc_class, const char *message,
+                                double now, char *buf, size_t cap)
+{
+    jsonw w;
+    jw_init(&w, buf, cap);
+    jw_obj_open(&w);
+    jw_lit_key(&w, "task_id");
+    jw_cstring(&w, t->task_id);
+    if (t->orig_id) {
+        jw_lit_key(&w, "original_task_id");
+        jw_cstring(&w, t->orig_id);
+    }
+    jw_lit_key(&w, "exception_class");
+    jw_string(&w, exc_class, util_utf8_prefix(exc_class, 128));
+    jw_lit_key(&w, "exception_message");
+    jw_string(&w, message, util_utf8_prefix(message, 1024));
+    jw_lit_key(&w, "reason");
+    jw_cstring(&w, reason);
+    jw_lit_key(&w, "last_failure_at");
+    jw_real(&w, now);
+    jw_lit_key(&w, "message_bytes");
+    jw_int(&w, (long long)t->msg_bytes);
+    jw_lit_key(&w, "message_head");
+    jw_string(&w, t->raw, util_utf8_trim_end(t->raw, t->raw_len < 2048 ? t->raw_len : 2048));
+    jw_lit_key(&w, "minimal");
+    jw_bool(&w, true);
+    jw_obj_close(&w);
+    size_t n = jw_len(&w);
+    jw_free(&w); /* only the caller's storage was used */
+    return n;
+}
+
+/* Every message the worker cannot run ends here, once, with a reason: the
+ * DLQ entry and the ack in one transaction (sent again with backoff if
+ * Redis refuses it, never given back to be taken again at once). */
+static void dead_letter(task *t, const char *reason, const char *policy, const char *exc_class,
+                        const char *message)
+{
+    double now = util_now();
+    const char *eval_id = t->eval_id;
+    if (!eval_id && t->known_id && strncmp(t->task_id, "celery-", 7) == 0) eval_id = t->task_id + 7;
+    char *entry = dlq_entry_full(t, eval_id, reason, policy, exc_class, message, now);
+    char minimal[32768];
+    size_t entry_len;
+    if (entry) {
+        entry_len = strlen(entry);
+    } else {
+        LOG_WARN("the full DLQ entry could not be built; writing a minimal one", "task_id", t->task_id);
+        entry_len = dlq_entry_minimal(t, reason, exc_class, message, now, minimal, sizeof(minimal));
+    }
+    char key[64 + CELERY_TASK_ID_MAX], score[32];
     snprintf(key, sizeof(key), "turnout:dlq:entry:%s", t->task_id);
     snprintf(score, sizeof(score), "%.6f", now);
     cmd extra[1];
-    extra[0].argc = 8;
-    const char *argv[8] = {"EVAL", dlq_add_script, "1", key, entry, score, t->task_id, exc_class};
-    for (int i = 0; i < 8; i++) {
-        extra[0].argv[i] = argv[i];
-        extra[0].len[i] = strlen(argv[i]);
-    }
+    cmd_set(&extra[0], 8, "EVAL", dlq_add_script, "1", key, entry ? entry : minimal, score, t->task_id, exc_class);
+    extra[0].len[4] = entry_len;
     LOG_WARN("dead-lettered", "task_id", t->task_id, "eval_id", t->eval_id, "reason", reason, "error", message);
     /* The FAILURE record goes first (never over a terminal one); the DLQ
      * entry and the ack then go together. */
     if (t->known_id) write_state(t, "FAILURE", results_exception(exc_class, message, "turnout"));
+    t->ack_op = WB_DEAD_LETTER;
     ack_with(t, strcmp(reason, "malformed") == 0 ? WO_MALFORMED : WO_DEAD_LETTERED, extra, 1);
     free(entry);
 }
@@ -579,19 +743,22 @@ static void on_soft_limit(evutil_socket_t fd, short what, void *arg)
     kill_execution(t);
 }
 
-static void on_progress(evutil_socket_t fd, short what, void *arg)
+
+/* A duration in seconds, rounded to the microsecond and written without
+ * the binary noise %.17g shows (0.011113, not 0.011113000000023021). */
+static void jw_duration(jsonw *w, double s)
 {
-    (void)fd;
-    (void)what;
-    task *t = arg;
-    write_state(t, "PROGRESS", json_pack("{s:s, s:f, s:s}", "eval_id", t->eval_id, "elapsed_s",
-                                         util_monotonic() - t->t_started, "executor", exec_url(t)));
-    arm(&t->progress_timer, t->w, on_progress, t, t->w->cfg.progress_interval_s);
+    char num[32];
+    if (!isfinite(s) || s < 0) s = 0;
+    size_t n = util_format_fixed(s, 6, num);
+    while (n > 1 && num[n - 1] == '0' && num[n - 2] != '.') n--;
+    jw_raw_value(w, num, n);
 }
 
-/* The evaluation's result, as JSON text (new string; NULL on OOM). */
-static char *eval_result(task *t, const char *status, const char *output, const char *error,
-                         const json_t *exit_code, double duration, size_t *len)
+/* The evaluation's result, as JSON text (new string; NULL on OOM).
+ * output and error are text of the given lengths (they may hold NULs). */
+static char *eval_result(task *t, const char *status, const char *output, size_t output_len, const char *error,
+                         size_t error_len, const json_t *exit_code, double duration, size_t *len)
 {
     char stack[2048];
     jsonw w;
@@ -602,19 +769,40 @@ static char *eval_result(task *t, const char *status, const char *output, const 
     jw_lit_key(&w, "status");
     jw_cstring(&w, status);
     jw_lit_key(&w, "output");
-    jw_cstring(&w, output ? output : "");
+    jw_string(&w, output ? output : "", output ? output_len : 0);
     jw_lit_key(&w, "error");
-    jw_cstring(&w, error ? error : "");
+    jw_string(&w, error ? error : "", error ? error_len : 0);
     jw_lit_key(&w, "exit_code");
     jw_value(&w, exit_code);
     jw_lit_key(&w, "executor");
     jw_cstring(&w, exec_url(t));
     jw_lit_key(&w, "duration_s");
-    jw_real(&w, duration);
+    jw_duration(&w, duration);
     jw_obj_close(&w);
     char *text = jw_detach(&w, len);
     jw_free(&w);
     return text;
+}
+
+static void on_progress(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    task *t = arg;
+    char stack[512];
+    jsonw j;
+    jw_init(&j, stack, sizeof(stack));
+    jw_obj_open(&j);
+    jw_lit_key(&j, "eval_id");
+    jw_cstring(&j, t->eval_id);
+    jw_lit_key(&j, "elapsed_s");
+    jw_duration(&j, util_monotonic() - t->t_started);
+    jw_lit_key(&j, "executor");
+    jw_cstring(&j, exec_url(t));
+    jw_obj_close(&j);
+    if (!jw_failed(&j)) write_state_text(t, "PROGRESS", jw_text(&j), jw_len(&j));
+    jw_free(&j);
+    arm(&t->progress_timer, t->w, on_progress, t, t->w->cfg.progress_interval_s);
 }
 
 static void on_executed(const httpc_response *resp, void *arg)
@@ -651,16 +839,36 @@ static void on_executed(const httpc_response *resp, void *arg)
             return;
         }
         size_t len = 0;
-        char *res = eval_result(t, "timeout", NULL, "hard time limit reached; the execution was killed", NULL,
-                                took, &len);
+        static const char hard[] = "hard time limit reached; the execution was killed";
+        char *res = eval_result(t, "timeout", NULL, 0, hard, sizeof(hard) - 1, NULL, took, &len);
         finish_success(t, res, len, WO_TIMEOUT);
         return;
     }
     if (resp->error != HTTPC_OK) {
         wmetrics_exec(&w->m, t->exec, resp->error == HTTPC_ECONNECT ? WE_CONNECT : WE_ERROR);
         if (resp->error == HTTPC_ECONNECT) w->execs[t->exec].down_until = util_now() + 5;
-        snprintf(msg, sizeof(msg), "executor %s: %s", exec_url(t), resp->errmsg ? resp->errmsg : "transfer failed");
+        if (resp->error == HTTPC_EOTHER && t->req_bytes > exec_max_body(w, t->exec)) {
+            /* An executor hangs up on a request over its body limit while it
+             * is still being sent (evhttp answers 413 and closes): sending
+             * the same request again would end the same way. */
+            util_snprintf(msg, sizeof(msg),
+                          "executor %s closed the connection while a %zu-byte request was being sent (over its "
+                          "limit of %zu bytes): %s",
+                          exec_url(t), t->req_bytes, exec_max_body(w, t->exec),
+                          resp->errmsg ? resp->errmsg : "transfer failed");
+            dead_letter(t, "not_retryable", "none", "RequestTooLarge", msg);
+            return;
+        }
+        util_snprintf(msg, sizeof(msg), "executor %s: %s", exec_url(t), resp->errmsg ? resp->errmsg : "transfer failed");
         retry_or_dead_letter(t, WP_NETWORK, "ExecutorUnavailable", msg);
+        return;
+    }
+    if (resp->status == 413) {
+        wmetrics_exec(&w->m, t->exec, WE_ERROR);
+        util_snprintf(msg, sizeof(msg), "executor %s refused the %zu-byte request as too large (413)", exec_url(t),
+                      t->req_bytes);
+        if (t->revoked) finish_revoked(t, t->terminate ? "terminated" : "revoked");
+        else dead_letter(t, "not_retryable", "none", "RequestTooLarge", msg);
         return;
     }
     if (resp->status >= 500 || resp->status == 429) {
@@ -689,15 +897,17 @@ static void on_executed(const httpc_response *resp, void *arg)
     if (resp->status >= 400) {
         wmetrics_exec(&w->m, t->exec, WE_ERROR);
         json_t *doc = json_loadb(resp->body, resp->body_len, 0, NULL);
-        snprintf(msg, sizeof(msg), "executor %s refused the evaluation (%ld): %.200s", exec_url(t), resp->status,
-                 json_string_value(json_object_get(doc, "message")) ? json_string_value(json_object_get(doc, "message"))
-                                                                  : "no message");
+        const char *why = json_string_value(json_object_get(doc, "message"));
+        util_snprintf(msg, sizeof(msg), "executor %s refused the evaluation (%ld): %.*s", exec_url(t), resp->status,
+                      UTF8_CUT(why ? why : "no message", 200));
         json_decref(doc);
         if (t->revoked) finish_revoked(t, t->terminate ? "terminated" : "revoked");
         else dead_letter(t, "not_retryable", "none", "ExecutorRejected", msg);
         return;
     }
-    json_t *doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+    /* \u0000 is valid JSON, and program output may hold NULs: allowed, and
+     * carried by length from here on */
+    json_t *doc = json_loadb(resp->body, resp->body_len, JSON_ALLOW_NUL, NULL);
     const char *status = json_string_value(json_object_get(doc, "status"));
     if (!status) {
         wmetrics_exec(&w->m, t->exec, WE_ERROR);
@@ -721,11 +931,13 @@ static void on_executed(const httpc_response *resp, void *arg)
         o = WO_TIMEOUT;
     }
     json_t *dur = json_object_get(doc, "duration_s");
+    json_t *out = json_object_get(doc, "output"), *error = json_object_get(doc, "error");
+    static const char soft[] = "soft time limit reached";
     size_t len = 0;
-    char *res = eval_result(t, status, json_string_value(json_object_get(doc, "output")),
-                            t->soft_fired ? "soft time limit reached" : json_string_value(json_object_get(doc, "error")),
-                            json_object_get(doc, "exit_code"), json_is_number(dur) ? json_number_value(dur) : took,
-                            &len);
+    char *res = eval_result(t, status, json_string_value(out), json_string_length(out),
+                            t->soft_fired ? soft : json_string_value(error),
+                            t->soft_fired ? sizeof(soft) - 1 : json_string_length(error), json_object_get(doc, "exit_code"),
+                            json_is_number(dur) ? json_number_value(dur) : took, &len);
     json_decref(doc);
     finish_success(t, res, len, o);
 }
@@ -748,6 +960,18 @@ static void dispatch(task *t)
     jw_lit_key(&b, "timeout");
     jw_int(&b, t->timeout);
     jw_obj_close(&b);
+    t->req_bytes = jw_len(&b); /* 0 after an out-of-memory: caught below */
+    if (w->execs[t->exec].max_body && t->req_bytes > w->execs[t->exec].max_body) {
+        /* refused before a byte is sent: the executor said it would refuse
+         * it (one that does not say may take more: it is sent) */
+        char msg[400];
+        jw_free(&b);
+        util_snprintf(msg, sizeof(msg),
+                      "the request is %zu bytes; executor %s takes at most %zu (the code is too large to run)",
+                      t->req_bytes, exec_url(t), exec_max_body(w, t->exec));
+        dead_letter(t, "not_retryable", "none", "RequestTooLarge", msg);
+        return;
+    }
     jw_init(&r, rstack, sizeof(rstack)); /* turnout:running:<task_id> */
     jw_obj_open(&r);
     jw_lit_key(&r, "worker");
@@ -906,6 +1130,46 @@ static int check_args(task *t, char *err, size_t n)
     return 0;
 }
 
+/* Sets the task id from the message's id (NULL: it has none): the id
+ * itself when celery_task_id_ok, else its substitute "invalid-id-<sha1>"
+ * (the original, capped, goes into the DLQ entry); with no id at all, the
+ * delivery tag (or its substitute).  Never truncates.  True when the id
+ * is the producer's own. */
+static bool set_task_id(task *t, const char *id, size_t len)
+{
+    if (id && celery_task_id_ok(id, len)) {
+        memcpy(t->task_id, id, len);
+        t->task_id[len] = '\0';
+        return true;
+    }
+    if (!id) {
+        id = t->tag;
+        len = strlen(t->tag);
+        if (celery_task_id_ok(id, len)) {
+            memcpy(t->task_id, id, len + 1);
+            return false;
+        }
+    }
+    celery_invalid_id(id, len, t->task_id);
+    free(t->orig_id);
+    t->orig_id = strndup(id, util_utf8_trim_end(id, len < DLQ_ORIG_ID_MAX ? len : DLQ_ORIG_ID_MAX));
+    return false;
+}
+
+/* Why an id was refused (err[256]). */
+static void invalid_id_error(const char *id, size_t len, char *err, size_t n)
+{
+    if (len == 0) util_snprintf(err, n, "headers.id is empty; send an id of 1 to %d bytes", CELERY_TASK_ID_MAX);
+    else if (len > CELERY_TASK_ID_MAX)
+        util_snprintf(err, n, "headers.id is %zu bytes; ids are 1 to %d bytes of UTF-8 text", len,
+                      CELERY_TASK_ID_MAX);
+    else
+        util_snprintf(err, n,
+                      "headers.id \"%.*s\" is not UTF-8 text without control characters; send an id of 1 to %d "
+                      "bytes of printable UTF-8 (spaces allowed)",
+                      UTF8_CUT(id, 60), CELERY_TASK_ID_MAX);
+}
+
 void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t exec_index,
                 const task_prefetch *pre)
 {
@@ -929,6 +1193,7 @@ void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t 
     memcpy(t->raw, raw, len);
     t->raw[len] = '\0';
     t->raw_len = len;
+    t->msg_bytes = pre && pre->oversize_bytes ? pre->oversize_bytes : len;
     t->w = w;
     t->exec = exec_index;
     t->t_taken = util_monotonic();
@@ -938,23 +1203,38 @@ void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t 
     w->in_flight++;
     metrics_set(w->m.in_flight, 0, (double)w->in_flight);
 
+    if (pre && pre->oversize_bytes) {
+        /* Only its head came from Redis (the take script measured it): it is
+         * never parsed.  The id the script found, if any, gets the FAILURE. */
+        t->oversize = true;
+        t->known_id = set_task_id(t, pre->task_id, pre->task_id_len);
+        util_snprintf(err, sizeof(err),
+                      "the message is %zu bytes; WORKER_MAX_MESSAGE_BYTES allows %lld, so it was not run", t->msg_bytes,
+                      w->cfg.max_message_bytes);
+        dead_letter(t, "too_large", "none", "MessageTooLarge", err);
+        return;
+    }
     if (celery_decode(raw, len, &t->msg, err) != 0) {
         /* Keep the producer's task id when the headers hold one, so its
          * AsyncResult gets a FAILURE and the DLQ is searchable by eval_id. */
         json_t *env = json_loadb(raw, len, 0, NULL);
-        const char *tid = json_string_value(json_object_get(json_object_get(env, "headers"), "id"));
-        t->known_id = tid && util_valid_id(tid, strlen(tid), sizeof(t->task_id) - 1);
-        snprintf(t->task_id, sizeof(t->task_id), "%s", t->known_id ? tid : tag);
+        json_t *tid = json_object_get(json_object_get(env, "headers"), "id");
+        t->known_id = set_task_id(t, json_string_value(tid), json_string_length(tid));
         json_decref(env);
         dead_letter(t, "malformed", "none", "MalformedMessage", err);
         return;
     }
-    t->known_id = true;
     t->decoded = true;
-    snprintf(t->task_id, sizeof(t->task_id), "%s", t->msg.task_id);
+    size_t idlen = strlen(t->msg.task_id);
+    t->known_id = set_task_id(t, t->msg.task_id, idlen);
+    if (!t->known_id) {
+        invalid_id_error(t->msg.task_id, idlen, err, sizeof(err));
+        dead_letter(t, "invalid_id", "none", "InvalidTaskId", err);
+        return;
+    }
     if (strcmp(t->msg.task_name, w->cfg.task_name) != 0) {
-        snprintf(err, sizeof(err), "task \"%.100s\" is not registered with this worker (it runs %.100s)",
-                 t->msg.task_name, w->cfg.task_name);
+        util_snprintf(err, sizeof(err), "task \"%.*s\" is not registered with this worker (it runs %.*s)",
+                      UTF8_CUT(t->msg.task_name, 100), UTF8_CUT(w->cfg.task_name, 100));
         dead_letter(t, "unknown_task", "none", "NotRegistered", err);
         return;
     }

@@ -327,8 +327,35 @@ static void test_producer_message(void)
     pconfig_free(&s);
 }
 
+/* The task id rule the worker and the DLQ API share. */
+static void test_task_id_rule(void)
+{
+    char id[CELERY_TASK_ID_MAX + 2];
+    memset(id, 'a', sizeof(id));
+    CHECK(celery_task_id_ok("celery-e1", 9));
+    CHECK(celery_task_id_ok("an id with spaces", 17));
+    CHECK(celery_task_id_ok("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14));
+    CHECK(celery_task_id_ok(id, CELERY_TASK_ID_MAX));
+    CHECK(!celery_task_id_ok(id, CELERY_TASK_ID_MAX + 1));
+    CHECK(!celery_task_id_ok("", 0));
+    CHECK(!celery_task_id_ok("a\x01b", 3));
+    CHECK(!celery_task_id_ok("a\nb", 3));
+    CHECK(!celery_task_id_ok("a\x7f", 2));
+    CHECK(!celery_task_id_ok("a\0b", 3));
+    CHECK(!celery_task_id_ok("\xc2\x85", 2));          /* C1 control (NEL) */
+    CHECK(!celery_task_id_ok("caf\xc3", 4));            /* cut character */
+    CHECK(!celery_task_id_ok("\xc0\xaf", 2));          /* overlong */
+    CHECK(!celery_task_id_ok("\xed\xa0\x80", 3));      /* surrogate */
+    CHECK(!celery_task_id_ok("\xf4\x90\x80\x80", 4));  /* above U+10FFFF */
+    CHECK(!celery_task_id_ok("\xff", 1));
+    char sub[CELERY_INVALID_ID_LEN + 1];
+    celery_invalid_id("abc", 3, sub); /* SHA-1("abc") */
+    CHECK_STR(sub, "invalid-id-a9993e364706816aba3e25717850c26c9cd0d89d");
+}
+
 int main(void)
 {
+    RUN(test_task_id_rule);
     RUN(test_steps);
     RUN(test_queue_keys);
     RUN(test_repr);
