@@ -721,3 +721,17 @@ int cfg_warn_unknown_env(const char *program, FILE *out)
     }
     return count;
 }
+
+bool cfg_same(const cfg_option *o, const void *a, const void *b)
+{
+    const char *pa = (const char *)a + o->offset, *pb = (const char *)b + o->offset;
+    switch (o->type) {
+    case CFG_BOOL: return *(const bool *)pa == *(const bool *)pb;
+    case CFG_INT: return *(const long long *)pa == *(const long long *)pb;
+    case CFG_FRACTION: return *(const double *)pa == *(const double *)pb;
+    default: {
+        const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
+        return strcmp(sa ? sa : "", sb ? sb : "") == 0;
+    }
+    }
+}

@@ -51,6 +51,10 @@ int cfg_load(const cfg_option *table, size_t n, void *dst, size_t dst_size,
 int cfg_parse(const cfg_option *table, size_t n, void *out, cfg_lookup_fn lookup, void *ud, char *errs,
               size_t errs_size) __attribute__((warn_unused_result));
 
+/* True when option o holds the same value in the settings structs a and b
+ * (for reloads: which settings a new file changes). */
+bool cfg_same(const cfg_option *o, const void *a, const void *b);
+
 /* Frees the owned strings of a settings struct filled by cfg_load. */
 void cfg_free(const cfg_option *table, size_t n, void *settings);
 

@@ -882,43 +882,62 @@ void proxy_drain(proxy *p)
     maybe_finish_drain(p);
 }
 
+/* What a reload changes in a running proxy; every other setting needs a
+ * restart (sockets, connections, TLS, timers sized at start-up) and a
+ * changed value is named in the log and kept as it runs. */
+static const char *const live_settings[] = {
+    "CELERY_ENABLED", "CELERY_PERCENTAGE", "FORCE_LEGACY_QUEUE", "ROUTING_MODE", "ROLLOUT_SALT",
+    "FALLBACK_TO_LEGACY", "MAX_IN_FLIGHT", "ALLOWED_LANGUAGES", "ADMIN_TOKEN", "LOG_LEVEL", "LOG_FORMAT",
+    "ACCEPT_UNCHECKED_EVAL_IDS", "CELERY_QUEUE_MAX_DEPTH", "TURNOUT_ENV_FILE",
+};
+
+static bool is_live(const char *name)
+{
+    for (size_t i = 0; i < sizeof(live_settings) / sizeof(live_settings[0]); i++)
+        if (strcmp(live_settings[i], name) == 0) return true;
+    return false;
+}
+
 void proxy_reload(proxy *p)
 {
     if (!p->cfg.env_file[0]) {
         LOG_WARN("SIGHUP ignored: TURNOUT_ENV_FILE is not set");
         return;
     }
-    char err[256];
-    cfg_envfile *f = cfg_envfile_read(p->cfg.env_file, err);
-    if (!f) {
-        LOG_ERROR("reload failed, keeping the old settings", "error", err);
-        return;
-    }
-    char errs[4096];
+    /* the same read as at start-up: the environment, the file over it */
+    char errs[4096] = "";
     proxy_settings fresh = {0};
-    int n = pconfig_load(&fresh, cfg_envfile_lookup, f, errs, sizeof(errs));
-    cfg_envfile_free(f);
-    if (n) {
+    if (pconfig_read(&fresh, p->cfg.env_file, errs, sizeof(errs)) != 0) {
+        for (char *c = errs; *c; c++)
+            if (*c == '\n') *c = c[1] ? ';' : '\0';
         LOG_ERROR("reload failed, keeping the old settings", "file", p->cfg.env_file, "errors", errs);
+        pconfig_free(&fresh);
         return;
     }
-    /* Only what can change without a restart is taken; the rest is said. */
-    if (strcmp(fresh.listen, p->cfg.listen) || strcmp(fresh.broker_url, p->cfg.broker_url) ||
-        strcmp(fresh.legacy_url, p->cfg.legacy_url) || strcmp(fresh.queue, p->cfg.queue))
-        LOG_WARN("reload: listen address, broker, legacy URL and queue change only on restart");
+    char restart[1024] = "";
+    for (size_t i = 0; i < pconfig_count; i++) {
+        const cfg_option *o = &pconfig_table[i];
+        if (!is_live(o->name) && !cfg_same(o, &fresh, &p->cfg))
+            cfg_append_error(restart, sizeof(restart), "%s%s", restart[0] ? "," : "", o->name);
+    }
+    if (restart[0]) LOG_WARN("reload: these settings change only on restart; kept as they run", "settings", restart);
     p->cfg.celery_enabled = fresh.celery_enabled;
     p->cfg.celery_percentage = fresh.celery_percentage;
     p->cfg.force_legacy = fresh.force_legacy;
     p->cfg.fallback_to_legacy = fresh.fallback_to_legacy;
     p->cfg.max_in_flight = fresh.max_in_flight;
+    p->cfg.accept_unchecked_eval_ids = fresh.accept_unchecked_eval_ids;
+    p->cfg.queue_max_depth = fresh.queue_max_depth;
     char *swap;
 #define SWAP(field) (swap = p->cfg.field, p->cfg.field = fresh.field, fresh.field = swap)
     SWAP(routing_mode);
     SWAP(rollout_salt);
     SWAP(allowed_languages);
     SWAP(admin_token);
+    SWAP(log_level);
+    SWAP(log_format);
 #undef SWAP
-    log_setup(fresh.log_level, fresh.log_format, NULL);
+    log_setup(p->cfg.log_level, p->cfg.log_format, NULL);
     pconfig_free(&fresh);
     apply_route_state(p);
     LOG_INFO("reloaded", "file", p->cfg.env_file);

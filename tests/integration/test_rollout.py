@@ -168,3 +168,27 @@ def test_sighup_reloads_the_env_file_and_keeps_old_settings_when_invalid(proxy_f
     wait_until(lambda: state(p)["force_legacy"] is True, 5, "kill switch by reload", [p.mp])
     assert path_of(p, "h-4") == "legacy"
     assert p.proc.poll() is None
+
+
+def test_sighup_names_what_needs_a_restart_and_applies_the_rest(proxy_factory, redis_server, tmp_path):
+    envf = tmp_path / "turnout.env"
+    envf.write_text("CELERY_ENABLED=true\nCELERY_PERCENTAGE=1\n")
+    p = proxy_factory(TURNOUT_ENV_FILE=str(envf))
+    assert path_of(p, "rl-1") == "new"
+    # a live setting (the new queue's ceiling) and two that need a restart
+    envf.write_text("CELERY_ENABLED=true\nCELERY_PERCENTAGE=1\nCELERY_QUEUE_MAX_DEPTH=1\n"
+                    "REDIS_TIMEOUT_MS=1234\nCELERY_QUEUE=elsewhere\n")
+    p.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: 'msg=reloaded' in p.log(20), 5, "reloaded", [p.mp])
+    log = p.log(20)
+    assert "change only on restart" in log and "REDIS_TIMEOUT_MS" in log and "CELERY_QUEUE" in log, log
+    assert "CELERY_QUEUE_MAX_DEPTH" not in log.split("change only on restart")[1].split("\n")[0], log
+    # the ceiling is in force: one message is queued already
+    r = p.submit(eval_id="rl-2")
+    assert r.json()["path"] == "legacy" and r.json()["reason"] == "fallback", r.text
+    assert redis_server.queue_lengths() == [0, 1, 0, 0], "the queue name did not change without a restart"
+    # a storm of reloads is harmless
+    for _ in range(50):
+        p.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: p.get("/healthz").status_code == 200, 5, "alive after the storm", [p.mp])
+    assert p.proc.poll() is None
