@@ -64,6 +64,9 @@ const cfg_option wconfig_table[] = {
     {"WORKER_MAX_MESSAGE_BYTES", CFG_INT, "100663296", 65536, 536870912, NULL, F(max_message_bytes),
      "a queued message larger than this is dead-lettered unread (reason too_large); default 96 MiB, above "
      "the ~86 MiB envelope of the largest body the proxy takes"},
+    {"WORKER_RESULT_RETRY_S", CFG_FRACTION, "60", 1, 3600, NULL, F(result_retry_s),
+     "how long a finished evaluation's result is retried while Redis refuses it; then the message is given back "
+     "later (5 s, 20 s, 80 s) and dead-lettered after the third time (reason given_back)"},
     {"LOG_LEVEL", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", F(log_level), "log threshold"},
     {"LOG_FORMAT", CFG_ENUM, "logfmt", 0, 0, "logfmt|json", F(log_format), "log line format"},
     {"TURNOUT_ENV_FILE", CFG_STRING, "", 0, 4096, NULL, F(env_file), "KEY=value file re-read on SIGHUP"},

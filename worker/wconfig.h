@@ -36,6 +36,7 @@ typedef struct worker_settings {
     long long shutdown_grace_s;
     double poll_max_s;
     long long max_message_bytes;
+    double result_retry_s;
     char *log_level;
     char *log_format;
     char *env_file;

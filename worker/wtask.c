@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "jsonw.h"
+#include "keys.h"
 #include "log.h"
 #include "results.h"
 #include "util.h"
@@ -29,7 +30,6 @@
 #define KILL_RETRY_S 0.05
 #define KILL_MAX_TRIES 100
 #define WRITE_RETRY_S 0.5
-#define WRITE_MAX_TRIES 120
 /* A transaction that acks a message (with its DLQ entry, retry or
  * schedule) and was refused is sent again after ACK_RETRY_S, doubling up
  * to ACK_RETRY_MAX_S, ACK_MAX_TRIES times in all; then the message is
@@ -195,6 +195,62 @@ static void give_back(task *t, const char *why)
     rclient_send(w->rc, 6, a, l);
     metrics_add(w->m.tasks, WO_RETURNED, 1);
     task_free(t);
+}
+
+/* A message that ran but could not be finished (its result could not be
+ * stored, or memory ran out building it) is given back later, not at once:
+ * parked in the retry schedule for GIVE_BACK_DELAY_S x 4^(n-1), and after
+ * GIVE_BACK_MAX such returns by this worker it is dead-lettered, so that no
+ * message can make a worker run it again and again.  The counts are this
+ * process's (a small table, the oldest entry reused). */
+#define GIVE_BACK_MAX 3
+#define GIVE_BACK_DELAY_S 5.0
+#define GIVE_BACK_SLOTS 64
+
+static struct {
+    char id[CELERY_TASK_ID_MAX + 1];
+    int n;
+    double at;
+} given_back[GIVE_BACK_SLOTS];
+
+static int count_give_back(const char *task_id)
+{
+    size_t oldest = 0;
+    for (size_t i = 0; i < GIVE_BACK_SLOTS; i++) {
+        if (given_back[i].n && strcmp(given_back[i].id, task_id) == 0) {
+            given_back[i].at = util_monotonic();
+            return ++given_back[i].n;
+        }
+        if (given_back[i].at < given_back[oldest].at) oldest = i;
+    }
+    snprintf(given_back[oldest].id, sizeof(given_back[oldest].id), "%s", task_id);
+    given_back[oldest].n = 1;
+    given_back[oldest].at = util_monotonic();
+    return 1;
+}
+
+static void dead_letter(task *t, const char *reason, const char *policy, const char *exc_class, const char *message);
+static void ack_with(task *t, enum wm_outcome outcome, cmd *extra, size_t nextra);
+
+static void give_back_later(task *t, const char *why)
+{
+    int n = count_give_back(t->task_id);
+    if (n > GIVE_BACK_MAX || t->oversize || !t->raw) {
+        char msg[300];
+        util_snprintf(msg, sizeof(msg), "given back %d times without finishing; last: %s", n - 1, why);
+        dead_letter(t, "given_back", "none", "GivenBack", msg);
+        return;
+    }
+    double delay = GIVE_BACK_DELAY_S * pow(4, n - 1), due = util_now() + delay;
+    char score[32], delay_s[32];
+    snprintf(score, sizeof(score), "%.6f", due);
+    snprintf(delay_s, sizeof(delay_s), "%g", delay);
+    LOG_WARN("message given back to its queue later", "task_id", t->task_id, "reason", why, "delay_s", delay_s);
+    cmd extra[2];
+    cmd_set(&extra[0], 4, "ZADD", KEY_SCHEDULE, score, t->raw);
+    cmd_set(&extra[1], 4, "HSET", KEY_SCHEDULE_IDS, t->task_id, t->raw);
+    extra[0].len[3] = extra[1].len[3] = t->raw_len;
+    ack_with(t, WO_RETURNED, extra, t->known_id ? 2 : 1);
 }
 
 static void result_key(const task *t, char *buf, size_t n)
@@ -378,9 +434,9 @@ static bool final_failed(task *t, redisReply *r, const char *err)
 {
     if (r && r->type != REDIS_REPLY_ERROR) return false;
     worker_broker_error(t->w, WB_RESULT, err ? err : r->str);
-    if (++t->write_tries >= WRITE_MAX_TRIES || t->w->returning) {
+    if (++t->write_tries >= (int)ceil(t->w->cfg.result_retry_s / WRITE_RETRY_S) || t->w->returning) {
         LOG_ERROR("result not stored", "task_id", t->task_id, "error", err ? err : r->str);
-        give_back(t, "result could not be stored");
+        give_back_later(t, "result could not be stored");
         return true;
     }
     arm(&t->write_timer, t->w, on_write_retry, t, WRITE_RETRY_S);
@@ -510,7 +566,7 @@ static void finish_record(task *t, enum wm_outcome o)
     t->outcome = o;
     t->stage = ST_FINISHING;
     if (!t->record) {
-        give_back(t, "out of memory building the result");
+        give_back_later(t, "out of memory building the result");
         return;
     }
     write_final(t);
@@ -678,7 +734,7 @@ static void retry_or_dead_letter(task *t, enum wm_policy policy, const char *exc
     char *env = celery_reencode(&t->msg, t->msg.retries + 1, eta, "turnout_first_failure_at", first, &len);
     json_decref(first);
     if (!env) {
-        give_back(t, "out of memory scheduling the retry");
+        give_back_later(t, "out of memory scheduling the retry");
         return;
     }
     LOG_INFO("retry scheduled", "task_id", t->task_id, "eval_id", t->eval_id, "policy",

@@ -325,3 +325,47 @@ def test_durations_rounded_to_microseconds(redis_server, executor_factory, worke
     raw = c.get(f"celery-task-meta-{tid}").decode()
     (d,) = DURATION_RE.findall(raw)
     assert re.fullmatch(r"\d+\.\d{1,6}", d), raw
+
+
+def test_a_message_that_cannot_finish_is_given_back_later_then_dead_lettered(redis_server, executor_factory,
+                                                                              worker_factory, tmp_path):
+    """Its result cannot be stored (the result backend, another Redis, is a
+    read-only replica): after WORKER_RESULT_RETRY_S the message is parked in
+    the retry schedule for 5 s, then 20 s, then 80 s, never retaken at once;
+    after the third return it is dead-lettered (given_back), so it is not
+    run again and again.  The schedule is fast-forwarded here (its score set
+    to now) instead of waiting."""
+    from fixtures_turnout import RedisServer
+    results = RedisServer(tmp_path / "results").start()
+    rc = results.client()
+    rc.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))   # READONLY from now on
+    ex = executor_factory()
+    w = worker_factory(ex, CELERY_RESULT_BACKEND=results.url, WORKER_RESULT_RETRY_S=1)
+    c = redis_server.client()
+    try:
+        tid, msg = message(code="print('once')")
+        c.lpush(DEFAULT_LIST, msg)
+        for n in range(1, 4):
+            def parked():
+                score = c.zscore("turnout:schedule", c.hget("turnout:schedule:ids", tid) or b"")
+                return score if score and score > time.time() else None   # a new, future entry
+            t0 = time.time()
+            due = wait_until(parked, WAIT_S, f"give-back {n} parked in the schedule", [w.mp, ex.mp])
+            assert due - t0 >= 5 * 4 ** (n - 1) - 2, f"give-back {n} due after {due - t0:.1f}s only"
+            assert sum(c.llen(k) for k in (QUEUE, DEFAULT_LIST)) == 0, "given back to the queue at once"
+            assert log_count(w, "message given back to its queue later") == n
+            # fast-forward: due now
+            env = c.hget("turnout:schedule:ids", tid)
+            c.zadd("turnout:schedule", {env: time.time() - 1})
+        entry = wait_dlq(c, tid, [w.mp, ex.mp])
+        assert entry["reason"] == "given_back" and "3 times" in entry["exception_message"], entry
+        runs = sum(p.read_text(errors="replace").count(f'msg="run finished" eval_id={tid[7:]}')
+                   for p in ex.dir.glob("executor-*.log"))
+        assert runs == 4, f"{runs} executions"
+        time.sleep(1.0)
+        assert c.zcard("turnout:schedule") == 0 and c.hlen("unacked") == 0
+        assert sum(c.llen(k) for k in (QUEUE, DEFAULT_LIST)) == 0
+    finally:
+        rc.execute_command("REPLICAOF", "NO", "ONE")
+        rc.close()
+        results.cleanup()
