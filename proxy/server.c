@@ -811,8 +811,6 @@ static void fit_open_files(const proxy *p)
     }
 }
 
-static void on_startup_legacy(const legacy_result *res, void *arg);
-
 int proxy_listen(proxy *p, char err[256])
 {
     fit_open_files(p);
@@ -837,18 +835,7 @@ int proxy_listen(proxy *p, char err[256])
     }
     LOG_INFO("listening", "address", p->cfg.listen, "scheme", p->tls ? "https" : "http", "version",
              TURNOUT_VERSION);
-    /* say at once when the legacy side cannot be reached (Redis says so
-     * itself: rclient warns on the first failed connect) */
-    (void)legacy_health(p->legacy, on_startup_legacy, p);
     return 0;
-}
-
-static void on_startup_legacy(const legacy_result *res, void *arg)
-{
-    (void)arg;
-    if (res->outcome == LEGACY_OK) return;
-    LOG_WARN("legacy Queue Service unreachable at start-up; legacy submissions fail (502/504) until it answers, "
-             "and /readyz says so", "setting", "LEGACY_QUEUE_URL", "error", res->detail);
 }
 
 static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)

@@ -219,7 +219,8 @@ def test_kill_running(executor):
 def test_capacity_and_503(executor):
     cap = executor.capacity()
     assert cap == {"executor_id": cap["executor_id"], "can_accept": True, "running": 0,
-                   "max_concurrent": 2, "available_slots": 2}
+                   "max_concurrent": 2, "available_slots": 2, "max_body_bytes": cap["max_body_bytes"]}
+    assert isinstance(cap["max_body_bytes"], int) and cap["max_body_bytes"] >= 1 << 20, cap  # the largest request taken
     bgs = [Background(executor, f"c{i}", "import time\ntime.sleep(30)") for i in range(2)]
     executor.wait_running(2)
     cap = executor.capacity()

@@ -207,11 +207,12 @@ def test_a_duplicate_reply_carries_the_evals_state_now(proxy_factory, redis_serv
     assert again["duplicate"] is True and again["status"] == "cancelled" and again["path"] == "legacy", again
 
 
-def test_start_with_redis_and_legacy_unreachable_says_so(proxy_factory):
+def test_start_with_redis_unreachable_says_so(proxy_factory):
     p = proxy_factory(CELERY_BROKER_URL="redis://127.0.0.1:1/0", LEGACY_QUEUE_URL="http://127.0.0.1:1",
                       CELERY_ENABLED=True, CELERY_PERCENTAGE=1)
-    wait_until(lambda: "legacy Queue Service unreachable at start-up" in p.log(50), 5, "the legacy warning", [p.mp])
+    wait_until(lambda: "redis unreachable" in p.log(50), 5, "the Redis warning", [p.mp])
     log = p.log(50)
     assert 'msg="redis unreachable; retrying until it answers" redis=broker address=127.0.0.1:1' in log, log
+    assert log.count("redis unreachable; retrying until it answers\" redis=broker") == 1, "once per outage"
     r = p.get("/readyz")
     assert r.status_code == 503 and set(r.json()["down"]) == {"redis", "legacy"}, r.text
