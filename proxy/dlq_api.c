@@ -460,8 +460,9 @@ static void on_stats(rbatch *b, void *arg)
     }
     for (size_t i = 0; classes->type == REDIS_REPLY_ARRAY && i + 1 < classes->elements; i += 2) {
         const rbatch_reply *k = &classes->element[i];
-        if (k->type != REDIS_REPLY_STRING) continue;
-        json_object_set_new(by, k->str, json_integer(rbatch_int(&classes->element[i + 1], 0)));
+        json_t *name = k->type == REDIS_REPLY_STRING ? jsafe_stringn(k->str, k->len) : NULL; /* any bytes */
+        if (name) json_object_set_new(by, json_string_value(name), json_integer(rbatch_int(&classes->element[i + 1], 0)));
+        json_decref(name);
     }
     json_t *o = json_pack("{s:I, s:o, s:o, s:o}", "count", (json_int_t)rbatch_int(card, 0), "by_exception_class",
                           by, "oldest_failure_at", score_of(oldest), "newest_failure_at", score_of(newest));

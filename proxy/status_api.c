@@ -403,8 +403,8 @@ static void on_queue_new(rbatch *b, void *arg)
     for (int i = 0; i < CELERY_NSTEPS + 3 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
     if (rbatch_error(b) || rerr) {
         px_count_upstream_error(p, PATH_NEW, rbatch_timed_out(b) ? UP_TIMEOUT : rerr ? UP_REDIS_ERROR : UP_REDIS_DOWN);
-        q->fresh = json_pack("{s:s, s:s}", "error", "redis_unavailable", "message",
-                             rerr ? rerr : "Redis did not answer; the new queue's depth is unknown");
+        q->fresh = json_pack("{s:s, s:o}", "error", "redis_unavailable", "message",
+                             jsafe_string(rerr ? rerr : "Redis did not answer; the new queue's depth is unknown"));
     } else {
         json_t *depth = json_object();
         long long total = 0;

@@ -7,7 +7,9 @@ every task id the worker can dead-letter."""
 import json
 import re
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
@@ -194,6 +196,66 @@ def test_legacy_output_with_nul_and_status_fields(legacy_run, redis_server):
     settled(p, r)
     assert mval(p.metrics(), "turnout_evals_completed_total", path="legacy", outcome="completed") == 1
     r.close()
+
+
+class GarbledLegacy:
+    """A legacy Queue Service that takes tasks but answers every
+    GET /tasks/{id} with a 200 that is not the protocol's JSON."""
+
+    def __init__(self):
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status, body, ctype="application/json"):
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                doc = json.loads(self.rfile.read(n) or b"{}")
+                self._send(201, json.dumps({"eval_id": doc.get("eval_id"), "status": "queued", "position": 1}))
+
+            def do_GET(self):
+                if self.path.startswith("/tasks/"):
+                    self._send(200, "<html>maintenance</html>", "text/html")
+                else:
+                    self._send(200, json.dumps({"status": "ok", "queued": 0, "processing": 0,
+                                                "queue_length": 0, "total_tasks": 0}))
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_legacy_reply_that_never_gets_better_is_finished(proxy_factory, redis_server):
+    with GarbledLegacy() as leg:
+        p = proxy_factory(LEGACY_QUEUE_URL=leg.url, COMPLETION_POLL_S=1)
+        assert p.submit(eval_id="garbled-1").json()["path"] == "legacy"
+        # unreadable once is not the end: it is still in flight after the first poll
+        r = redis_server.client()
+        assert r.zscore("turnout:inflight:legacy", "garbled-1") is not None
+        assert p.get("/api/eval-status/garbled-1").status_code == 502
+        settled(p, r, timeout=20)  # 5 unreadable polls in a row, then finished
+        assert mval(p.metrics(), "turnout_evals_completed_total", path="legacy", outcome="failed") == 1
+        rec = json.loads(r.get("turnout:route:garbled-1"))
+        assert rec["outcome"] == "failed" and "5 times in a row" in rec["error"], rec
+        b = p.get("/api/eval-status/garbled-1")
+        assert b.status_code == 200 and b.json()["status"] == "failed", b.text
+        assert "not a JSON object" in b.json()["error"] and b.json()["success"] is False, b.text
+        r.close()
 
 
 # --------------------------------------------------------------- new path: records written into Redis
