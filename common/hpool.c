@@ -901,7 +901,7 @@ hpool_req *hpool_start(hpool *p, const httpc_opts *o, size_t max_body, httpc_don
         for (const char *const *h = o->headers; *h; h++) {
             const char *colon;
             if (!header_ok(*h, &colon)) {
-                snprintf(err, 256, "bad request header: %.60s", *h);
+                snprintf(err, 256, "bad request header: %.*s", UTF8_CUT(*h, 60));
                 return NULL;
             }
             if (name_is(*h, colon, "Host")) own_host = true;

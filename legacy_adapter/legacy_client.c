@@ -6,10 +6,13 @@
 
 #include <jansson.h>
 
+#include "util.h"
+
 struct legacy_client {
     httpc *h;
     const char *base;
     long timeout_ms;
+    size_t max_reply;
     char tasks_url[1024];
     char health_url[1024];
     char status_url[1024];
@@ -21,7 +24,7 @@ typedef struct call {
     enum legacy_call_kind kind;
 } call;
 
-legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms)
+legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes)
 {
     legacy_client *lc = calloc(1, sizeof(*lc));
     if (!lc) return NULL;
@@ -30,6 +33,7 @@ legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms
     lc->h = h;
     lc->base = base_url;
     lc->timeout_ms = timeout_ms;
+    lc->max_reply = max_reply_bytes ? max_reply_bytes : (size_t)LEGACY_MAX_REPLY_DEFAULT;
     snprintf(lc->tasks_url, sizeof(lc->tasks_url), "%.*s/tasks", (int)n, base_url);
     snprintf(lc->health_url, sizeof(lc->health_url), "%.*s/health", (int)n, base_url);
     snprintf(lc->status_url, sizeof(lc->status_url), "%.*s/status", (int)n, base_url);
@@ -42,23 +46,25 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
                         long status, const char *body, size_t len, legacy_result *out,
                         json_t **doc_out, char detail[LEGACY_DETAIL_MAX])
 {
-    legacy_result r = {LEGACY_OK, status, -1, NULL, NULL};
+    legacy_result r = {LEGACY_OK, status, -1, NULL, NULL, false};
     json_t *doc = NULL;
 
     /* The body is only trusted as JSON when the transfer completed; error
-     * statuses still carry a doc so their "message" can be quoted. */
-    if (transfer_error == HTTPC_OK && len) doc = json_loadb(body, len, 0, NULL);
+     * statuses still carry a doc so their "message" can be quoted.  An
+     * output may hold NUL bytes, which JSON writes \u0000. */
+    if (transfer_error == HTTPC_OK && len) doc = json_loadb(body, len, JSON_ALLOW_NUL, NULL);
     r.doc = doc;
     if (transfer_error == HTTPC_ETIMEOUT) {
         r.outcome = LEGACY_TIMEOUT;
         r.detail = "the legacy Queue Service did not answer in time";
     } else if (transfer_error == HTTPC_ETOOBIG) {
-        /* it answered, with far more than the protocol's small JSON */
+        /* it answered, with more than LEGACY_MAX_REPLY_BYTES */
         r.outcome = LEGACY_BAD_REPLY;
-        r.detail = "the legacy Queue Service answered with a reply too large for the protocol";
+        r.too_large = true;
+        r.detail = "the legacy Queue Service answered with a reply larger than LEGACY_MAX_REPLY_BYTES";
     } else if (transfer_error != HTTPC_OK) {
         r.outcome = LEGACY_UNREACHABLE;
-        snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service is unreachable: %s",
+        util_snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service is unreachable: %s",
                  errmsg ? errmsg : "transfer failed");
         r.detail = detail;
     } else if (status == 409) {
@@ -71,8 +77,8 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
     } else if (status < 200 || status > 299) {
         r.outcome = LEGACY_BAD_STATUS;
         const char *msg = json_string_value(json_object_get(doc, "message"));
-        snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service answered %ld%s%.200s", status,
-                 msg ? ": " : "", msg ? msg : "");
+        snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service answered %ld%s%.*s", status,
+                 msg ? ": " : "", UTF8_CUT(msg ? msg : "", 200));
         r.detail = detail;
     } else if (kind != LEGACY_CALL_HEALTH && !json_is_object(doc)) {
         r.outcome = LEGACY_BAD_REPLY;
@@ -117,7 +123,7 @@ static httpc_req *start(legacy_client *lc, const char *method, const char *url, 
         .body_len = len,
         .headers = headers,
         .timeout_ms = lc->timeout_ms,
-        .max_response_bytes = 64 * 1024,
+        .max_response_bytes = lc->max_reply,
     };
     httpc_req *r = httpc_start(lc->h, &o, on_done, c, err);
     if (!r) free(c);
@@ -163,6 +169,16 @@ httpc_req *legacy_cancel_task(legacy_client *lc, const char *eval_id, legacy_cb 
 httpc_req *legacy_queue_status(legacy_client *lc, legacy_cb cb, void *arg)
 {
     return start(lc, "GET", lc->status_url, NULL, 0, LEGACY_CALL_TASK, cb, arg);
+}
+
+bool legacy_reply_unreadable(const legacy_result *r)
+{
+    switch (r->outcome) {
+    case LEGACY_OK: return legacy_normalized_status(r->doc) == NULL;
+    case LEGACY_BAD_REPLY: return true;
+    case LEGACY_BAD_STATUS: return r->status >= 400 && r->status < 500 && r->status != 408 && r->status != 429;
+    default: return false;
+    }
 }
 
 const char *legacy_normalized_status(json_t *task)

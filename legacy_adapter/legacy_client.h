@@ -29,6 +29,8 @@ typedef struct legacy_result {
     long long position;   /* queue position reported by legacy, -1 unknown */
     const char *detail;   /* human text; borrowed, valid during the callback */
     json_t *doc;          /* the reply's JSON when it had one; borrowed, valid during the callback */
+    bool too_large;       /* LEGACY_BAD_REPLY because the reply is over the client's max_reply_bytes:
+                             it will not get smaller, asking again gives the same */
 } legacy_result;
 
 typedef void (*legacy_cb)(const legacy_result *r, void *arg);
@@ -55,8 +57,17 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
                         long status, const char *body, size_t len, legacy_result *out,
                         json_t **doc_out, char detail[LEGACY_DETAIL_MAX]);
 
-/* Borrowed httpc and base_url must outlive the client. */
-legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms);
+/* The default and the bounds of a reply's size (LEGACY_MAX_REPLY_BYTES):
+ * a task's reply carries its whole output, which the executor caps at
+ * EXECUTOR_OUTPUT_LIMIT (1 MiB by default) and JSON escaping can make up to
+ * six times longer (\u0000 for each NUL byte). */
+#define LEGACY_MAX_REPLY_DEFAULT (8LL * 1024 * 1024)
+#define LEGACY_MAX_REPLY_MIN (64LL * 1024)
+#define LEGACY_MAX_REPLY_MAX (1024LL * 1024 * 1024)
+
+/* Borrowed httpc and base_url must outlive the client.  A reply over
+ * max_reply_bytes is LEGACY_BAD_REPLY with too_large set. */
+legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes);
 void legacy_client_free(legacy_client *lc);
 
 /* POST /tasks.  Returns the in-flight request (cancel with httpc_cancel), or
@@ -78,6 +89,12 @@ httpc_req *legacy_cancel_task(legacy_client *lc, const char *eval_id, legacy_cb 
 
 /* GET /status: LEGACY_OK with doc = {queued, processing, queue_length, total_tasks}. */
 httpc_req *legacy_queue_status(legacy_client *lc, legacy_cb cb, void *arg);
+
+/* A task call answered with something a retry is not expected to fix: a
+ * 2xx that is not the protocol's JSON object, one whose status turnout does
+ * not know, a reply over max_reply_bytes, or a 4xx other than 404, 408 and
+ * 429.  (Timeouts, connection errors and 5xx are the service being away.) */
+bool legacy_reply_unreadable(const legacy_result *r);
 
 /* A task's legacy status in the API's words (queued, running, completed,
  * failed, timeout, cancelled); NULL when the doc has no known status. */

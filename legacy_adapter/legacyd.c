@@ -3,6 +3,7 @@
  * and, when EXECUTOR_SERVICE_URL is set, a loop that hands queued tasks to
  * executors (DESIGN §8) through httpc on the same event base. */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,7 @@
 
 #include "cfg.h"
 #include "httpc.h"
+#include "jsonw.h"
 #include "legacyd_queue.h"
 #include "log.h"
 #include "util.h"
@@ -111,8 +113,8 @@ static int check_url(const char *item, size_t len, void *ud)
     size_t used = strlen(uc->errs);
     if (used + 1 < uc->size)
         util_snprintf(uc->errs + used, uc->size - used,
-                 "EXECUTOR_SERVICE_URL=\"%.*s\": item \"%.*s\" must be a URL starting with http:// or https://\n",
-                 UTF8_CUT(uc->list, 300), (int)(len > 200 ? util_utf8_prefix(item, 200) : len), item);
+                      "EXECUTOR_SERVICE_URL=\"%.*s\": item \"%.*s\" must be a URL starting with http:// or https://\n",
+                      UTF8_CUT(uc->list, 300), (int)util_utf8_trim_end(item, len > 200 ? 200 : len), item);
     return 0;
 }
 
@@ -244,12 +246,31 @@ static void prune_expired(legacyd *ld)
 /* Sends `o` (stolen) as JSON; 503 when it could not be built. */
 static void reply_obj(struct evhttp_request *req, int status, json_t *o)
 {
-    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    /* reals are durations rounded to microseconds: 15 digits write them short */
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15)) : NULL;
     if (text) util_reply_json(req, status, text, strlen(text));
     else util_reply_error(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1);
     free(text);
     json_decref(o);
 }
+
+/* A JSON string of s[0..n) whatever its bytes: NUL bytes are kept (\u0000)
+ * and invalid UTF-8 (a message cut by a buffer) becomes U+FFFD, so a reply
+ * is never lost to odd text.  NULL s gives null; NULL only when out of memory. */
+static json_t *safe_stringn(const char *s, size_t n)
+{
+    if (!s) return json_null();
+    json_t *v = json_stringn(s, n);
+    if (v) return v;
+    char stack[512];
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_string(&w, s, n);
+    if (!jw_failed(&w)) v = json_loadb(jw_text(&w), jw_len(&w), JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    jw_free(&w);
+    return v;
+}
+
 
 static void reply_field(struct evhttp_request *req, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -261,9 +282,11 @@ static void reply_field(struct evhttp_request *req, const char *field, const cha
     int n = snprintf(msg, sizeof(msg), "%s: ", field);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+    int m = vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
     va_end(ap);
-    reply_obj(req, 422, json_pack("{s:s, s:s, s:s}", "error", "invalid_field", "message", msg, "field", field));
+    if (m >= (int)(sizeof(msg) - (size_t)n)) msg[util_utf8_trim_end(msg, sizeof(msg) - 1)] = '\0';
+    reply_obj(req, 422, json_pack("{s:s, s:o, s:s}", "error", "invalid_field", "message", safe_stringn(msg, strlen(msg)),
+                                  "field", field));
 }
 
 static json_t *iso_or_null(double t)
@@ -274,7 +297,13 @@ static json_t *iso_or_null(double t)
     return json_string(buf);
 }
 
-static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+
+/* Seconds rounded to microseconds, as the executor measures them
+ * (written with 15 significant digits: 0.011113, not 0.011113000000000001). */
+static json_t *seconds_or_null(double s)
+{
+    return s >= 0 ? json_real(round(s * 1e6) / 1e6) : json_null();
+}
 
 /* Reads the body as a JSON object.  On failure the reply is sent and NULL
  * returned. */
@@ -294,9 +323,11 @@ static json_t *read_json_object(struct evhttp_request *req)
         return NULL;
     }
     json_error_t jerr;
-    json_t *doc = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    /* \u0000 is valid JSON (an output may hold NUL bytes); the fields that
+     * must be plain text check their length against strlen */
+    json_t *doc = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (!doc) {
-        snprintf(msg, sizeof(msg), "the body is not valid JSON (%s at line %d, column %d); send a JSON object",
+        util_snprintf(msg, sizeof(msg), "the body is not valid JSON (%s at line %d, column %d); send a JSON object",
                  jerr.text, jerr.line, jerr.column);
         util_reply_error(req, 400, "bad_json", msg, 0);
         return NULL;
@@ -334,11 +365,12 @@ static json_t *task_status_json(const legacyd *ld, const lq_task *t)
                           "queued_at", iso_or_null(t->queued_at), "started_at", iso_or_null(t->started_at),
                           "message", status_message(ld, t, pos, buf, sizeof(buf)));
     if (o && lq_is_finished(t)) {
-        int rc = json_object_set_new(o, "output", str_or_null(t->output));
-        rc |= json_object_set_new(o, "error", str_or_null(t->error));
+        int rc = json_object_set_new(o, "output", safe_stringn(t->output, t->output_len));
+        rc |= json_object_set_new(o, "error", safe_stringn(t->error, t->error_len));
+        rc |= json_object_set_new(o, "duration_s", seconds_or_null(t->duration_s));
         rc |= json_object_set_new(o, "exit_code", t->has_exit_code ? json_integer(t->exit_code) : json_null());
         rc |= json_object_set_new(o, "completed_at", iso_or_null(t->completed_at));
-        rc |= json_object_set_new(o, "outcome", str_or_null(t->outcome));
+        rc |= json_object_set_new(o, "outcome", t->outcome ? safe_stringn(t->outcome, strlen(t->outcome)) : json_null());
         if (rc) {
             json_decref(o);
             o = NULL;
@@ -495,7 +527,8 @@ static void handle_delete(legacyd *ld, struct evhttp_request *req, lq_task *t)
         util_reply_error(req, 409, "task_finished", msg, 0);
         return;
     }
-    if (lq_finish(ld->q, t, LQ_CANCELLED, NULL, NULL, "cancelled", false, 0, util_now()) != 0) {
+    lq_result cancelled = {.outcome = "cancelled", .duration_s = -1};
+    if (lq_finish(ld->q, t, LQ_CANCELLED, &cancelled, util_now()) != 0) {
         util_reply_error(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1);
         return;
     }
@@ -534,10 +567,17 @@ static void handle_finish(legacyd *ld, struct evhttp_request *req, lq_task *t, b
         reply_field(req, "exit_code", "must be an integer (or left out)");
         goto done;
     }
-    const char *outcome = ok ? "completed" : "failed";
-    if (lq_finish(ld->q, t, ok ? LQ_COMPLETED : LQ_FAILED, json_string_value(output),
-                  ok ? NULL : json_string_value(error), outcome, json_is_integer(exit_code),
-                  json_integer_value(exit_code), util_now()) != 0) {
+    lq_result r = {
+        .output = json_string_value(output),
+        .output_len = json_string_length(output),
+        .error = ok ? NULL : json_string_value(error),
+        .error_len = ok ? 0 : json_string_length(error),
+        .outcome = ok ? "completed" : "failed",
+        .has_exit_code = json_is_integer(exit_code),
+        .exit_code = json_integer_value(exit_code),
+        .duration_s = -1,
+    };
+    if (lq_finish(ld->q, t, ok ? LQ_COMPLETED : LQ_FAILED, &r, util_now()) != 0) {
         util_reply_error(req, 503, "out_of_memory", "the server is short of memory; retry shortly", 1);
         goto done;
     }
@@ -604,7 +644,7 @@ static void route_task(legacyd *ld, struct evhttp_request *req, enum evhttp_cmd_
     goto done;
 unknown:
     snprintf(msg, sizeof(msg), "no task \"%.*s\" (never queued, or its result expired after LEGACYD_RESULT_TTL_S)",
-             (int)(idlen > 130 ? 130 : idlen), rest);
+             (int)util_utf8_trim_end(rest, idlen > 130 ? 130 : idlen), rest);
     util_reply_error(req, 404, "not_found", msg, 0);
     goto done;
 not_found:
@@ -688,10 +728,10 @@ static double retry_after(const httpc_response *resp)
     return BUSY_DEFAULT_S;
 }
 
-static void finish_task(legacyd *ld, lq_task *t, lq_status st, const char *output, const char *error,
-                        const char *outcome, bool has_exit, long long exit_code)
+static void finish_task(legacyd *ld, lq_task *t, lq_status st, const lq_result *r)
 {
-    if (lq_finish(ld->q, t, st, output, error, outcome, has_exit, exit_code, util_now()) != 0) {
+    const char *error = r->error, *outcome = r->outcome;
+    if (lq_finish(ld->q, t, st, r, util_now()) != 0) {
         /* Out of memory: running it again later beats losing it. */
         LOG_ERROR("out of memory recording a result; task queued again", "eval_id", t->eval_id);
         lq_requeue_front(ld->q, t);
@@ -702,13 +742,20 @@ static void finish_task(legacyd *ld, lq_task *t, lq_status st, const char *outpu
              "error", error);
 }
 
+/* A task that failed without a run to show: no output, no exit code. */
+static void fail_task(legacyd *ld, lq_task *t, const char *outcome, const char *error)
+{
+    lq_result r = {.error = error, .error_len = strlen(error), .outcome = outcome, .duration_s = -1};
+    finish_task(ld, t, LQ_FAILED, &r);
+}
+
 /* No verdict from the executor (reset, 5xx): try again, a few times. */
 static void retry_or_fail(legacyd *ld, lq_task *t, executor *ex, const char *why)
 {
     if (++t->attempts >= EXECUTOR_MAX_ATTEMPTS) {
         char msg[400];
-        snprintf(msg, sizeof(msg), "gave up after %u executor calls without a result; last: %s", t->attempts, why);
-        finish_task(ld, t, LQ_FAILED, NULL, msg, "error", false, 0);
+        util_snprintf(msg, sizeof(msg), "gave up after %u executor calls without a result; last: %s", t->attempts, why);
+        fail_task(ld, t, "error", msg);
         return;
     }
     LOG_WARN("executor call failed; task queued again", "eval_id", t->eval_id, "error", why);
@@ -718,26 +765,39 @@ static void retry_or_fail(legacyd *ld, lq_task *t, executor *ex, const char *why
 
 static void apply_verdict(legacyd *ld, lq_task *t, const httpc_response *resp)
 {
-    json_t *doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+    /* output is the program's bytes: a NUL in it is \u0000, valid JSON */
+    json_t *doc = json_loadb(resp->body, resp->body_len, JSON_ALLOW_NUL, NULL);
     const char *st = json_string_value(json_object_get(doc, "status"));
-    const char *output = json_string_value(json_object_get(doc, "output"));
-    const char *error = json_string_value(json_object_get(doc, "error"));
-    json_t *code = json_object_get(doc, "exit_code");
+    json_t *output = json_object_get(doc, "output"), *error = json_object_get(doc, "error");
+    json_t *code = json_object_get(doc, "exit_code"), *dur = json_object_get(doc, "duration_s");
+    lq_result r = {
+        .output = json_string_value(output),
+        .output_len = json_string_length(output),
+        .error = json_string_value(error),
+        .error_len = json_string_length(error),
+        .outcome = st,
+        .has_exit_code = json_is_integer(code),
+        .exit_code = json_integer_value(code),
+        .duration_s = json_is_number(dur) && json_number_value(dur) >= 0 ? json_number_value(dur) : -1,
+    };
     char msg[200];
 
     if (st && strcmp(st, "completed") == 0) {
-        finish_task(ld, t, LQ_COMPLETED, output ? output : "", NULL, st, json_is_integer(code),
-                    json_integer_value(code));
+        if (!r.output) r.output = "";
+        r.error = NULL; /* a run that completed has no error */
+        r.error_len = 0;
+        finish_task(ld, t, LQ_COMPLETED, &r);
     } else if (st && (strcmp(st, "failed") == 0 || strcmp(st, "timeout") == 0 || strcmp(st, "killed") == 0)) {
-        if (!error || !*error) {
+        if (!r.error || !r.error_len) {
             snprintf(msg, sizeof(msg), "the execution ended with status %s", st);
-            error = msg;
+            r.error = msg;
+            r.error_len = strlen(msg);
         }
-        finish_task(ld, t, LQ_FAILED, output, error, st, json_is_integer(code), json_integer_value(code));
+        finish_task(ld, t, LQ_FAILED, &r);
     } else {
         snprintf(msg, sizeof(msg), "the executor answered %ld with %s", resp->status,
                  st ? "an unknown status" : "no JSON status");
-        finish_task(ld, t, LQ_FAILED, NULL, msg, "error", false, 0);
+        fail_task(ld, t, "error", msg);
     }
     json_decref(doc);
 }
@@ -767,11 +827,11 @@ static void on_executor_done(const httpc_response *resp, void *arg)
         goto done;
     case HTTPC_ETIMEOUT:
         snprintf(msg, sizeof(msg), "the executor did not answer within %lld s", t->timeout + EXECUTOR_GRACE_S);
-        finish_task(ld, t, LQ_FAILED, NULL, msg, "timeout", false, 0);
+        fail_task(ld, t, "timeout", msg);
         goto done;
     case HTTPC_ETOOBIG:
         snprintf(msg, sizeof(msg), "the executor's reply is larger than %u bytes", EXECUTOR_MAX_REPLY);
-        finish_task(ld, t, LQ_FAILED, NULL, msg, "error", false, 0);
+        fail_task(ld, t, "error", msg);
         goto done;
     case HTTPC_OK: break;
     default:
@@ -789,12 +849,12 @@ static void on_executor_done(const httpc_response *resp, void *arg)
         snprintf(msg, sizeof(msg), "the executor answered %ld", resp->status);
         retry_or_fail(ld, t, ex, msg);
     } else {
-        json_t *doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+        json_t *doc = json_loadb(resp->body, resp->body_len, JSON_ALLOW_NUL, NULL);
         const char *m = json_string_value(json_object_get(doc, "message"));
-        snprintf(msg, sizeof(msg), "the executor rejected the task with %ld%s%.300s", resp->status, m ? ": " : "",
-                 m ? m : "");
+        snprintf(msg, sizeof(msg), "the executor rejected the task with %ld%s%.*s", resp->status, m ? ": " : "",
+                 UTF8_CUT(m ? m : "", 300));
         json_decref(doc);
-        finish_task(ld, t, LQ_FAILED, NULL, msg, "error", false, 0);
+        fail_task(ld, t, "error", msg);
     }
 done:
     free(c);

@@ -172,6 +172,20 @@ static char *dup_or_null(const char *s, bool *oom)
     return d;
 }
 
+/* n bytes of s (NUL bytes included) and a terminating NUL; NULL stays NULL. */
+static char *dupn_or_null(const char *s, size_t n, bool *oom)
+{
+    if (!s) return NULL;
+    char *d = malloc(n + 1);
+    if (!d) {
+        *oom = true;
+        return NULL;
+    }
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
 lq_task *lq_push(lq *q, const char *eval_id, const char *code, size_t code_len,
                  const char *language, const char *engine, long long timeout,
                  json_t *priority, double now)
@@ -227,13 +241,12 @@ void lq_requeue_front(lq *q, lq_task *t)
     list_prepend(&q->fifo, t);
 }
 
-int lq_finish(lq *q, lq_task *t, lq_status status, const char *output, const char *error,
-              const char *outcome, bool has_exit_code, long long exit_code, double now)
+int lq_finish(lq *q, lq_task *t, lq_status status, const lq_result *r, double now)
 {
     bool oom = false;
-    char *o = dup_or_null(output, &oom);
-    char *e = dup_or_null(error, &oom);
-    char *oc = dup_or_null(outcome, &oom);
+    char *o = dupn_or_null(r->output, r->output_len, &oom);
+    char *e = dupn_or_null(r->error, r->error_len, &oom);
+    char *oc = dup_or_null(r->outcome, &oom);
     if (oom || lq_is_finished(t)) {
         free(o);
         free(e);
@@ -244,10 +257,13 @@ int lq_finish(lq *q, lq_task *t, lq_status status, const char *output, const cha
     else q->processing--;
     t->status = status;
     t->output = o;
+    t->output_len = o ? r->output_len : 0;
     t->error = e;
+    t->error_len = e ? r->error_len : 0;
     t->outcome = oc;
-    t->has_exit_code = has_exit_code;
-    t->exit_code = exit_code;
+    t->has_exit_code = r->has_exit_code;
+    t->exit_code = r->exit_code;
+    t->duration_s = r->duration_s;
     t->completed_at = now;
     t->token = ++q->next_token;
     free(t->code);

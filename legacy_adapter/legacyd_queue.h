@@ -33,7 +33,9 @@ typedef struct lq_task {
     json_t *priority;        /* the submitted JSON value (owned reference) */
     lq_status status;
     double queued_at, started_at, completed_at; /* wall clock; 0 = not yet */
-    char *output, *error;    /* finished tasks; may be NULL */
+    char *output, *error;    /* finished tasks; may be NULL; may hold NUL bytes (JSON \u0000) */
+    size_t output_len, error_len;
+    double duration_s;       /* the executor's run time; < 0 unknown */
     char *outcome;           /* executor's status word (e.g. "timeout"); may be NULL */
     bool has_exit_code;
     long long exit_code;
@@ -75,11 +77,23 @@ lq_task *lq_take(lq *q, double now);
  * unreachable): it keeps its place ahead of newer tasks. */
 void lq_requeue_front(lq *q, lq_task *t);
 
+/* How a task ended.  output and error are output_len / error_len bytes
+ * (they may hold NUL bytes) or NULL. */
+typedef struct lq_result {
+    const char *output;
+    size_t output_len;
+    const char *error;
+    size_t error_len;
+    const char *outcome;     /* the executor's status word, or NULL */
+    bool has_exit_code;
+    long long exit_code;
+    double duration_s;       /* < 0 unknown */
+} lq_result;
+
 /* A queued or processing task becomes finished with `status` (COMPLETED,
- * FAILED or CANCELLED); strings are copied and may be NULL.  Returns -1 when
+ * FAILED or CANCELLED); the result's strings are copied.  Returns -1 when
  * out of memory, leaving the task as it was. */
-int lq_finish(lq *q, lq_task *t, lq_status status, const char *output, const char *error,
-              const char *outcome, bool has_exit_code, long long exit_code, double now)
+int lq_finish(lq *q, lq_task *t, lq_status status, const lq_result *r, double now)
     __attribute__((warn_unused_result));
 
 /* 1-based place in the FIFO, 0 when not queued.  Walks from both ends, so

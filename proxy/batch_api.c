@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "dispatch.h"
+#include "jsafe.h"
 #include "pserver.h"
 #include "util.h"
 
@@ -59,7 +60,15 @@ static void on_item(const dispatch_result *res, void *arg)
     } else {
         b->rejected++;
     }
-    set_result(b, it->index, res->body ? json_loadb(res->body, res->body_len, 0, NULL) : NULL, res->status);
+    /* the item's reply as POST /api/eval would send it; should it not
+     * read back, the item still says what happened */
+    json_t *o = res->body ? json_loadb(res->body, res->body_len, JSON_ALLOW_NUL, NULL) : NULL;
+    if (!json_is_object(o)) {
+        json_decref(o);
+        o = json_pack("{s:s, s:s}", "error", res->status == 202 ? "unreadable_reply" : "item_failed", "message",
+                      "the item's reply could not be read back; GET /api/eval-status/{eval_id} tells its state");
+    }
+    set_result(b, it->index, o, res->status);
     free(it);
     batch_done(b);
 }
@@ -81,7 +90,7 @@ void batch_api_handle(proxy *p, struct evhttp_request *req, double t0)
     json_error_t jerr;
     json_t *doc = len ? json_loadb((const char *)evbuffer_pullup(body, -1), len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
     if (!doc) {
-        if (len) snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
+        if (len) util_snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
         else snprintf(msg, sizeof(msg), "the request body is empty; send {\"evaluations\": [...]}");
         reply_field(p, req, t0, 400, "invalid_json", msg);
         return;
@@ -135,8 +144,9 @@ void batch_api_handle(proxy *p, struct evhttp_request *req, double t0)
         px_count_reject(p, serr.status == 503 ? RJ_OOM : RJ_INVALID_FIELD);
         b->rejected++;
         json_t *eid = json_object_get(it, "eval_id");
-        json_t *e = json_pack("{s:s, s:s, s:o}", "error", serr.code, "message", serr.message, "eval_id",
-                              json_is_string(eid) ? json_copy(eid) : json_null());
+        /* the message quotes the item: jsafe keeps it a JSON string whatever its bytes */
+        json_t *e = json_pack("{s:s, s:o, s:o}", "error", serr.code, "message", jsafe_string(serr.message),
+                              "eval_id", json_is_string(eid) ? json_copy(eid) : json_null());
         if (e && serr.field) json_object_set_new(e, "field", json_string(serr.field));
         set_result(b, i, e, serr.status);
         b->waiting--;

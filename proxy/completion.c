@@ -10,6 +10,7 @@
 
 #include "canary.h"
 #include "evstatus.h"
+#include "jsonw.h"
 #include "log.h"
 #include "pserver.h"
 #include "records.h"
@@ -20,6 +21,11 @@
 #define META_TASK_PREFIX RESULTS_KEY_PREFIX "celery-"
 #define META_SHADOW_PREFIX RESULTS_KEY_PREFIX SHADOW_TASK_PREFIX
 #define KIND_SHADOW PATH_NONE /* the third in-flight set: shadow runs */
+/* Polls in a row on which the legacy Queue Service answered a legacy eval
+ * with something unreadable (not the protocol's JSON, an unknown status,
+ * an error status) before the eval is finished as failed: such a reply
+ * does not get better, and the eval must not stay in flight for ever. */
+#define LEGACY_BAD_POLLS_MAX 5
 
 struct completion {
     proxy *p;
@@ -29,20 +35,24 @@ struct completion {
     char cursor[3][40];   /* ZRANGEBYSCORE start per set: "-inf" or "(<score>" */
     size_t legacy_calls;  /* GET /tasks/{id} in flight */
     bool sweeping[3];     /* a page of the new or shadow set is being read */
+    json_t *legacy_bad;   /* eval id -> unreadable legacy replies in a row */
 };
 
 /* KEYS: in-flight zset, route key.  ARGV: eval id, outcome ('' = given
- * up), end time.  When this call took the eval out of the set: the record
- * ('' when it expired), which from now on also carries the outcome and end
- * time (so status and cancel still know after the result expired);
- * nil otherwise. */
+ * up), end time, and '' or why the result could not be read (a JSON
+ * string).  When this call took the eval out of the set: the record (''
+ * when it expired), which from now on also carries the outcome, the end
+ * time and that reason as "error" (so status and cancel still know after
+ * the result expired); nil otherwise. */
 static const char count_script[] =
     "if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end\n"
     "local r = redis.call('GET', KEYS[2])\n"
     "if not r then return '' end\n"
     "if ARGV[2] ~= '' and string.sub(r, -1) == '}' and not string.find(r, '\"outcome\"', 1, true) then\n"
+    "  local err = ''\n"
+    "  if ARGV[4] ~= '' then err = ',\"error\":' .. ARGV[4] end\n"
     "  redis.call('SET', KEYS[2], string.sub(r, 1, -2) .. ',\"outcome\":\"' .. ARGV[2] ..\n"
-    "             '\",\"completed_at\":' .. ARGV[3] .. '}', 'KEEPTTL')\n"
+    "             '\",\"completed_at\":' .. ARGV[3] .. err .. '}', 'KEEPTTL')\n"
     "end\n"
     "return r\n";
 
@@ -91,27 +101,41 @@ static void on_counted(struct redisReply *reply, const char *err, void *arg)
     free(cc);
 }
 
-/* Takes the eval out of its in-flight set and, when this call did, counts it. */
-static void count(completion *c, enum route_path path, const char *eval_id, int outcome, double done_at)
+/* Takes the eval out of its in-flight set and, when this call did, counts
+ * it.  `why` (or NULL) says why its result could not be read; the route
+ * record keeps it as "error". */
+static void count_why(completion *c, enum route_path path, const char *eval_id, int outcome, double done_at,
+                      const char *why)
 {
     char route_key[ROUTE_KEY_MAX];
     count_call *cc = malloc(sizeof(*cc));
     if (!cc) return;
     *cc = (count_call){c, path, outcome, done_at};
     records_key(eval_id, route_key);
-    char at[32];
+    char at[32], stack[512];
     snprintf(at, sizeof(at), "%.6f", done_at > 0 ? done_at : util_now());
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    if (why) jw_cstring(&w, why);
     const char *argv[] = {"EVAL", count_script, "2", inflight_key[path], route_key, eval_id,
-                          outcome >= 0 ? pm_outcome_names[outcome] : "", at};
-    size_t lens[8];
+                          outcome >= 0 ? pm_outcome_names[outcome] : "", at, jw_text(&w)};
+    size_t lens[9];
     for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
-    if (rclient_command(c->p->broker, on_counted, cc, 8, argv, lens) != 0) free(cc);
+    lens[8] = jw_len(&w);
+    if (rclient_command(c->p->broker, on_counted, cc, 9, argv, lens) != 0) free(cc);
+    jw_free(&w);
 }
 
-/* A Celery result record for task celery-<eval_id>: counted when terminal. */
+static void count(completion *c, enum route_path path, const char *eval_id, int outcome, double done_at)
+{
+    count_why(c, path, eval_id, outcome, done_at, NULL);
+}
+
+/* A Celery result record for task celery-<eval_id>: counted when terminal.
+ * (Its output may hold NUL bytes: \u0000 is valid JSON.) */
 static void consider_celery(completion *c, const char *eval_id, const char *text, size_t len)
 {
-    json_t *rec = json_loadb(text, len, 0, NULL);
+    json_t *rec = json_loadb(text, len, JSON_ALLOW_NUL, NULL);
     int outcome = evstatus_outcome(evstatus_from_celery(rec));
     if (outcome >= 0 && util_valid_id(eval_id, strlen(eval_id), SUB_MAX_EVAL_ID))
         count(c, PATH_NEW, eval_id, outcome, evstatus_parse_iso(json_string_value(json_object_get(rec, "date_done"))));
@@ -138,7 +162,7 @@ static void on_shadow_claimed(struct redisReply *reply, const char *err, void *a
  * shadow set reports it for comparison. */
 static void consider_shadow(completion *c, const char *eval_id, const char *text, size_t len)
 {
-    json_t *rec = json_loadb(text, len, 0, NULL);
+    json_t *rec = json_loadb(text, len, JSON_ALLOW_NUL, NULL);
     shadow_call *sc = NULL;
     if (evstatus_outcome(evstatus_from_celery(rec)) >= 0 && util_valid_id(eval_id, strlen(eval_id), SUB_MAX_EVAL_ID) &&
         (sc = malloc(sizeof(*sc)))) {
@@ -196,13 +220,42 @@ typedef struct legacy_poll {
     char eval_id[SUB_MAX_EVAL_ID + 1];
 } legacy_poll;
 
+/* A legacy eval whose reply could not be read: finished as failed (with
+ * the reason) when it is too large, which will not change, or after
+ * LEGACY_BAD_POLLS_MAX unreadable replies in a row. */
+static void legacy_unreadable(completion *c, const char *eval_id, const legacy_result *res)
+{
+    char why[LEGACY_DETAIL_MAX + 160];
+    json_int_t n = json_integer_value(json_object_get(c->legacy_bad, eval_id)) + 1;
+    if (res->too_large) {
+        util_snprintf(why, sizeof(why),
+                      "the result could not be read: the legacy Queue Service's reply is larger than "
+                      "LEGACY_MAX_REPLY_BYTES (%lld bytes)",
+                      c->p->cfg.legacy_max_reply_bytes);
+    } else if (n >= LEGACY_BAD_POLLS_MAX) {
+        util_snprintf(why, sizeof(why), "the result could not be read: the legacy Queue Service answered %d times in a row: %s",
+                      LEGACY_BAD_POLLS_MAX, res->detail ? res->detail : "with an unreadable reply");
+    } else {
+        json_object_set_new(c->legacy_bad, eval_id, json_integer(n));
+        return;
+    }
+    json_object_del(c->legacy_bad, eval_id);
+    LOG_WARN("legacy eval finished as failed: its result cannot be read", "eval_id", eval_id, "error", why);
+    count_why(c, PATH_LEGACY, eval_id, evstatus_outcome("failed"), 0, why);
+}
+
 static void on_legacy_task(const legacy_result *res, void *arg)
 {
     legacy_poll *lp = arg;
     completion *c = lp->c;
     c->legacy_calls--;
-    if (res->outcome == LEGACY_OK) {
-        int outcome = evstatus_outcome(legacy_normalized_status(res->doc));
+    const char *status = res->outcome == LEGACY_OK ? legacy_normalized_status(res->doc) : NULL;
+    bool unreadable = legacy_reply_unreadable(res);
+    if (!unreadable) json_object_del(c->legacy_bad, lp->eval_id);
+    if (unreadable) {
+        legacy_unreadable(c, lp->eval_id, res);
+    } else if (res->outcome == LEGACY_OK) {
+        int outcome = evstatus_outcome(status);
         if (outcome >= 0) {
             count(c, PATH_LEGACY, lp->eval_id, outcome,
                   evstatus_parse_iso(json_string_value(json_object_get(res->doc, "completed_at"))));
@@ -392,6 +445,11 @@ completion *completion_new(proxy *p, char err[256])
         return NULL;
     }
     c->p = p;
+    c->legacy_bad = json_object();
+    if (!c->legacy_bad) {
+        snprintf(err, 256, "out of memory");
+        goto fail;
+    }
     util_uuid4(c->owner);
     for (int i = 0; i < 3; i++) snprintf(c->cursor[i], sizeof(c->cursor[i]), "-inf");
     const char *url = p->cfg.result_backend[0] ? p->cfg.result_backend : p->cfg.broker_url;
@@ -436,5 +494,6 @@ void completion_free(completion *c)
     if (!c) return;
     completion_stop(c);
     rclient_free(c->sub);
+    json_decref(c->legacy_bad);
     free(c);
 }

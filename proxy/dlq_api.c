@@ -12,6 +12,7 @@
 
 #include "admin_auth.h"
 #include "celery.h"
+#include "jsafe.h"
 #include "log.h"
 #include "pserver.h"
 #include "rbatch.h"
@@ -53,12 +54,12 @@ int dlq_api_parse_query(const char *query, dlq_query *out, char msg[256])
     int rc = -1;
     const char *v;
     if ((v = evhttp_find_header(&q, "limit")) && parse_long(v, 1, DLQ_LIMIT_MAX, &out->limit) != 0) {
-        snprintf(msg, 256, "limit=\"%.40s\": must be an integer from 1 to %d (default %d)", v, DLQ_LIMIT_MAX,
+        snprintf(msg, 256, "limit=\"%.*s\": must be an integer from 1 to %d (default %d)", UTF8_CUT(v, 40), DLQ_LIMIT_MAX,
                  DLQ_LIMIT_DEFAULT);
         goto done;
     }
     if ((v = evhttp_find_header(&q, "offset")) && parse_long(v, 0, DLQ_OFFSET_MAX, &out->offset) != 0) {
-        snprintf(msg, 256, "offset=\"%.40s\": must be an integer from 0 to %ld (default 0)", v, DLQ_OFFSET_MAX);
+        snprintf(msg, 256, "offset=\"%.*s\": must be an integer from 0 to %ld (default 0)", UTF8_CUT(v, 40), DLQ_OFFSET_MAX);
         goto done;
     }
     if ((v = evhttp_find_header(&q, "eval_id"))) {
@@ -76,21 +77,60 @@ done:
     return rc;
 }
 
-enum dlq_target dlq_api_target(const char *path, const char **tid, size_t *tid_len)
+/* The worker's own rule (celery_task_id_ok): whatever it accepts, the API
+ * can address. */
+bool dlq_api_valid_task_id(const char *id, size_t len) { return celery_task_id_ok(id, len); }
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes seg[0..n) into out (room for max bytes): its length,
+ * or -1 when it is not percent-encoding or decodes to more than max. */
+static long percent_decode(const char *seg, size_t n, char *out, size_t max)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = seg[i];
+        if (c == '%') {
+            if (i + 2 >= n) return -1;
+            int hi = hex_value(seg[i + 1]), lo = hex_value(seg[i + 2]);
+            if (hi < 0 || lo < 0) return -1;
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        if (o == max) return -1;
+        out[o++] = c;
+    }
+    return (long)o;
+}
+
+enum dlq_target dlq_api_target(const char *path, char tid[DLQ_TASK_ID_MAX + 1], size_t *tid_len)
 {
     if (strncmp(path, "/api/dlq/", 9) != 0) return DLQ_T_NONE;
     const char *rest = path + 9;
     if (strcmp(rest, "list") == 0) return DLQ_T_LIST;
     if (strcmp(rest, "stats") == 0) return DLQ_T_STATS;
+    /* the id is one segment: a '/' in it comes as %2F */
     const char *slash = strchr(rest, '/');
     size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
     enum dlq_target t;
     if (!slash) t = DLQ_T_ENTRY;
     else if (strcmp(slash, "/retry") == 0) t = DLQ_T_RETRY;
     else return DLQ_T_NONE;
-    *tid = rest;
-    *tid_len = n;
-    return util_valid_id(rest, n, DLQ_TASK_ID_MAX) ? t : DLQ_T_BAD_ID;
+    long len = percent_decode(rest, n, tid, DLQ_TASK_ID_MAX);
+    if (len < 0 || !dlq_api_valid_task_id(tid, (size_t)len)) {
+        tid[0] = '\0';
+        *tid_len = 0;
+        return DLQ_T_BAD_ID;
+    }
+    tid[len] = '\0';
+    *tid_len = (size_t)len;
+    return t;
 }
 
 /* ---------- requests ---------- */
@@ -187,23 +227,22 @@ static rbatch *op_batch(dlq_op *op, rbatch_done_fn done)
 
 /* The stored entry as JSON; an unparsable one is shown, not hidden, so it
  * can be found and deleted.  New reference; NULL on OOM. */
-static json_t *entry_json(const char *raw, size_t len, const char *tid)
+static json_t *entry_json(const char *raw, size_t len, json_t *tid)
 {
-    json_t *e = json_loadb(raw, len, 0, NULL);
+    /* \u0000 is valid JSON: an exception message may quote NUL bytes */
+    json_t *e = json_loadb(raw, len, JSON_ALLOW_NUL, NULL);
     if (json_is_object(e)) return e;
     json_decref(e);
-    e = json_pack("{s:s, s:s%}", "task_id", tid ? tid : "", "malformed_entry", raw,
-                  len > MALFORMED_SHOWN ? (size_t)MALFORMED_SHOWN : len);
-    if (!e) /* not UTF-8 (or cut inside a character) */
-        e = json_pack("{s:s, s:s}", "task_id", tid ? tid : "", "malformed_entry", "(not UTF-8 text)");
-    return e;
+    /* shown as text (cut at a character boundary, odd bytes as U+FFFD) */
+    size_t shown = util_utf8_trim_end(raw, len > MALFORMED_SHOWN ? (size_t)MALFORMED_SHOWN : len);
+    return json_pack("{s:O, s:o}", "task_id", tid, "malformed_entry", jsafe_stringn(raw, shown));
 }
 
 static void not_found(dlq_op *op)
 {
     char msg[400];
-    snprintf(msg, sizeof(msg), "no dead-letter entry for task_id \"%s\"; GET /api/dlq/list shows the entries",
-             op->tid);
+    util_snprintf(msg, sizeof(msg), "no dead-letter entry for task_id \"%s\"; GET /api/dlq/list shows the entries",
+                  op->tid);
     op_finish_error(op, 404, "not_found", msg);
 }
 
@@ -235,7 +274,7 @@ static void on_list_entries(rbatch *b, void *arg)
     for (size_t i = 0; ids && i < ids->elements; i++) {
         const rbatch_reply *e = &ids->element[i];
         if (e->type != REDIS_REPLY_STRING) continue;
-        json_t *j = entry_json(e->str, e->len, json_string_value(json_array_get(op->ids, i)));
+        json_t *j = entry_json(e->str, e->len, json_array_get(op->ids, i));
         if (!j || json_array_append_new(entries, j) != 0) {
             json_decref(entries);
             op_finish_oom(op);
@@ -288,7 +327,7 @@ static void on_list_ids(rbatch *b, void *arg)
         argv[i + 1] = k;
         lens[i + 1] = plen + id->len;
         k += plen + id->len;
-        if (json_array_append_new(op->ids, json_stringn(id->str ? id->str : "", id->len)) != 0) {
+        if (json_array_append_new(op->ids, jsafe_stringn(id->str ? id->str : "", id->len)) != 0) {
             op_finish_oom(op);
             goto done;
         }
@@ -319,8 +358,10 @@ static void on_list_one(rbatch *b, void *arg)
     }
     if (rep->type == REDIS_REPLY_STRING) {
         op->total = 1;
-        json_t *j = op->q.offset == 0 ? entry_json(rep->str, rep->len, op->tid) : NULL;
+        json_t *tid = json_string(op->tid);
+        json_t *j = op->q.offset == 0 && tid ? entry_json(rep->str, rep->len, tid) : NULL;
         if (j) json_array_append_new(entries, j);
+        json_decref(tid);
     }
     op_finish_json(op, 200, list_body(op, entries));
 done:
@@ -391,8 +432,9 @@ static void on_stats(rbatch *b, void *arg)
     }
     for (size_t i = 0; classes->type == REDIS_REPLY_ARRAY && i + 1 < classes->elements; i += 2) {
         const rbatch_reply *k = &classes->element[i];
-        if (k->type != REDIS_REPLY_STRING) continue;
-        json_object_set_new(by, k->str, json_integer(rbatch_int(&classes->element[i + 1], 0)));
+        json_t *name = k->type == REDIS_REPLY_STRING ? jsafe_stringn(k->str, k->len) : NULL; /* any bytes */
+        if (name) json_object_set_new(by, json_string_value(name), json_integer(rbatch_int(&classes->element[i + 1], 0)));
+        json_decref(name);
     }
     json_t *o = json_pack("{s:I, s:o, s:o, s:o}", "count", (json_int_t)rbatch_int(card, 0), "by_exception_class",
                           by, "oldest_failure_at", score_of(oldest), "newest_failure_at", score_of(newest));
@@ -432,7 +474,9 @@ static void on_get(rbatch *b, void *arg)
     if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
     else if (rep->type != REDIS_REPLY_STRING) not_found(op);
     else {
-        json_t *j = entry_json(rep->str, rep->len, op->tid);
+        json_t *tid = json_string(op->tid);
+        json_t *j = tid ? entry_json(rep->str, rep->len, tid) : NULL;
+        json_decref(tid);
         if (!j) op_finish_oom(op);
         else op_finish_json(op, 200, j);
     }
@@ -583,13 +627,13 @@ static int prepare_retry(dlq_op *op, const char *raw, size_t len)
     int rc = -1;
     celery_message m;
     bool decoded = false;
-    json_t *e = json_loadb(raw, len, 0, NULL);
+    json_t *e = json_loadb(raw, len, JSON_ALLOW_NUL, NULL);
     const char *text = json_string_value(json_object_get(e, "message"));
     const char *reason = json_string_value(json_object_get(e, "reason"));
     if (!text || celery_decode(text, strlen(text), &m, err) != 0) {
-        snprintf(msg, sizeof(msg),
-                 "the entry of \"%s\" holds no valid Celery message (%.200s, reason %.40s); it cannot be re-published, delete it",
-                 op->tid, text ? err : "no message field", reason ? reason : "unknown");
+        util_snprintf(msg, sizeof(msg),
+                      "the entry of \"%s\" holds no valid Celery message (%.*s, reason %.*s); it cannot be re-published, delete it",
+                      op->tid, UTF8_CUT(text ? err : "no message field", 200), UTF8_CUT(reason ? reason : "unknown", 40));
         op_finish_error(op, 409, "not_retryable", msg);
         goto done;
     }
@@ -601,8 +645,8 @@ static int prepare_retry(dlq_op *op, const char *raw, size_t len)
     op->step = celery_priority_step(priority);
     op->queue_key_len = queue ? celery_queue_key(queue, priority, op->queue_key, sizeof(op->queue_key)) : 0;
     if (op->queue_key_len == 0) {
-        snprintf(msg, sizeof(msg), "the entry of \"%s\" names no usable queue (queue or delivery_info.routing_key)",
-                 op->tid);
+        util_snprintf(msg, sizeof(msg), "the entry of \"%s\" names no usable queue (queue or delivery_info.routing_key)",
+                      op->tid);
         op_finish_error(op, 409, "not_retryable", msg);
         goto done;
     }
@@ -663,10 +707,10 @@ done:
 
 void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
 {
-    const char *tid = NULL;
+    char tid[DLQ_TASK_ID_MAX + 1];
     size_t tid_len = 0;
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    enum dlq_target t = dlq_api_target(path, &tid, &tid_len);
+    enum dlq_target t = dlq_api_target(path, tid, &tid_len);
     char msg[320];
     switch (t) {
     case DLQ_T_NONE:
@@ -677,7 +721,10 @@ void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, doub
         return;
     case DLQ_T_BAD_ID:
         px_count_reject(p, RJ_INVALID_FIELD);
-        snprintf(msg, sizeof(msg), "task_id: must be 1 to %d characters of [A-Za-z0-9_.:-]", DLQ_TASK_ID_MAX);
+        snprintf(msg, sizeof(msg),
+                 "task_id: must be 1 to %d bytes of UTF-8 text without control characters (spaces allowed), "
+                 "percent-encoded as one path segment, e.g. GET /api/dlq/celery-a%%20b%%2Fc",
+                 DLQ_TASK_ID_MAX);
         px_reply_error(p, req, RT_DLQ, t0, 422, "invalid_task_id", msg, 0);
         return;
     case DLQ_T_LIST:

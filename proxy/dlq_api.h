@@ -33,9 +33,18 @@ int dlq_api_parse_query(const char *query, dlq_query *out, char msg[256])
 
 enum dlq_target { DLQ_T_LIST, DLQ_T_STATS, DLQ_T_ENTRY, DLQ_T_RETRY, DLQ_T_BAD_ID, DLQ_T_NONE };
 
-/* Which endpoint a path under /api/dlq names; for ENTRY, RETRY and BAD_ID
- * tid and tid_len give the task id segment (borrowed from path). */
-enum dlq_target dlq_api_target(const char *path, const char **tid, size_t *tid_len);
+/* The task id rule, shared with the worker: 1..CELERY_TASK_ID_MAX bytes of
+ * valid UTF-8 without control characters (C0, DEL, C1); spaces and any
+ * other character allowed.  (Ids the worker refuses are dead-lettered
+ * under invalid-id-<40 hex>, which the rule admits.) */
+bool dlq_api_valid_task_id(const char *id, size_t len);
+
+/* Which endpoint a path under /api/dlq names (`path` as sent, still
+ * percent-encoded).  For ENTRY and RETRY, tid gets the task id, decoded
+ * from its path segment (%20 a space, %2F a '/', '+' stays '+'), and
+ * tid_len its length; BAD_ID: the segment is not percent-encoding of an
+ * id the rule admits. */
+enum dlq_target dlq_api_target(const char *path, char tid[DLQ_TASK_ID_MAX + 1], size_t *tid_len);
 
 /* Handles every path under /api/dlq (the caller checked the prefix).
  * Replies exactly once. */

@@ -49,6 +49,10 @@ const cfg_option pconfig_table[] = {
     {"PROXY_TLS_KEY", CFG_STRING, "", 0, 4096, NULL, F(tls_key), "PEM private key; with the certificate -> HTTPS"},
     {"LEGACY_TIMEOUT_MS", CFG_INT, "5000", 10, 600000, NULL, F(legacy_timeout_ms),
      "deadline of one legacy Queue Service call (-> 504)"},
+    {"LEGACY_MAX_REPLY_BYTES", CFG_INT, "8388608", 65536, 1073741824, NULL, F(legacy_max_reply_bytes),
+     "largest legacy Queue Service reply read; a task's reply carries its whole output (the executor keeps up to "
+     "EXECUTOR_OUTPUT_LIMIT, 1 MiB by default, and JSON escaping can make it up to 6 times longer). An eval whose "
+     "result is larger is finished as failed, its status saying so"},
     {"UPSTREAM_TIMEOUT_MS", CFG_INT, "30000", 10, 600000, NULL, F(upstream_timeout_ms),
      "deadline of one pass-through call (-> 504)"},
     {"REDIS_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(redis_timeout_ms),

@@ -31,6 +31,7 @@ typedef struct proxy_settings {
     char *tls_cert;
     char *tls_key;
     long long legacy_timeout_ms;
+    long long legacy_max_reply_bytes;
     long long upstream_timeout_ms;
     long long redis_timeout_ms;
     long long shutdown_grace_s;

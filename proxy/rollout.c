@@ -176,7 +176,7 @@ rollout *rollout_new(proxy *p, char err[256])
     ro->sub = rclient_new(p->base, p->cfg.broker_url, &o, rerr);
     if (!ro->sub || rclient_subscribe(ro->sub, ROLLOUT_CHANNEL, on_notice, ro) != 0 ||
         !(ro->timer = event_new(p->base, -1, EV_PERSIST, on_tick, ro))) {
-        snprintf(err, 256, "rollout: %.200s", ro->sub ? "out of memory" : rerr);
+        snprintf(err, 256, "rollout: %.*s", UTF8_CUT(ro->sub ? "out of memory" : rerr, 200));
         rollout_free(ro);
         return NULL;
     }
@@ -318,8 +318,8 @@ static void on_put_done(const char *state, const char *err, void *arg)
     px_hold_in_flight(r, NOT_WAITING);
     if (!state) {
         char msg[320];
-        snprintf(msg, sizeof(msg), "the rollout state could not be written (%.200s); retry after the Retry-After delay",
-                 err ? err : "it changed meanwhile");
+        snprintf(msg, sizeof(msg), "the rollout state could not be written (%.*s); retry after the Retry-After delay",
+                 UTF8_CUT(err ? err : "it changed meanwhile", 200));
         px_count_upstream_error(p, PATH_NEW, err && strcmp(err, "timeout") == 0 ? UP_TIMEOUT : UP_REDIS_ERROR);
         px_finish_error(r, 503, "redis_unavailable", msg, 1);
         return;
@@ -383,8 +383,8 @@ static json_t *parse_put(proxy *p, struct evhttp_request *req, double t0, char r
             }
         } else {
             snprintf(msg, sizeof(msg),
-                     "field '%.60s' is not part of the rollout state; send enabled, percentage, force_legacy, mode and/or reason",
-                     key);
+                     "field '%.*s' is not part of the rollout state; send enabled, percentage, force_legacy, mode and/or reason",
+                     UTF8_CUT(key, 60));
             ok = bad_field(p, req, t0, msg);
         }
     }

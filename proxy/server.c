@@ -394,6 +394,33 @@ static bool hop_by_hop(const char *name)
     return false;
 }
 
+/* RFC 9110 §5.6.2 token characters: what a header name is made of. */
+static bool token_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* A request header that cannot be forwarded as it is (a name that is not
+ * a token, e.g. with a space, or a value with CR or LF): 400 naming it,
+ * instead of letting the upstream call fail.  true when it answered. */
+static bool refuse_bad_header(proxy *p, struct evhttp_request *req, double t0, const struct evkeyval *kv)
+{
+    const char *what = NULL;
+    if (!kv->key[0]) what = "an empty name";
+    for (const char *q = kv->key; !what && *q; q++)
+        if (!token_char((unsigned char)*q)) what = "a name that is not an HTTP token";
+    if (!what && strpbrk(kv->value, "\r\n")) what = "a line break in its value";
+    if (!what) return false;
+    char msg[320];
+    util_snprintf(msg, sizeof(msg),
+                  "request header \"%.*s\" has %s (names are letters, digits and !#$%%&'*+-.^_`|~); fix or drop it",
+                  UTF8_CUT(kv->key, 100), what);
+    px_count_reject(p, RJ_INVALID_FIELD);
+    px_reply_error(p, req, RT_PASSTHROUGH, t0, 400, "invalid_header", msg, 0);
+    return true;
+}
+
 static void on_passthrough_done(const httpc_response *resp, void *arg)
 {
     preq *r = arg;
@@ -403,7 +430,7 @@ static void on_passthrough_done(const httpc_response *resp, void *arg)
         bool timeout = resp->error == HTTPC_ETIMEOUT;
         px_count_upstream_error(p, PATH_NONE, timeout ? UP_TIMEOUT : UP_CONNECT);
         char msg[320];
-        snprintf(msg, sizeof(msg), "the upstream API (UPSTREAM_API_URL) %s: %s",
+        util_snprintf(msg, sizeof(msg), "the upstream API (UPSTREAM_API_URL) %s: %s",
                  timeout ? "did not answer in time" : "failed", resp->errmsg ? resp->errmsg : "error");
         px_finish_error(r, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_error", msg, 0);
         return;
@@ -448,12 +475,14 @@ static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
         px_reply_error(p, req, RT_PASSTHROUGH, t0, 503, "overloaded", "too many requests in flight; retry shortly", 1);
         return;
     }
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
+        if (refuse_bad_header(p, req, t0, kv)) return;
     const char *uri = evhttp_request_get_uri(req);
     size_t ulen = strlen(p->cfg.upstream_url);
     while (ulen > 0 && p->cfg.upstream_url[ulen - 1] == '/') ulen--;
     char *url = malloc(ulen + strlen(uri) + 2);
     /* headers: input headers minus hop-by-hop, plus X-Forwarded-For, NULL end */
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     size_t nh = 0;
     for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) nh++;
     char **hdrs = calloc(nh + 2, sizeof(char *));
@@ -487,7 +516,19 @@ static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
     };
     char err[256];
     px_hold_in_flight(r, PATH_NONE);
-    if (!httpc_start(p->hc, &o, on_passthrough_done, r, err)) goto oom_r;
+    if (!httpc_start(p->hc, &o, on_passthrough_done, r, err)) {
+        /* the headers were checked: what is left is memory, or a call
+         * httpc would not make (say so, not "out of memory") */
+        if (strcmp(err, "out of memory") == 0) goto oom_r;
+        for (size_t i = 0; i < k; i++) free(hdrs[i]);
+        free(hdrs);
+        free(url);
+        px_hold_in_flight(r, NOT_WAITING);
+        px_count_upstream_error(p, PATH_NONE, UP_CONNECT);
+        util_snprintf(msg, sizeof(msg), "the upstream call (UPSTREAM_API_URL) could not start: %s", err);
+        px_finish_error(r, 502, "upstream_error", msg, 0);
+        return;
+    }
     for (size_t i = 0; i < k; i++) free(hdrs[i]);
     free(hdrs);
     free(url);
@@ -695,7 +736,8 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     }
     p->hc = httpc_new(base, err);
     if (!p->hc) goto err;
-    p->legacy = legacy_client_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms);
+    p->legacy = legacy_client_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms,
+                                  (size_t)p->cfg.legacy_max_reply_bytes);
     p->prod = producer_new(p->broker, p->cfg.queue, p->cfg.task_name);
     p->records = records_new(p);
     if (p->records && !(p->completion = completion_new(p, err))) goto err;

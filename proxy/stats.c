@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "canary.h"
+#include "jsafe.h"
 #include "celery.h"
 #include "pserver.h"
 #include "rbatch.h"
@@ -212,6 +213,7 @@ static json_t *local_part(stats *s)
 typedef struct stats_op {
     preq *r;
     json_t *out;
+    json_t *dlq_ids; /* the task ids of the newest dead letters, as asked */
 } stats_op;
 
 static void finish(stats_op *op)
@@ -219,6 +221,7 @@ static void finish(stats_op *op)
     px_hold_in_flight(op->r, NOT_WAITING);
     px_finish_json(op->r, 200, op->out);
     json_decref(op->out);
+    json_decref(op->dlq_ids);
     free(op);
 }
 
@@ -226,7 +229,7 @@ static json_t *parse_list(const rbatch_reply *r)
 {
     json_t *a = json_array();
     for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        json_t *j = r->element[i].str ? json_loadb(r->element[i].str, r->element[i].len, 0, NULL) : NULL;
+        json_t *j = r->element[i].str ? json_loadb(r->element[i].str, r->element[i].len, JSON_ALLOW_NUL, NULL) : NULL;
         if (j) json_array_append_new(a, j);
     }
     return a;
@@ -235,23 +238,25 @@ static json_t *parse_list(const rbatch_reply *r)
 static void on_entries(rbatch *b, void *arg)
 {
     stats_op *op = arg;
-    json_t *entries = parse_list(rbatch_at(b, 0));
-    /* only what the page shows of each dead letter */
+    const rbatch_reply *r = rbatch_at(b, 0);
+    /* only what the page shows of each dead letter; one in the index whose
+     * entry does not parse is still shown, by its task id (the index's) */
     json_t *slim = json_array();
-    size_t i;
-    json_t *e;
-    json_array_foreach(entries, i, e)
-    {
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        const rbatch_reply *el = &r->element[i];
+        if (el->type != REDIS_REPLY_STRING) continue; /* deleted or retried since the index was read */
+        json_t *e = json_loadb(el->str, el->len, JSON_ALLOW_NUL, NULL);
         json_t *x = json_object();
-        const char *keep[] = {"task_id", "eval_id", "exception_class", "exception_message", "retries",
-                              "last_failure_at"};
-        for (int k = 0; k < 6; k++) {
+        json_object_set(x, "task_id", json_array_get(op->dlq_ids, i));
+        const char *keep[] = {"eval_id", "exception_class", "exception_message", "retries", "last_failure_at"};
+        for (int k = 0; json_is_object(e) && k < 5; k++) {
             json_t *v = json_object_get(e, keep[k]);
             if (v) json_object_set(x, keep[k], v);
         }
+        if (!json_is_object(e)) json_object_set_new(x, "malformed_entry", json_true());
+        json_decref(e);
         json_array_append_new(slim, x);
     }
-    json_decref(entries);
     json_object_set_new(json_object_get(op->out, "queue"), "dlq_newest", slim);
     rbatch_free(b);
     finish(op);
@@ -281,15 +286,24 @@ static void on_shared(rbatch *b, void *arg)
         finish(op);
         return;
     }
-    char keys[DLQ_NEWEST][300];
+    /* keys as the index holds the ids, byte for byte and whole */
+    char keys[DLQ_NEWEST][sizeof(DLQ_ENTRY_PREFIX) + CELERY_TASK_ID_MAX];
     const char *argv[DLQ_NEWEST + 1] = {"MGET"};
     size_t lens[DLQ_NEWEST + 1] = {4};
+    size_t plen = sizeof(DLQ_ENTRY_PREFIX) - 1, k = 0;
+    op->dlq_ids = json_array();
     for (size_t i = 0; i < n; i++) {
-        snprintf(keys[i], sizeof(keys[i]), DLQ_ENTRY_PREFIX "%.250s", ids->element[i].str ? ids->element[i].str : "");
-        argv[i + 1] = keys[i];
-        lens[i + 1] = strlen(keys[i]);
+        const rbatch_reply *id = &ids->element[i];
+        if (id->type != REDIS_REPLY_STRING || id->len > CELERY_TASK_ID_MAX) continue; /* no API could address it */
+        memcpy(keys[k], DLQ_ENTRY_PREFIX, plen);
+        memcpy(keys[k] + plen, id->str, id->len);
+        argv[k + 1] = keys[k];
+        lens[k + 1] = plen + id->len;
+        json_array_append_new(op->dlq_ids, jsafe_stringn(id->str, id->len));
+        k++;
     }
-    (void)rbatch_add(b2, p->broker, (int)n + 1, argv, lens);
+    n = k;
+    if (n) (void)rbatch_add(b2, p->broker, (int)n + 1, argv, lens);
     rbatch_free(b);
     rbatch_run(b2);
 }

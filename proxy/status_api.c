@@ -1,5 +1,6 @@
 #include "status_api.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 
 #include "celery.h"
 #include "evstatus.h"
+#include "jsafe.h"
 #include "log.h"
 #include "pserver.h"
 #include "rbatch.h"
@@ -57,14 +59,31 @@ static void op_free(status_op *op)
 
 static void op_reply(status_op *op, int status, json_t *o)
 {
-    if (!o) {
+    /* the only reals are durations, rounded to microseconds: 15 significant
+     * digits write them as they are (0.011113, not 0.011113000000000001) */
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+    json_decref(o);
+    if (!text) {
         px_count_reject(op->r->p, RJ_OOM);
         px_finish_error(op->r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
     } else {
-        px_finish_json(op->r, status, o);
-        json_decref(o);
+        px_finish_text(op->r, status, text, strlen(text));
+        free(text);
     }
     op_free(op);
+}
+
+/* "error" is a non-empty string, or null when there is none (both paths). */
+static void set_error(json_t *o, json_t *v)
+{
+    if (json_is_string(v) && json_string_length(v) > 0) json_object_set(o, "error", v);
+    else json_object_set_new(o, "error", json_null());
+}
+
+/* A duration in seconds, rounded to microseconds; left out when not a number. */
+static void set_seconds(json_t *o, const char *key, json_t *v)
+{
+    if (json_is_number(v)) json_object_set_new(o, key, json_real(round(json_number_value(v) * 1e6) / 1e6));
 }
 
 static void op_error(status_op *op, int status, const char *code, const char *msg, int retry_after)
@@ -111,11 +130,13 @@ static void reply_legacy(status_op *op, json_t *task)
     json_t *o = shape(op, status, "legacy");
     if (o) {
         if (!op->record) json_object_set(o, "created_at", json_object_get(task, "queued_at"));
-        const char *fields[] = {"completed_at", "output", "error", "exit_code"};
-        for (int i = 0; i < 4; i++) {
+        const char *fields[] = {"completed_at", "output", "exit_code"};
+        for (int i = 0; i < 3; i++) {
             json_t *v = json_object_get(task, fields[i]);
             if (v) json_object_set(o, fields[i], v);
         }
+        set_error(o, json_object_get(task, "error"));
+        set_seconds(o, "duration_s", json_object_get(task, "duration_s"));
         json_t *pos = json_object_get(task, "position");
         json_object_set(o, "queue_position", json_is_integer(pos) ? pos : json_null());
     }
@@ -128,17 +149,45 @@ static void on_legacy_task(const legacy_result *res, void *arg)
     proxy *p = op->r->p;
     char msg[400];
     px_hold_in_flight(op->r, NOT_WAITING);
+    const char *kept = json_string_value(json_object_get(op->record, "outcome"));
+    if (legacy_reply_unreadable(res) && (kept || res->too_large)) {
+        /* The result cannot be read: completion tracking finished the eval
+         * as failed (the record says why), or will, as a reply too large
+         * never gets smaller.  The status says so instead of a 502. */
+        op->r->path = PATH_LEGACY;
+        px_count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY);
+        json_t *o = shape(op, kept ? kept : "failed", "legacy");
+        if (o) {
+            json_t *why = json_object_get(op->record, "error");
+            if (!json_is_string(why)) {
+                snprintf(msg, sizeof(msg),
+                         "the result could not be read: the legacy Queue Service's reply is larger than "
+                         "LEGACY_MAX_REPLY_BYTES (%lld bytes)",
+                         p->cfg.legacy_max_reply_bytes);
+                json_object_set_new(o, "error", json_string(msg));
+            } else {
+                set_error(o, why);
+            }
+            json_object_set_new(o, "success", json_false());
+            json_object_set_new(o, "queue_position", json_null());
+        }
+        op_reply(op, 200, o);
+        return;
+    }
     switch (res->outcome) {
     case LEGACY_OK:
         op->r->path = PATH_LEGACY;
         reply_legacy(op, res->doc);
         return;
     case LEGACY_NOT_FOUND:
-        if (op->record && json_is_string(json_object_get(op->record, "outcome"))) {
+        if (kept) {
             /* legacy forgot it; the record kept how it ended */
             op->r->path = PATH_LEGACY;
-            json_t *o = shape(op, json_string_value(json_object_get(op->record, "outcome")), "legacy");
-            if (o) json_object_set_new(o, "queue_position", json_null());
+            json_t *o = shape(op, kept, "legacy");
+            if (o) {
+                set_error(o, json_object_get(op->record, "error"));
+                json_object_set_new(o, "queue_position", json_null());
+            }
             op_reply(op, 200, o);
         } else if (op->record) {
             op->r->path = PATH_LEGACY;
@@ -186,14 +235,14 @@ static void fill_from_celery(json_t *o, json_t *res, const char *status)
     const char *st = json_string_value(json_object_get(res, "status"));
     if (evstatus_outcome(status) >= 0) json_object_set(o, "completed_at", json_object_get(res, "date_done"));
     if (st && strcmp(st, "SUCCESS") == 0 && json_is_object(result)) {
-        const char *fields[] = {"output", "error", "exit_code"};
-        for (int i = 0; i < 3; i++) {
+        const char *fields[] = {"output", "exit_code"};
+        for (int i = 0; i < 2; i++) {
             json_t *v = json_object_get(result, fields[i]);
             if (v) json_object_set(o, fields[i], v);
         }
-        json_t *v = json_object_get(result, "duration_s");
-        if (v) json_object_set(o, "duration_s", v);
-        v = json_object_get(result, "executor");
+        set_error(o, json_object_get(result, "error"));
+        set_seconds(o, "duration_s", json_object_get(result, "duration_s"));
+        json_t *v = json_object_get(result, "executor");
         if (v) json_object_set(o, "executor", v);
     } else if (json_is_object(result) && json_is_string(json_object_get(result, "exc_type"))) {
         /* FAILURE, REVOKED, RETRY: an exception */
@@ -201,7 +250,7 @@ static void fill_from_celery(json_t *o, json_t *res, const char *status)
         const char *text = json_string_value(json_is_array(m) ? json_array_get(m, 0) : m);
         char *err = NULL;
         if (asprintf(&err, "%s: %s", json_string_value(json_object_get(result, "exc_type")), text ? text : "") >= 0) {
-            json_object_set_new(o, "error", json_string(err));
+            json_object_set_new(o, "error", jsafe_string(err));
             free(err);
         }
     }
@@ -231,7 +280,8 @@ static void on_looked_up(rbatch *b, void *arg)
     op->record = text ? records_parse(text, len) : NULL;
     enum route_path path = records_path(op->record);
     text = rbatch_str(res, &len);
-    json_t *result = text ? json_loadb(text, len, 0, NULL) : NULL;
+    /* the output may hold NUL bytes: \u0000 is valid JSON */
+    json_t *result = text ? json_loadb(text, len, JSON_ALLOW_NUL, NULL) : NULL;
     bool is_running = running->type == REDIS_REPLY_STRING, is_sched = sched->type == REDIS_REPLY_STRING;
     if (path == PATH_LEGACY || (path == PATH_NONE && !result && !is_running && !is_sched)) {
         json_decref(result);
@@ -353,8 +403,8 @@ static void on_queue_new(rbatch *b, void *arg)
     for (int i = 0; i < CELERY_NSTEPS + 3 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
     if (rbatch_error(b) || rerr) {
         px_count_upstream_error(p, PATH_NEW, rbatch_timed_out(b) ? UP_TIMEOUT : rerr ? UP_REDIS_ERROR : UP_REDIS_DOWN);
-        q->fresh = json_pack("{s:s, s:s}", "error", "redis_unavailable", "message",
-                             rerr ? rerr : "Redis did not answer; the new queue's depth is unknown");
+        q->fresh = json_pack("{s:s, s:o}", "error", "redis_unavailable", "message",
+                             jsafe_string(rerr ? rerr : "Redis did not answer; the new queue's depth is unknown"));
     } else {
         json_t *depth = json_object();
         long long total = 0;

@@ -18,8 +18,12 @@ static int fail(sub_error *err, int status, const char *code, const char *field,
     err->code = code;
     err->field = field;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    int n = vsnprintf(err->message, sizeof(err->message), fmt, ap);
     va_end(ap);
+    /* a message cut by the buffer ends at a character boundary, so it stays
+     * valid UTF-8 (the allowed languages, say, can be long and non-ASCII) */
+    if (n >= (int)sizeof(err->message))
+        err->message[util_utf8_trim_end(err->message, sizeof(err->message) - 1)] = '\0';
     return -1;
 }
 
@@ -126,7 +130,7 @@ int submission_from_json(json_t *obj, const proxy_settings *s, submission *out, 
     }
     if (!pconfig_language_allowed(s, out->language, out->language_len))
         return fail(err, 422, "invalid_field", "language",
-                    "field 'language' \"%.40s\" is not accepted; use one of: %s", out->language,
+                    "field 'language' \"%.*s\" is not accepted; use one of: %s", UTF8_CUT(out->language, 40),
                     s->allowed_languages);
 
     json_t *engine = json_object_get(obj, "engine");

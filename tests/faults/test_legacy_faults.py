@@ -159,7 +159,7 @@ def test_slow_legacy_in_flight_bounded_by_max_in_flight(proxy_factory, raw_serve
 
 # --------------------------------------------------------------- (c) garbage
 
-BIG = 8 * 1024 * 1024   # far over the 64 KiB the legacy client reads
+BIG = 9 * 1024 * 1024   # over the 8 MiB the legacy client reads by default (LEGACY_MAX_REPLY_BYTES)
 
 GARBAGE = {
     # case: (raw reply, the reason it must be counted under)

@@ -245,7 +245,7 @@ def test_dlq_get_and_404(proxy, r):
     assert resp.status_code == 200, resp.text
     assert resp.json() == entry
     assert_error(proxy.get("/api/dlq/celery-unknown"), 404, "not_found", names="celery-unknown")
-    assert_error(proxy.get("/api/dlq/bad%20id"), 422, names="task_id")
+    assert_error(proxy.get("/api/dlq/bad%0Aid"), 422, names="task_id")  # a control character
     assert_error(proxy.get("/api/dlq/celery-g1/what"), 404)
 
 

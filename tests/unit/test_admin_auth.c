@@ -90,20 +90,53 @@ static void test_dlq_query(void)
 
 static void test_dlq_target(void)
 {
-    const char *tid = NULL;
+    char tid[DLQ_TASK_ID_MAX + 1];
     size_t n = 0;
-    CHECK_EQ_INT(dlq_api_target("/api/dlq/list", &tid, &n), DLQ_T_LIST);
-    CHECK_EQ_INT(dlq_api_target("/api/dlq/stats", &tid, &n), DLQ_T_STATS);
-    CHECK_EQ_INT(dlq_api_target("/api/dlq/celery-e1", &tid, &n), DLQ_T_ENTRY);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/list", tid, &n), DLQ_T_LIST);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/stats", tid, &n), DLQ_T_STATS);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/celery-e1", tid, &n), DLQ_T_ENTRY);
     CHECK_EQ_INT(n, 9);
-    CHECK(strncmp(tid, "celery-e1", n) == 0);
-    CHECK_EQ_INT(dlq_api_target("/api/dlq/celery-e1/retry", &tid, &n), DLQ_T_RETRY);
+    CHECK(strcmp(tid, "celery-e1") == 0);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/celery-e1/retry", tid, &n), DLQ_T_RETRY);
     CHECK_EQ_INT(n, 9);
-    CHECK_EQ_INT(dlq_api_target("/api/dlq/celery-e1/other", &tid, &n), DLQ_T_NONE);
-    CHECK_EQ_INT(dlq_api_target("/api/dlq/", &tid, &n), DLQ_T_BAD_ID);
-    CHECK_EQ_INT(dlq_api_target("/api/dlq//retry", &tid, &n), DLQ_T_BAD_ID);
-    CHECK_EQ_INT(dlq_api_target("/api/dlq/bad%20id", &tid, &n), DLQ_T_BAD_ID);
-    CHECK_EQ_INT(dlq_api_target("/api/other", &tid, &n), DLQ_T_NONE);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/celery-e1/other", tid, &n), DLQ_T_NONE);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq//retry", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/other", tid, &n), DLQ_T_NONE);
+    /* the id is percent-decoded from one segment: spaces, '/', '%', '+' and
+     * non-ASCII text are ids like any other */
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/bad%20id", tid, &n), DLQ_T_ENTRY);
+    CHECK(strcmp(tid, "bad id") == 0);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%2Fb%25c+d/retry", tid, &n), DLQ_T_RETRY);
+    CHECK(strcmp(tid, "a/b%c+d") == 0 && n == 7);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/caf%C3%A9", tid, &n), DLQ_T_ENTRY);
+    CHECK(strcmp(tid, "caf\xc3\xa9") == 0);
+    /* outside the rule: bad escapes, control characters, invalid UTF-8, too long */
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%2", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%zz", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%0Ab", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%00b", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%7F", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%C2%85", tid, &n), DLQ_T_BAD_ID); /* C1 control */
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%FF", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/a%C3", tid, &n), DLQ_T_BAD_ID);
+    CHECK_EQ_INT(dlq_api_target("/api/dlq/%ED%A0%80", tid, &n), DLQ_T_BAD_ID); /* surrogate */
+    char path[9 + 3 * 256 + 1];
+    memcpy(path, "/api/dlq/", 9);
+    memset(path + 9, 'x', 255);
+    path[9 + 255] = '\0';
+    CHECK_EQ_INT(dlq_api_target(path, tid, &n), DLQ_T_ENTRY);
+    CHECK_EQ_INT(n, 255);
+    path[9 + 255] = 'x';
+    path[9 + 256] = '\0';
+    CHECK_EQ_INT(dlq_api_target(path, tid, &n), DLQ_T_BAD_ID);
+    /* 255 bytes encoded as %XX: the limit is on the decoded id */
+    for (int i = 0; i < 85; i++) memcpy(path + 9 + 9 * i, "%E2%82%AC", 9); /* 85 euro signs */
+    path[9 + 9 * 85] = '\0';
+    CHECK_EQ_INT(dlq_api_target(path, tid, &n), DLQ_T_ENTRY);
+    CHECK_EQ_INT(n, 255);
+    CHECK(dlq_api_valid_task_id("invalid-id-0123456789abcdef0123456789abcdef01234567", 51));
+    CHECK(!dlq_api_valid_task_id("", 0));
 }
 
 static void test_cancel_path(void)

@@ -133,6 +133,24 @@ static void test_bad(void)
     free(big);
 }
 
+/* A message quoting a non-ASCII value is cut at a character boundary:
+ * valid UTF-8, which jansson (and JSON) can carry. */
+static void test_quoted_utf8(void)
+{
+    char body[256] = "{\"code\":\"x\",\"language\":\"a";
+    for (int i = 0; i < 30; i++) strcat(body, "\xc3\xa9"); /* 1 + 60 bytes: a cut at 40 would split one */
+    strcat(body, "\"}");
+    submission sub;
+    sub_error e;
+    CHECK_EQ_INT(submission_parse(body, strlen(body), &S, &sub, &e), -1);
+    CHECK_EQ_INT(e.status, 422);
+    CHECK_STR(e.field, "language");
+    json_t *m = json_string(e.message);
+    CHECK(m != NULL);
+    json_decref(m);
+    CHECK(strstr(e.message, "\"a\xc3\xa9") != NULL);
+}
+
 int main(void)
 {
     char errs[1024];
@@ -143,6 +161,7 @@ int main(void)
     RUN(test_good);
     RUN(test_priorities);
     RUN(test_bad);
+    RUN(test_quoted_utf8);
     pconfig_free(&S);
     UNIT_END();
 }
