@@ -46,7 +46,7 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
                         long status, const char *body, size_t len, legacy_result *out,
                         json_t **doc_out, char detail[LEGACY_DETAIL_MAX])
 {
-    legacy_result r = {LEGACY_OK, status, -1, NULL, NULL, false};
+    legacy_result r = {LEGACY_OK, status, -1, NULL, NULL, false, false};
     json_t *doc = NULL;
 
     /* The body is only trusted as JSON when the transfer completed; error
@@ -54,6 +54,8 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
      * output may hold NUL bytes, which JSON writes \u0000. */
     if (transfer_error == HTTPC_OK && len) doc = json_loadb(body, len, JSON_ALLOW_NUL, NULL);
     r.doc = doc;
+    /* the request went out and no clear answer came back: it may have acted */
+    r.maybe_done = transfer_error != HTTPC_OK && transfer_error != HTTPC_ECONNECT && transfer_error != HTTPC_ECANCELLED;
     if (transfer_error == HTTPC_ETIMEOUT) {
         r.outcome = LEGACY_TIMEOUT;
         r.detail = "the legacy Queue Service did not answer in time";
@@ -82,6 +84,7 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
         r.detail = detail;
     } else if (kind != LEGACY_CALL_HEALTH && !json_is_object(doc)) {
         r.outcome = LEGACY_BAD_REPLY;
+        r.maybe_done = true; /* a 2xx: it most likely did */
         r.detail = "the legacy Queue Service answered with something that is not a JSON object";
     } else if (kind == LEGACY_CALL_SUBMIT || kind == LEGACY_CALL_TASK) {
         json_t *pos = json_object_get(doc, "position");

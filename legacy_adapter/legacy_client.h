@@ -31,6 +31,8 @@ typedef struct legacy_result {
     json_t *doc;          /* the reply's JSON when it had one; borrowed, valid during the callback */
     bool too_large;       /* LEGACY_BAD_REPLY because the reply is over the client's max_reply_bytes:
                              it will not get smaller, asking again gives the same */
+    bool maybe_done;      /* a failed call that may still have acted there (its request went out: a
+                             timeout, a connection lost after sending, an unreadable 2xx) */
 } legacy_result;
 
 typedef void (*legacy_cb)(const legacy_result *r, void *arg);

@@ -43,6 +43,7 @@ typedef struct dop {
     struct event *timer;
     char why[256];           /* why the new path did not take it */
     json_t *dup_record;      /* a duplicate's stored record, while its state is looked up */
+    bool resending;          /* an unconfirmed legacy record: sent to legacy once more */
 } dop;
 
 static void hold(dop *d, enum route_path path)
@@ -155,11 +156,33 @@ static void on_duplicate_status(const char *status, void *arg)
     finish(d, 202, path, true, o, 0);
 }
 
+static void call_legacy(dop *d);
+
 /* `existing` is borrowed for the call. */
 static void finish_duplicate(dop *d, const char *existing)
 {
+    json_t *rec = records_parse(existing, strlen(existing));
+    if (records_is_unconfirmed(rec) && !d->resending) {
+        /* an earlier legacy call of this eval_id failed in a way that may
+         * have queued it: legacy again (a 409 says it has it), nothing else */
+        char *copy = strdup(existing);
+        json_t *at = json_object_get(rec, "submitted_at");
+        double first_at = json_is_number(at) ? json_number_value(at) : d->submitted_at;
+        json_decref(rec);
+        if (copy) {
+            LOG_INFO("resubmission of an unconfirmed legacy eval: sent to legacy again", "eval_id", d->sub.eval_id);
+            free(d->record);
+            d->record = copy;
+            d->submitted_at = first_at;
+            d->resending = true;
+            d->claimed = true;
+            call_legacy(d);
+            return;
+        }
+        rec = records_parse(existing, strlen(existing));
+    }
     json_decref(d->dup_record);
-    d->dup_record = records_parse(existing, strlen(existing));
+    d->dup_record = rec;
     if (!d->dup_record) d->dup_record = json_object();
     hold(d, records_path(d->dup_record) == PATH_NEW ? PATH_NEW : PATH_LEGACY);
     evlookup_status(d->p, d->sub.eval_id, d->dup_record, on_duplicate_status, d);
@@ -167,22 +190,39 @@ static void finish_duplicate(dop *d, const char *existing)
 
 /* ---------- legacy ---------- */
 
+/* Legacy took it (or has it): the record is final and tracked. */
+static void confirm_legacy(dop *d)
+{
+    if (!d->resending) {
+        records_confirm_legacy(d->p->records, d->sub.eval_id, d->record, d->submitted_at, d->claimed);
+        return;
+    }
+    char *confirmed = records_mark_unconfirmed(d->record, false);
+    if (confirmed) {
+        records_replace_legacy(d->p->records, d->sub.eval_id, d->record, confirmed, d->submitted_at, d->claimed);
+        free(d->record);
+        d->record = confirmed;
+    }
+}
+
 static void on_legacy(const legacy_result *res, void *arg)
 {
     dop *d = arg;
     proxy *p = d->p;
     switch (res->outcome) {
     case LEGACY_OK:
-        records_confirm_legacy(p->records, d->sub.eval_id, d->record, d->submitted_at, d->claimed);
+        confirm_legacy(d);
         if (shadow_draw(p)) shadow_start(p, &d->sub); /* fire and forget: never delays this reply */
         LOG_DEBUG("submission queued", "eval_id", d->sub.eval_id, "path", "legacy");
         finish_queued(d, PATH_LEGACY, res->position);
         return;
     case LEGACY_CONFLICT:
         /* The Queue Service has this eval id and we had no record of it
-         * (expired, or submitted around the proxy): it is there, so this
-         * is a duplicate, and from now on the record says so. */
-        records_confirm_legacy(p->records, d->sub.eval_id, d->record, d->submitted_at, d->claimed);
+         * (expired, or submitted around the proxy), or only an unconfirmed
+         * one: it is there, so this is a duplicate, and from now on the
+         * record says so. */
+        confirm_legacy(d);
+        d->resending = true; /* answered as it stands, never sent again */
         finish_duplicate(d, d->record);
         return;
     case LEGACY_TIMEOUT: px_count_upstream_error(p, PATH_LEGACY, UP_TIMEOUT); break;
@@ -192,11 +232,29 @@ static void on_legacy(const legacy_result *res, void *arg)
     case LEGACY_BAD_REPLY:
     case LEGACY_INTERNAL: px_count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY); break;
     }
-    if (d->claimed) records_release(p->records, d->sub.eval_id, d->record);
     px_count_decision(p, PATH_LEGACY, d->dec.reason);
-    LOG_WARN("legacy path failed", "eval_id", d->sub.eval_id, "error", res->detail);
-    if (res->outcome == LEGACY_TIMEOUT) finish_error(d, 504, PATH_LEGACY, "legacy_timeout", res->detail, 0);
-    else finish_error(d, 502, PATH_LEGACY, "legacy_error", res->detail, 0);
+    LOG_WARN("legacy path failed", "eval_id", d->sub.eval_id, "error", res->detail, "maybe_queued",
+             res->maybe_done ? "true" : "false");
+    const char *code = res->outcome == LEGACY_TIMEOUT ? "legacy_timeout" : "legacy_error";
+    int status = res->outcome == LEGACY_TIMEOUT ? 504 : 502;
+    char *marked = res->maybe_done ? records_mark_unconfirmed(d->record, true) : NULL;
+    if (marked) {
+        /* It may be queued there all the same: the record stays (marked),
+         * so a resubmission goes to legacy again, which refuses a second
+         * copy, and never to the new path as well. */
+        if (!d->resending)
+            records_replace_legacy(p->records, d->sub.eval_id, d->record, marked, d->submitted_at, d->claimed);
+        free(marked);
+        char msg[600];
+        util_snprintf(msg, sizeof(msg),
+                      "%s; it may have been queued there all the same. Resubmitting the same eval_id (\"%s\") is "
+                      "safe: it goes to the legacy Queue Service again, which does not take a second copy",
+                      res->detail, d->sub.eval_id);
+        finish_error(d, status, PATH_LEGACY, code, msg, 0);
+        return;
+    }
+    if (d->claimed && !d->resending) records_release(p->records, d->sub.eval_id, d->record);
+    finish_error(d, status, PATH_LEGACY, code, res->detail, 0);
 }
 
 static void call_legacy(dop *d)

@@ -77,6 +77,15 @@ static const char release_script[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
     "return 1\n";
 
+/* KEYS: route key, legacy in-flight zset.  ARGV: the claim, its
+ * replacement, eval id, submitted_at.  Replaces the claim (keeping its TTL)
+ * if it is still this one, and tracks the eval for completion. */
+static const char replace_script[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')\n"
+    "redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])\n"
+    "return 1\n";
+
 /* KEYS: route key, legacy in-flight zset.  ARGV: record, TTL, eval id,
  * submitted_at.  Writes a held record unless one is there (another proxy,
  * or a claim that did reach Redis); tracks it when the record is this one. */
@@ -469,6 +478,36 @@ void records_flush(records *rs)
         snprintf(n, sizeof(n), "%zu", sent);
         LOG_INFO("held route records written", "count", n);
     }
+}
+
+char *records_mark_unconfirmed(const char *record, bool unconfirmed)
+{
+    json_t *o = records_parse(record, strlen(record));
+    char *text = NULL;
+    if (o && (unconfirmed ? json_object_set_new(o, "unconfirmed", json_true()) : json_object_del(o, "unconfirmed")) >= -1)
+        text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return text;
+}
+
+bool records_is_unconfirmed(json_t *rec)
+{
+    return records_path(rec) == PATH_LEGACY && json_is_true(json_object_get(rec, "unconfirmed"));
+}
+
+void records_replace_legacy(records *rs, const char *eval_id, const char *record, const char *unconfirmed,
+                            double submitted_at, bool claimed)
+{
+    if (claimed) {
+        char route_key[ROUTE_KEY_MAX], at[32];
+        records_key(eval_id, route_key);
+        snprintf(at, sizeof(at), "%.6f", submitted_at);
+        const char *argv[] = {"EVAL", replace_script, "2", route_key, INFLIGHT_LEGACY, record, unconfirmed, eval_id, at};
+        size_t lens[9];
+        for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
+        if (rclient_command(rs->p->broker, rclient_noop, NULL, 9, argv, lens) == 0) return;
+    }
+    hold(rs, eval_id, unconfirmed, submitted_at);
 }
 
 void records_confirm_legacy(records *rs, const char *eval_id, const char *record, double submitted_at,

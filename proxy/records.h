@@ -86,6 +86,19 @@ void records_release(records *rs, const char *eval_id, const char *record);
 void records_confirm_legacy(records *rs, const char *eval_id, const char *record, double submitted_at,
                             bool claimed);
 
+/* A legacy call that may have acted there although it failed (timeout,
+ * connection lost after sending, unreadable 2xx): the record stays, marked
+ * {"unconfirmed": true}, so that a resubmission of the eval_id goes to
+ * legacy again (which refuses a second copy with 409) and never to the
+ * other path.  records_mark_unconfirmed: the text with the mark set or
+ * removed (new string, NULL on OOM).  records_replace_legacy replaces the
+ * record `record` (if it is still there) with `replacement`, or holds the
+ * replacement while Redis is away, and tracks the eval for completion. */
+char *records_mark_unconfirmed(const char *record, bool unconfirmed);
+bool records_is_unconfirmed(json_t *rec);
+void records_replace_legacy(records *rs, const char *eval_id, const char *record, const char *replacement,
+                            double submitted_at, bool claimed);
+
 /* Writes held records now (called when Redis comes back, and by timers). */
 void records_flush(records *rs);
 

@@ -216,3 +216,54 @@ def test_start_with_redis_unreachable_says_so(proxy_factory):
     assert log.count("redis unreachable; retrying until it answers\" redis=broker") == 1, "once per outage"
     r = p.get("/readyz")
     assert r.status_code == 503 and set(r.json()["down"]) == {"redis", "legacy"}, r.text
+
+
+def test_a_legacy_call_that_may_have_acted_pins_the_eval_id_to_legacy(proxy_factory, redis_server, legacyd):
+    """The legacy Queue Service stalls (SIGSTOP) past LEGACY_TIMEOUT_MS with
+    the submission in its input buffer: the client gets 504, and legacy takes
+    it when it resumes.  The route record stays (unconfirmed), so a
+    resubmission, even after the rollout moved the eval_id's bucket to the
+    new path, goes to legacy again, which already has it: a duplicate on
+    legacy, never a second run on the new path."""
+    p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=0, LEGACY_TIMEOUT_MS=300, ADMIN_TOKEN="t")
+    os.kill(legacyd.mp.pid, signal.SIGSTOP)
+    try:
+        r = p.submit(eval_id="pin-1")
+    finally:
+        os.kill(legacyd.mp.pid, signal.SIGCONT)
+    assert r.status_code == 504 and r.json()["error"] == "legacy_timeout", r.text
+    assert "may have been queued" in r.json()["message"] and "pin-1" in r.json()["message"]
+    wait_until(lambda: legacy_ids(legacyd, ["pin-1"]), 5, "legacy took the stalled submission", [legacyd.mp])
+    rc = redis_server.client()
+    try:
+        rec = route_record(rc, "pin-1")
+        assert rec and rec["path"] == "legacy" and rec["unconfirmed"] is True, rec
+    finally:
+        rc.close()
+    # the whole new path now
+    assert p.session.put(p.url("/admin/rollout"), json={"percentage": 1, "enabled": True},
+                         headers={"Authorization": "Bearer t"}, timeout=10).status_code == 200
+    again = p.submit(eval_id="pin-1")
+    assert again.status_code == 202, again.text
+    assert again.json()["path"] == "legacy" and again.json()["duplicate"] is True, again.text
+    assert sum(redis_server.queue_lengths()) == 0, "the eval_id ran on the new path as well"
+    assert legacyd.status()["total_tasks"] == 1
+    rc = redis_server.client()
+    try:
+        rec = route_record(rc, "pin-1")
+        assert "unconfirmed" not in rec, rec   # confirmed by legacy's 409
+        assert rc.zscore("turnout:inflight:legacy", "pin-1") is not None
+    finally:
+        rc.close()
+    # a legacy call that never got out (connect refused) leaves nothing behind
+    legacyd.stop()
+    r = p.session.put(p.url("/admin/rollout"), json={"percentage": 0}, headers={"Authorization": "Bearer t"},
+                      timeout=10)
+    assert r.status_code == 200
+    r = p.submit(eval_id="pin-2")
+    assert r.status_code == 502 and "may have been queued" not in r.json()["message"], r.text
+    rc = redis_server.client()
+    try:
+        assert route_record(rc, "pin-2") is None, "a refused connection kept its claim"
+    finally:
+        rc.close()
