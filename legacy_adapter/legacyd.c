@@ -21,6 +21,7 @@
 
 #include "cfg.h"
 #include "httpc.h"
+#include "jsafe.h"
 #include "jsonw.h"
 #include "legacyd_queue.h"
 #include "log.h"
@@ -254,24 +255,6 @@ static void reply_obj(struct evhttp_request *req, int status, json_t *o)
     json_decref(o);
 }
 
-/* A JSON string of s[0..n) whatever its bytes: NUL bytes are kept (\u0000)
- * and invalid UTF-8 (a message cut by a buffer) becomes U+FFFD, so a reply
- * is never lost to odd text.  NULL s gives null; NULL only when out of memory. */
-static json_t *safe_stringn(const char *s, size_t n)
-{
-    if (!s) return json_null();
-    json_t *v = json_stringn(s, n);
-    if (v) return v;
-    char stack[512];
-    jsonw w;
-    jw_init(&w, stack, sizeof(stack));
-    jw_string(&w, s, n);
-    if (!jw_failed(&w)) v = json_loadb(jw_text(&w), jw_len(&w), JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-    jw_free(&w);
-    return v;
-}
-
-
 static void reply_field(struct evhttp_request *req, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -285,7 +268,7 @@ static void reply_field(struct evhttp_request *req, const char *field, const cha
     int m = vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
     va_end(ap);
     if (m >= (int)(sizeof(msg) - (size_t)n)) msg[util_utf8_trim_end(msg, sizeof(msg) - 1)] = '\0';
-    reply_obj(req, 422, json_pack("{s:s, s:o, s:s}", "error", "invalid_field", "message", safe_stringn(msg, strlen(msg)),
+    reply_obj(req, 422, json_pack("{s:s, s:o, s:s}", "error", "invalid_field", "message", jsafe_stringn(msg, strlen(msg)),
                                   "field", field));
 }
 
@@ -365,12 +348,12 @@ static json_t *task_status_json(const legacyd *ld, const lq_task *t)
                           "queued_at", iso_or_null(t->queued_at), "started_at", iso_or_null(t->started_at),
                           "message", status_message(ld, t, pos, buf, sizeof(buf)));
     if (o && lq_is_finished(t)) {
-        int rc = json_object_set_new(o, "output", safe_stringn(t->output, t->output_len));
-        rc |= json_object_set_new(o, "error", safe_stringn(t->error, t->error_len));
+        int rc = json_object_set_new(o, "output", jsafe_stringn(t->output, t->output_len));
+        rc |= json_object_set_new(o, "error", jsafe_stringn(t->error, t->error_len));
         rc |= json_object_set_new(o, "duration_s", seconds_or_null(t->duration_s));
         rc |= json_object_set_new(o, "exit_code", t->has_exit_code ? json_integer(t->exit_code) : json_null());
         rc |= json_object_set_new(o, "completed_at", iso_or_null(t->completed_at));
-        rc |= json_object_set_new(o, "outcome", t->outcome ? safe_stringn(t->outcome, strlen(t->outcome)) : json_null());
+        rc |= json_object_set_new(o, "outcome", t->outcome ? jsafe_stringn(t->outcome, strlen(t->outcome)) : json_null());
         if (rc) {
             json_decref(o);
             o = NULL;

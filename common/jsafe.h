@@ -10,7 +10,8 @@
 
 typedef struct json_t json_t;
 
-/* A new JSON string of s[0..n); NULL only when out of memory. */
+/* A new JSON string of s[0..n) (NULL s: JSON null); NULL only when out of
+ * memory. */
 json_t *jsafe_stringn(const char *s, size_t n);
 /* The same for a NUL-terminated s; NULL s gives JSON null. */
 json_t *jsafe_string(const char *s);

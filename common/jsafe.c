@@ -8,6 +8,7 @@
 
 json_t *jsafe_stringn(const char *s, size_t n)
 {
+    if (!s) return json_null();
     json_t *v = json_stringn(s, n);
     if (v) return v;
     /* not UTF-8 (or out of memory): jsonw writes it with U+FFFD in place
