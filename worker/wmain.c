@@ -332,8 +332,6 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 
 /* ---------- SIGHUP: re-reading the settings ---------- */
 
-/* The settings as the process reads them: the environment, and
- * TURNOUT_ENV_FILE over it when that is set (as the executor does). */
 /* The environment, then TURNOUT_ENV_FILE over it (an unknown turnout
  * name in the file is an error), at start-up and on SIGHUP alike. */
 static int settings_read(worker_settings *s, char *errs, size_t size)
