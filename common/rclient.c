@@ -70,8 +70,9 @@ static void start_connect(rclient *rc);
 static void shown_url(const char *url, char out[200])
 {
     const char *scheme = strstr(url, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
-    if (at) snprintf(out, 200, "%.*s<credentials>%.150s", (int)(scheme + 3 - url) < 20 ? (int)(scheme + 3 - url) : 20, url, at);
-    else snprintf(out, 200, "%.190s", url);
+    if (at) snprintf(out, 200, "%.*s<credentials>%.*s", (int)(scheme + 3 - url) < 20 ? (int)(scheme + 3 - url) : 20, url,
+                     UTF8_CUT(at, 150));
+    else snprintf(out, 200, "%.*s", UTF8_CUT(url, 190));
 }
 
 int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, int *db,
@@ -84,7 +85,7 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
     *db = 0;
     if (pwlen) password[0] = '\0';
     if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, 256, "\"%.150s\": only redis:// URLs are supported (no TLS in hiredis 0.14)", shown);
+        snprintf(err, 256, "\"%.*s\": only redis:// URLs are supported (no TLS in hiredis 0.14)", UTF8_CUT(shown, 150));
         return -1;
     }
     p = url + 8;
@@ -131,7 +132,8 @@ int rclient_parse_url(const char *url, char *host, size_t hostlen, int *port, in
     if (strcmp(host, "localhost") == 0) snprintf(host, hostlen, "127.0.0.1");
     unsigned char tmp[16];
     if (inet_pton(AF_INET, host, tmp) != 1 && inet_pton(AF_INET6, host, tmp) != 1) {
-        snprintf(err, 256, "\"%.150s\": host must be an IP address (hiredis resolves names with a blocking call)", shown);
+        snprintf(err, 256, "\"%.*s\": host must be an IP address (hiredis resolves names with a blocking call)",
+                 UTF8_CUT(shown, 150));
         return -1;
     }
     return 0;

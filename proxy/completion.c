@@ -459,7 +459,7 @@ completion *completion_new(proxy *p, char err[256])
     char rerr[256];
     c->sub = rclient_new(p->base, url, &o, rerr);
     if (!c->sub) {
-        snprintf(err, 256, "CELERY_RESULT_BACKEND: %.200s", rerr);
+        snprintf(err, 256, "CELERY_RESULT_BACKEND: %.*s", UTF8_CUT(rerr, 200));
         goto fail;
     }
     if (rclient_psubscribe(c->sub, META_TASK_PREFIX "*", on_result_published, c) != 0 ||

@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "pserver.h"
+#include "util.h"
 
 #define COPY_MAX_DEPTH 4
 
@@ -161,7 +162,7 @@ void rbatch_finish_failure(preq *r, const rbatch *b, const char *redis_err, cons
     const char *detail = redis_err ? redis_err : (b && rbatch_error(b)) ? rbatch_error(b) : "redis not connected";
     px_count_upstream_error(r->p, PATH_NEW, why);
     LOG_WARN("redis request failed", "route", pm_route_names[r->route], "during", what, "error", detail);
-    snprintf(msg, sizeof(msg), "Redis could not serve the request while %s (%.200s); retry after the Retry-After delay",
-             what, detail);
+    snprintf(msg, sizeof(msg), "Redis could not serve the request while %s (%.*s); retry after the Retry-After delay",
+             what, UTF8_CUT(detail, 200));
     px_finish_error(r, 503, "redis_unavailable", msg, 1);
 }

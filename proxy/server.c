@@ -720,7 +720,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     char rerr[256];
     p->broker = rclient_new(base, p->cfg.broker_url, &ro, rerr);
     if (!p->broker) {
-        snprintf(err, 256, "CELERY_BROKER_URL: %.200s", rerr);
+        snprintf(err, 256, "CELERY_BROKER_URL: %.*s", UTF8_CUT(rerr, 200));
         goto err;
     }
     /* issue 3: result records on their own Redis when the backend differs */
@@ -730,7 +730,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
                            .name = "results"};
         p->results = rclient_new(base, p->cfg.result_backend, &rr, rerr);
         if (!p->results) {
-            snprintf(err, 256, "CELERY_RESULT_BACKEND: %.200s", rerr);
+            snprintf(err, 256, "CELERY_RESULT_BACKEND: %.*s", UTF8_CUT(rerr, 200));
             goto err;
         }
     }

@@ -565,7 +565,7 @@ static int worker_init(worker *w, struct event_base *base, char err[256])
                        .ud = w};
     char rerr[256];
     if (!(w->rc = rclient_new(base, w->cfg.broker_url, &ro, rerr))) {
-        snprintf(err, 256, "CELERY_BROKER_URL: %.200s", rerr);
+        snprintf(err, 256, "CELERY_BROKER_URL: %.*s", UTF8_CUT(rerr, 200));
         return -1;
     }
     w->res = w->rc;
@@ -573,14 +573,14 @@ static int worker_init(worker *w, struct event_base *base, char err[256])
         rclient_opts bo = {.command_timeout_ms = w->cfg.redis_timeout_ms,
                            .connect_timeout_ms = w->cfg.redis_timeout_ms, .name = "results"};
         if (!(w->res = rclient_new(base, w->cfg.result_backend, &bo, rerr))) {
-            snprintf(err, 256, "CELERY_RESULT_BACKEND: %.200s", rerr);
+            snprintf(err, 256, "CELERY_RESULT_BACKEND: %.*s", UTF8_CUT(rerr, 200));
             return -1;
         }
     }
     rclient_opts so = {.command_timeout_ms = w->cfg.redis_timeout_ms,
                        .connect_timeout_ms = w->cfg.redis_timeout_ms, .name = "pubsub"};
     if (!(w->sub = rclient_new(base, w->cfg.broker_url, &so, rerr)) || maint_subscribe(w) != 0) {
-        snprintf(err, 256, "cannot set up the revoke subscription: %.200s", rerr);
+        snprintf(err, 256, "cannot set up the revoke subscription: %.*s", UTF8_CUT(rerr, 200));
         return -1;
     }
     if (!(w->hc = httpc_new(base, err))) return -1;
@@ -598,8 +598,8 @@ static int worker_init(worker *w, struct event_base *base, char err[256])
     int port;
     if (cfg_split_addr(w->cfg.metrics_listen, host, sizeof(host), &port) != 0 ||
         evhttp_bind_socket(w->http, host, (ev_uint16_t)port) != 0) {
-        snprintf(err, 256, "WORKER_METRICS_LISTEN=\"%.100s\": cannot listen there (in use, or not a local address)",
-                 w->cfg.metrics_listen);
+        snprintf(err, 256, "WORKER_METRICS_LISTEN=\"%.*s\": cannot listen there (in use, or not a local address)",
+                 UTF8_CUT(w->cfg.metrics_listen, 100));
         return -1;
     }
     evhttp_set_gencb(w->http, on_http, w);
