@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "evstatus.h"
+#include "keys.h"
 #include "log.h"
 #include "pserver.h"
 #include "rbatch.h"
@@ -19,10 +20,10 @@
 #include "util.h"
 
 #define TASK_PREFIX "celery-"
-#define RUNNING_PREFIX "turnout:running:"
+#define RUNNING_PREFIX KEY_RUNNING_PREFIX
 #define REVOKED_PREFIX "turnout:revoked:"
-#define SCHEDULE "turnout:schedule"
-#define SCHEDULE_IDS "turnout:schedule:ids"
+#define SCHEDULE KEY_SCHEDULE
+#define SCHEDULE_IDS KEY_SCHEDULE_IDS
 #define REVOKE_CHANNEL "turnout:revoke"
 #define REVOKED_TTL_S_TEXT "86400" /* 24 h, docs/worker-redis.md */
 #define RESULT_EXPIRES_S 86400L /* the worker's RESULT_EXPIRES_S default */

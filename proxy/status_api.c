@@ -12,6 +12,7 @@
 #include "celery.h"
 #include "evstatus.h"
 #include "jsafe.h"
+#include "keys.h"
 #include "log.h"
 #include "pserver.h"
 #include "rbatch.h"
@@ -19,9 +20,9 @@
 #include "results.h"
 #include "util.h"
 
-#define RUNNING_PREFIX "turnout:running:"
-#define SCHEDULE_IDS "turnout:schedule:ids"
-#define SCHEDULE "turnout:schedule"
+#define RUNNING_PREFIX KEY_RUNNING_PREFIX
+#define SCHEDULE_IDS KEY_SCHEDULE_IDS
+#define SCHEDULE KEY_SCHEDULE
 #define DLQ_INDEX "turnout:dlq"
 #define KEY_MAX (SUB_MAX_EVAL_ID + 96)
 

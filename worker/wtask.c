@@ -305,7 +305,7 @@ static size_t ack_cmds(task *t, cmd *c, char *slot_key, size_t slot_len, char *r
 {
     worker *w = t->w;
     snprintf(slot_key, slot_len, "turnout:pool:slots:%zu", t->exec);
-    snprintf(running_key, rlen, "turnout:running:%s", t->task_id);
+    snprintf(running_key, rlen, KEY_RUNNING_PREFIX "%s", t->task_id);
     cmd_set(&c[0], 3, "ZREM", "unacked_index", t->tag);
     cmd_set(&c[1], 3, "HDEL", "unacked", t->tag);
     cmd_set(&c[2], 3, "SREM", w->tagset_key, t->tag);
@@ -496,7 +496,7 @@ static void write_final(task *t)
     if (!finish_script.text) rclient_script_init(&finish_script, wscript_finish);
     char slot_key[64], running_key[340];
     snprintf(slot_key, sizeof(slot_key), "turnout:pool:slots:%zu", t->exec);
-    snprintf(running_key, sizeof(running_key), "turnout:running:%s", t->task_id);
+    snprintf(running_key, sizeof(running_key), KEY_RUNNING_PREFIX "%s", t->task_id);
     size_t k = RESULTS_WRITE_ARGC;
     argv[k++] = t->tag;
     argv[k++] = w->tagset_key;
@@ -744,8 +744,8 @@ static void retry_or_dead_letter(task *t, enum wm_policy policy, const char *exc
     if (res) json_object_set_new(res, "eta", json_string(eta));
     write_state(t, "RETRY", res);
     cmd extra[2];
-    cmd_set(&extra[0], 4, "ZADD", "turnout:schedule", score, env);
-    cmd_set(&extra[1], 4, "HSET", "turnout:schedule:ids", t->task_id, env);
+    cmd_set(&extra[0], 4, "ZADD", KEY_SCHEDULE, score, env);
+    cmd_set(&extra[1], 4, "HSET", KEY_SCHEDULE_IDS, t->task_id, env);
     extra[0].len[3] = extra[1].len[3] = len;
     ack_with(t, WO_RETRIED, extra, 2);
     free(env);
@@ -1057,7 +1057,7 @@ static void dispatch(task *t)
         retry_or_dead_letter(t, WP_DEFAULT, "OutOfMemory", "out of memory preparing the execution");
         return;
     }
-    snprintf(key, sizeof(key), "turnout:running:%s", t->task_id);
+    snprintf(key, sizeof(key), KEY_RUNNING_PREFIX "%s", t->task_id);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)t->hard_s + WORKER_SLOT_GRACE_S);
     const char *argv[5] = {"SET", key, jw_text(&r), "EX", ttl};
     size_t len[5] = {3, strlen(key), jw_len(&r), 2, strlen(ttl)};
@@ -1118,8 +1118,8 @@ static void after_checks(task *t)
             char score[32];
             snprintf(score, sizeof(score), "%.6f", eta);
             cmd extra[2];
-            cmd_set(&extra[0], 4, "ZADD", "turnout:schedule", score, t->raw);
-            cmd_set(&extra[1], 4, "HSET", "turnout:schedule:ids", t->task_id, t->raw);
+            cmd_set(&extra[0], 4, "ZADD", KEY_SCHEDULE, score, t->raw);
+            cmd_set(&extra[1], 4, "HSET", KEY_SCHEDULE_IDS, t->task_id, t->raw);
             extra[0].len[3] = extra[1].len[3] = t->raw_len;
             ack_with(t, WO_SCHEDULED, extra, 2);
             return;
