@@ -160,7 +160,13 @@ static void set_state(rclient *rc, enum rstate s)
     bool was_up = rc->state == RC_UP;
     rc->state = s;
     if (s != RC_UP) rc->clock_known = false; /* the next server may be another one */
-    if (s == RC_UP && !was_up && rc->track_clock) sample_clock(rc);
+    if (s == RC_UP && !was_up && rc->track_clock && rc->clock_timer) {
+        /* sampled from the next loop turn, not from inside hiredis's
+         * connect callback (a command sent there reads state hiredis has
+         * not set yet) */
+        struct timeval now = {0, 0};
+        evtimer_add(rc->clock_timer, &now);
+    }
     if (was_up != (s == RC_UP) && rc->on_state && !rc->freeing) rc->on_state(rc, s == RC_UP, rc->ud);
 }
 
@@ -615,10 +621,14 @@ int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char 
     char stack[1024];
     size_t need = 1 + dec_len((size_t)argc) + 2;
     for (int i = 0; i < argc; i++) need += bulk_size(argvlen[i]);
-    char *cmd = need <= sizeof(stack) ? stack : malloc(need);
+    /* one byte more, zeroed: hiredis peeks at the byte after the command's
+     * first argument to see whether another follows, past the end of a
+     * one-word command such as MULTI or TIME */
+    char *cmd = need + 1 <= sizeof(stack) ? stack : malloc(need + 1);
     if (!cmd) return -1;
     char *o = put_count(cmd, (size_t)argc);
     for (int i = 0; i < argc; i++) o = put_bulk(o, argv[i], argvlen[i]);
+    *o = '\0';
     int ret = send_formatted(rc, cb, arg, cmd, (size_t)(o - cmd));
     if (cmd != stack) free(cmd);
     return ret;

@@ -20,7 +20,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 
-: "${VALGRIND_TESTS:=tests/integration/test_proxy.py tests/integration/test_lifecycle.py tests/integration/test_rollout.py tests/integration/test_worker.py tests/integration/test_tls_security.py}"
+: "${VALGRIND_TESTS:=tests/integration/test_proxy.py tests/integration/test_lifecycle.py tests/integration/test_rollout.py tests/integration/test_worker.py tests/integration/test_tls_security.py tests/integration/test_worker_edges.py tests/integration/test_one_path.py tests/integration/test_output_edges.py}"
 : "${VALGRIND_DIR:=$ROOT/build/valgrind}"
 : "${VALGRIND_TIMEOUT_S:=2400}"
 : "${VALGRIND_PYTEST_ARGS=--deselect tests/integration/test_worker.py::test_killed_worker_message_restored_by_restart}"
