@@ -39,7 +39,7 @@ BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd $(BUILD)/turnout-executo
 	$(BUILD)/turnout-worker
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRC))
 
-.PHONY: all run test check unit integration asan bench clean deps readme-check fuzz faults soak valgrind
+.PHONY: all run test check unit sim integration asan bench clean deps readme-check fuzz faults soak valgrind
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -81,6 +81,16 @@ $(BUILD)/unit/%: tests/unit/%.c $(call obj,$(UNIT_LINK_SRC)) $(PAGE_OBJ)
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/unit $(filter %.c %.o,$^) -o $@ $(ALL_LDFLAGS) $(PROXY_LIBS)
 
+# The canary judge simulated (tests/sim): proxy/gates.c over thousands of
+# fixed-seed canaries; prints its figures and fails when one misses.
+$(BUILD)/sim/canary_sim: tests/sim/canary_sim.c $(call obj,proxy/gates.c)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(ALL_LDFLAGS) -lm
+
+sim: $(BUILD)/sim/canary_sim
+	@$(BUILD)/sim/canary_sim
+
 deps:
 	@scripts/deps.sh install
 
@@ -95,7 +105,7 @@ readme-check: all
 
 test:
 	@scripts/deps.sh check-or-install
-	@$(MAKE) --no-print-directory all unit readme-check
+	@$(MAKE) --no-print-directory all unit sim readme-check
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory faults
 	@scripts/run-fuzz.sh 5

@@ -661,6 +661,12 @@ bool cfg_unknown_name(const char *name, char *out, size_t out_size)
     size_t n = util_utf8_prefix(name, 100);
     for (size_t i = 0; i < n; i++) shown[i] = (unsigned char)name[i] < 0x20 || name[i] == 0x7f ? '?' : name[i];
     strcpy(shown + n, name[n] ? "..." : "");
+    for (size_t i = 0; i < cfg_nretired; i++) {
+        if (strcmp(name, cfg_retired[i].name) == 0) {
+            util_snprintf(out, out_size, "%s is no longer read: %s", shown, cfg_retired[i].instead);
+            return true;
+        }
+    }
     const char *best = cfg_suggest(name);
     if (best) util_snprintf(out, out_size, "%s is not a turnout setting; did you mean %s?", shown, best);
     else util_snprintf(out, out_size, "%s is not a turnout setting; see --help for the settings", shown);

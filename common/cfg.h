@@ -106,6 +106,12 @@ extern const size_t cfg_nprograms;
 /* Turnout-prefixed names the project uses outside the binaries ("X_*" =
  * any name starting with X_). */
 extern const char *const cfg_outside_names[];
+/* Settings no longer read, with what replaced them (cfg_names.c). */
+typedef struct cfg_retired_name {
+    const char *name, *instead;
+} cfg_retired_name;
+extern const cfg_retired_name cfg_retired[];
+extern const size_t cfg_nretired;
 extern const size_t cfg_noutside;
 
 /* True when `name` starts (in any case) with a prefix of turnout's settings:

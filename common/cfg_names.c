@@ -18,7 +18,9 @@ static const char *const proxy_names[] = {
     "LEGACY_TIMEOUT_MS", "LEGACY_MAX_REPLY_BYTES", "UPSTREAM_TIMEOUT_MS", "REDIS_TIMEOUT_MS", "CLIENT_REQUEST_TIMEOUT_S",
     "CLIENT_TIMEOUT_S", "MAX_CLIENT_CONNECTIONS", "SHUTDOWN_GRACE_S", "MAX_IN_FLIGHT", "ROUTE_RECORD_TTL_S",
     "ROUTE_PENDING_MAX", "ACCEPT_UNCHECKED_EVAL_IDS", "CELERY_QUEUE_MAX_DEPTH", "COMPLETION_POLL_S", "COMPLETION_POLL_BATCH", "ROLLOUT_STEPS",
-    "ROLLOUT_STEP_INTERVAL_S", "GATE_ERROR_DELTA", "GATE_LATENCY_RATIO", "GATE_MIN_SAMPLES",
+    "ROLLOUT_STEP_INTERVAL_S", "GATE_ALPHA", "GATE_MIN_SAMPLES", "GATE_SYSTEM_ERROR_MARGIN",
+    "GATE_SYSTEM_ERROR_PASS_MARGIN", "GATE_PROGRAM_FAILURE_MARGIN", "GATE_PROGRAM_FAILURE_PASS_MARGIN",
+    "GATE_LATENCY_QUANTILE", "GATE_LATENCY_MARGIN", "GATE_LATENCY_PASS_MARGIN",
     "ROLLOUT_ROLLBACK_TO", "SHADOW_PERCENTAGE", "SHADOW_MISMATCHES_KEPT", "TURNOUT_ENV_FILE",
 };
 
@@ -65,3 +67,15 @@ const char *const cfg_outside_names[] = {
     "BENCH_*",                   /* make bench */
 };
 const size_t cfg_noutside = N(cfg_outside_names);
+
+/* Settings an earlier release read and this one does not: named with what
+ * replaced them, so an old env file says what to change instead of "not a
+ * turnout setting". */
+const cfg_retired_name cfg_retired[] = {
+    {"GATE_ERROR_DELTA", "the canary's error gate counted programs that fail as path errors; it is now two "
+                         "gates: GATE_SYSTEM_ERROR_MARGIN (errors of the path) and GATE_PROGRAM_FAILURE_MARGIN "
+                         "(programs' failures), README \"The canary judge\""},
+    {"GATE_LATENCY_RATIO", "the canary's latency gate compares the share of evals slower than legacy's "
+                           "GATE_LATENCY_QUANTILE: set GATE_LATENCY_MARGIN, README \"The canary judge\""},
+};
+const size_t cfg_nretired = N(cfg_retired);

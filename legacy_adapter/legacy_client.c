@@ -194,7 +194,7 @@ const char *legacy_normalized_status(json_t *task)
     if (strcmp(st, "completed") == 0) return "completed";
     if (strcmp(st, "cancelled") == 0) return "cancelled";
     if (strcmp(st, "failed") == 0) {
-        if (outcome && strcmp(outcome, "timeout") == 0) return "timeout";
+        if (outcome && (strcmp(outcome, "timeout") == 0 || strcmp(outcome, "executor_timeout") == 0)) return "timeout";
         if (outcome && strcmp(outcome, "killed") == 0) return "cancelled";
         return "failed";
     }

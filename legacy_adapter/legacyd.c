@@ -809,8 +809,10 @@ static void on_executor_done(const httpc_response *resp, void *arg)
         backoff_executor(ex);
         goto done;
     case HTTPC_ETIMEOUT:
+        /* the executor stops a program at its timeout: not answering by
+         * then and a grace is the executor's failure, not the program's */
         snprintf(msg, sizeof(msg), "the executor did not answer within %lld s", t->timeout + EXECUTOR_GRACE_S);
-        fail_task(ld, t, "timeout", msg);
+        fail_task(ld, t, "executor_timeout", msg);
         goto done;
     case HTTPC_ETOOBIG:
         snprintf(msg, sizeof(msg), "the executor's reply is larger than %u bytes", EXECUTOR_MAX_REPLY);

@@ -67,40 +67,148 @@ static void set_step_gauge(canary *c)
 
 /* ---------- windows ---------- */
 
-void canary_record(canary *c, enum route_path path, int outcome, double seconds)
+static bool window_key(canary *c, enum route_path path, char key[160])
 {
-    if (!c || !c->state || !is(c->state, "running") || path > PATH_NEW) return;
+    if (!c || !c->state || !is(c->state, "running") || path > PATH_NEW) return false;
     const char *win = json_string_value(json_object_get(c->state, "window"));
-    if (!win) return;
-    char key[160], bucket[16];
-    snprintf(key, sizeof(key), CANARY_WINDOW_PREFIX "%.64s:%s", win, route_path_names[path]);
-    snprintf(bucket, sizeof(bucket), "b%d", gate_bucket(seconds));
-    bool err = outcome == 1 || outcome == 2; /* failed, timeout */
-    const char *a1[] = {"HINCRBY", key, "n", "1"}, *a2[] = {"HINCRBY", key, bucket, "1"},
-               *a3[] = {"HINCRBY", key, "err", "1"}, *a4[] = {"EXPIRE", key, WINDOW_TTL_S};
-    size_t l1[] = {7, strlen(key), 1, 1}, l2[] = {7, strlen(key), strlen(bucket), 1}, l3[] = {7, strlen(key), 3, 1},
-           l4[] = {6, strlen(key), sizeof(WINDOW_TTL_S) - 1};
-    rclient_send(c->p->broker, 4, a1, l1);
-    rclient_send(c->p->broker, 4, a2, l2);
-    if (err) rclient_send(c->p->broker, 4, a3, l3);
-    rclient_send(c->p->broker, 3, a4, l4);
+    if (!win) return false;
+    snprintf(key, 160, CANARY_WINDOW_PREFIX "%.64s:%s", win, route_path_names[path]);
+    return true;
 }
 
-static void read_window(const rbatch_reply *r, gate_stats *s)
+static void bump(canary *c, const char *key, const char *field)
+{
+    const char *argv[] = {"HINCRBY", key, field, "1"};
+    size_t lens[] = {7, strlen(key), strlen(field), 1};
+    rclient_send(c->p->broker, 4, argv, lens);
+}
+
+static void keep(canary *c, const char *key)
+{
+    const char *argv[] = {"EXPIRE", key, WINDOW_TTL_S};
+    size_t lens[] = {6, strlen(key), sizeof(WINDOW_TTL_S) - 1};
+    rclient_send(c->p->broker, 3, argv, lens);
+}
+
+void canary_record(canary *c, enum route_path path, ev_class cls, double seconds)
+{
+    char key[160], field[32];
+    if (!window_key(c, path, key)) return;
+    bump(c, key, "n");
+    if (cls.sys >= 0) {
+        bump(c, key, "sys");
+        snprintf(field, sizeof(field), "s:%s", ev_sys_names[cls.sys]);
+        bump(c, key, field);
+    }
+    /* a program that ran to a verdict of its own (a cancelled one did not) */
+    if (cls.verdict >= 0 && cls.verdict != VERDICT_KILLED) {
+        bump(c, key, "v");
+        if (cls.verdict != VERDICT_COMPLETED) bump(c, key, "pf");
+        if (seconds >= 0) {
+            snprintf(field, sizeof(field), "b%d", gate_bucket(seconds));
+            bump(c, key, field);
+        }
+    }
+    keep(c, key);
+}
+
+void canary_submit_error(canary *c, enum route_path path)
+{
+    char key[160];
+    if (!window_key(c, path, key)) return;
+    bump(c, key, "sub");
+    bump(c, key, "s:submit");
+    keep(c, key);
+}
+
+/* A window, and its system errors by class (for the explanation). */
+static void read_window(const rbatch_reply *r, gate_stats *s, long long classes[EV_SYS_COUNT])
 {
     memset(s, 0, sizeof(*s));
+    memset(classes, 0, sizeof(long long) * EV_SYS_COUNT);
     if (!r || r->type != REDIS_REPLY_ARRAY) return;
     for (size_t i = 0; i + 1 < r->elements; i += 2) {
         const char *f = r->element[i].str;
         long long v = rbatch_int(&r->element[i + 1], 0);
-        if (!f) continue;
+        if (!f || v < 0) continue;
         if (strcmp(f, "n") == 0) s->n = v;
-        else if (strcmp(f, "err") == 0) s->err = v;
-        else if (f[0] == 'b') {
+        else if (strcmp(f, "sys") == 0) s->sys = v;
+        else if (strcmp(f, "sub") == 0) s->sub_err = v;
+        else if (strcmp(f, "v") == 0) s->verdicts = v;
+        else if (strcmp(f, "pf") == 0) s->prog_fail = v;
+        else if (strncmp(f, "s:", 2) == 0) {
+            for (int k = 0; k < EV_SYS_COUNT; k++)
+                if (strcmp(f + 2, ev_sys_names[k]) == 0) classes[k] = v;
+        } else if (f[0] == 'b') {
             int k = atoi(f + 1);
             if (k >= 0 && k < GATE_NBUCKETS) s->buckets[k] = v;
         }
     }
+}
+
+/* The step's fixed choices, as the state keeps them. */
+static gate_ref ref_of(json_t *s)
+{
+    gate_ref r = GATE_REF_INIT;
+    json_t *o = json_object_get(s, "ref");
+    if (!json_is_object(o)) return r;
+    r.source = (int)json_integer_value(json_object_get(o, "source"));
+    r.bucket = (int)json_integer_value(json_object_get(o, "bucket"));
+    if (r.source < 0 || r.source > 1) r.source = -1;
+    if (r.bucket < -1 || r.bucket >= GATE_NBUCKETS) r.bucket = -1;
+    for (int i = 0; i < 2; i++) {
+        r.lat0[i] = json_integer_value(json_array_get(json_object_get(o, "lat0"), (size_t)i));
+        r.above0[i] = json_integer_value(json_array_get(json_object_get(o, "above0"), (size_t)i));
+    }
+    return r;
+}
+
+static json_t *ref_json(const gate_ref *r)
+{
+    return json_pack("{s:i, s:i, s:[I,I], s:[I,I]}", "source", r->source, "bucket", r->bucket, "lat0",
+                     (json_int_t)r->lat0[0], (json_int_t)r->lat0[1], "above0", (json_int_t)r->above0[0],
+                     (json_int_t)r->above0[1]);
+}
+
+static json_t *side_json(const gate_check *g, int i)
+{
+    return json_pack("{s:I, s:I, s:f, s:f, s:f}", "events", (json_int_t)g->x[i], "trials", (json_int_t)g->n[i],
+                     "ratio", g->est[i], "low", g->lo[i], "high", g->hi[i]);
+}
+
+static json_t *classes_json(const long long classes[EV_SYS_COUNT])
+{
+    json_t *o = json_object();
+    for (int k = 0; k < EV_SYS_COUNT; k++)
+        if (classes[k]) json_object_set_new(o, ev_sys_names[k], json_integer((json_int_t)classes[k]));
+    return o;
+}
+
+/* The verdict, explained: per gate the estimate on each path with its
+ * interval, the difference's bounds, the margins, the decision, and what
+ * it needs to decide. */
+static json_t *check_json(const gate_result *g, const gate_stats *fresh, const gate_stats *against,
+                          const long long cls_new[EV_SYS_COUNT], const long long cls_leg[EV_SYS_COUNT])
+{
+    json_t *gates = json_object();
+    for (int i = 0; i < GATE_COUNT; i++) {
+        const gate_check *c = &g->g[i];
+        json_t *needs = c->verdict == GATE_HOLD && c->need[0] >= 0
+                            ? json_pack("{s:I, s:I}", "new", (json_int_t)c->need[0], "legacy", (json_int_t)c->need[1])
+                            : json_null();
+        json_object_set_new(gates, gate_names[i],
+                            json_pack("{s:s, s:o, s:o, s:f, s:f, s:f, s:f, s:f, s:o}", "verdict",
+                                      gate_verdict_names[c->verdict], "new", side_json(c, 0), "legacy",
+                                      side_json(c, 1), "diff", c->diff, "diff_low", c->diff_lo, "diff_high",
+                                      c->diff_hi, "margin", c->margin, "pass_margin", c->pass_margin, "needs", needs));
+    }
+    json_t *lat = json_object_get(gates, gate_names[GATE_LATENCY]);
+    json_object_set_new(lat, "threshold_s", g->latency_threshold_s > 0 ? json_real(g->latency_threshold_s) : json_null());
+    return json_pack("{s:s, s:s, s:o, s:b, s:f, s:f, s:I, s:I, s:{s:o, s:o}, s:f}", "verdict",
+                     gate_verdict_names[g->overall], "why", g->why, "gates", gates, "baseline", g->baseline,
+                     "alpha_fail", g->alpha_fail, "alpha_pass", g->alpha_pass, "n_new",
+                     (json_int_t)(fresh->n + fresh->sub_err), "n_legacy", (json_int_t)(against->n + against->sub_err),
+                     "system_errors", "new", classes_json(cls_new), "legacy", classes_json(cls_leg), "at", util_now());
 }
 
 /* ---------- transitions ---------- */
@@ -109,7 +217,7 @@ typedef struct transition {
     canary *c;
     json_t *next;    /* the state written */
     json_t *patch;   /* rollout change after the state is written, or NULL */
-    char reason[400];
+    char reason[600];
     char by[128];    /* who: "canary", or the admin who acted */
     preq *r;         /* an admin request waiting for the outcome, or NULL */
     char action[16]; /* the admin action, retried on a version conflict */
@@ -275,6 +383,7 @@ static json_t *copy_state(canary *c) { return c->state ? json_deep_copy(c->state
 
 static void new_window(json_t *s)
 {
+    json_object_del(s, "ref"); /* a new step fixes its own */
     char win[37];
     util_uuid4(win);
     json_object_set_new(s, "window", json_string(win));
@@ -288,9 +397,9 @@ static json_t *percentage_patch(double f)
 
 /* ---------- the leader's verdict ---------- */
 
-static void count_check(canary *c, enum pm_gate gate, enum gate_verdict v)
+static void count_check(canary *c, int gate, enum gate_verdict v)
 {
-    size_t k[2] = {gate, v};
+    size_t k[2] = {(size_t)gate, v};
     metrics_add(c->p->m.gate_checks, metrics_at(c->p->m.gate_checks, k), 1);
 }
 
@@ -304,44 +413,42 @@ static void on_window(rbatch *b, void *arg)
         return;
     }
     gate_stats fresh, legacy, baseline;
-    read_window(rbatch_at(b, 0), &fresh);
-    read_window(rbatch_at(b, 1), &legacy);
-    read_window(rbatch_at(b, 2), &baseline);
+    long long cls_new[EV_SYS_COUNT], cls_leg[EV_SYS_COUNT], cls_base[EV_SYS_COUNT];
+    read_window(rbatch_at(b, 0), &fresh, cls_new);
+    read_window(rbatch_at(b, 1), &legacy, cls_leg);
+    read_window(rbatch_at(b, 2), &baseline, cls_base);
     rbatch_free(b);
-    gate_cfg cfg = {p->cfg.gate_error_delta, p->cfg.gate_latency_ratio, p->cfg.gate_min_samples};
+    gate_cfg cfg = {.alpha = p->cfg.gate_alpha,
+                    .nsteps = (int)json_array_size(json_object_get(c->state, "steps")),
+                    .min_samples = p->cfg.gate_min_samples,
+                    .latency_quantile = p->cfg.gate_latency_quantile};
+    memcpy(cfg.margin, p->cfg.gate_margin, sizeof(cfg.margin));
+    memcpy(cfg.pass_margin, p->cfg.gate_pass_margin, sizeof(cfg.pass_margin));
     /* Near 100 % the legacy path gets too little traffic to compare with:
      * the last step that had enough is the baseline. */
-    bool own_legacy = legacy.n >= cfg.min_samples;
-    const gate_stats *against = own_legacy || baseline.n < cfg.min_samples ? &legacy : &baseline;
+    bool has_base = json_is_string(json_object_get(c->state, "baseline_window"));
+    gate_ref ref = ref_of(c->state), before = ref;
     gate_result g;
-    gate_judge(&fresh, against, &cfg, &g);
-    if (against == &baseline) {
-        size_t n = strlen(g.why);
-        snprintf(g.why + n, sizeof(g.why) - n, " (legacy baseline: an earlier step)");
-    }
-    count_check(c, PG_MIN_SAMPLES, g.samples);
-    if (g.samples != GATE_HOLD) {
-        count_check(c, PG_ERROR_RATIO, g.error);
-        count_check(c, PG_LATENCY_P99, g.latency);
-    }
+    gate_judge(&fresh, &legacy, has_base ? &baseline : NULL, &cfg, &ref, &g);
+    bool own_legacy = ref.source == 0;
+    for (int i = 0; i < GATE_COUNT; i++) count_check(c, i, g.g[i].verdict);
+    json_t *check = check_json(&g, &fresh, own_legacy || !has_base ? &legacy : &baseline, cls_new,
+                               own_legacy || !has_base ? cls_leg : cls_base);
+    bool ref_moved = memcmp(&ref, &before, sizeof(ref)) != 0;
     long long step = json_integer_value(json_object_get(c->state, "step"));
     json_t *steps = json_object_get(c->state, "steps");
     long long nsteps = (long long)json_array_size(steps);
     double started = json_number_value(json_object_get(c->state, "step_started_at"));
     double interval = json_number_value(json_object_get(c->state, "interval_s"));
     bool elapsed = util_now() - started >= interval;
-    json_t *check = json_pack("{s:s, s:s, s:s, s:f, s:f, s:f, s:f, s:I, s:I, s:s, s:f}", "samples",
-                              gate_verdict_names[g.samples], "error_ratio", gate_verdict_names[g.error], "latency_p99",
-                              gate_verdict_names[g.latency], "err_new", g.err_new, "err_legacy", g.err_legacy,
-                              "p99_new", g.p99_new, "p99_legacy", g.p99_legacy, "n_new", (json_int_t)fresh.n,
-                              "n_legacy", (json_int_t)legacy.n, "why", g.why, "at", util_now());
-    char reason[400];
+    char reason[600];
     if (g.overall == GATE_FAIL) {
         bool to_last = strcmp(p->cfg.rollout_rollback_to, "last_good") == 0;
         double back = to_last ? json_number_value(json_object_get(c->state, "last_good")) : 0;
-        size_t why = g.error == GATE_FAIL ? 0 : 1;
+        size_t why = 0;
+        while (why + 1 < GATE_COUNT && g.g[why].verdict != GATE_FAIL) why++;
         metrics_add(p->m.rollbacks, metrics_at(p->m.rollbacks, &why), 1);
-        snprintf(reason, sizeof(reason), "canary rolled back to %g at step %lld/%lld: %s", back, step + 1, nsteps, g.why);
+        util_snprintf(reason, sizeof(reason), "canary rolled back to %g at step %lld/%lld: %s", back, step + 1, nsteps, g.why);
         LOG_WARN("canary gate failed, rolling back", "why", g.why);
         json_t *next = copy_state(c);
         json_object_set_new(next, "status", json_string("rolled_back"));
@@ -355,22 +462,24 @@ static void on_window(rbatch *b, void *arg)
         json_object_set_new(next, "last_good", json_real(step_fraction(c->state, step)));
         if (own_legacy) json_object_set(next, "baseline_window", json_object_get(c->state, "window"));
         if (step + 1 >= nsteps) {
-            snprintf(reason, sizeof(reason), "canary completed: the last step (%g) passed; %s", step_fraction(c->state, step),
+            util_snprintf(reason, sizeof(reason), "canary completed: the last step (%g) passed; %s", step_fraction(c->state, step),
                      g.why);
             json_object_set_new(next, "status", json_string("completed"));
             (void)transition_to(c, next, NULL, "canary", reason, NULL, NULL, 0);
         } else {
             double f = step_fraction(c->state, step + 1);
-            snprintf(reason, sizeof(reason), "canary step %lld/%lld passed, now %g: %s", step + 1, nsteps, f, g.why);
+            util_snprintf(reason, sizeof(reason), "canary step %lld/%lld passed, now %g: %s", step + 1, nsteps, f, g.why);
             json_object_set_new(next, "step", json_integer(step + 1));
             new_window(next);
             (void)transition_to(c, next, percentage_patch(f), "canary", reason, NULL, NULL, 0);
         }
         return;
     }
-    /* hold, or passing within the interval: the state shows the last check */
+    /* hold, or passing within the interval: the state shows the last check
+     * (and keeps what the step fixed) */
     json_t *next = copy_state(c);
     json_object_set_new(next, "last_check", check);
+    if (ref_moved) json_object_set_new(next, "ref", ref_json(&ref));
     json_object_set_new(next, "version", json_integer(c->version)); /* same version: only the check changes */
     char *text = json_dumps(next, JSON_COMPACT);
     if (text) {
@@ -507,16 +616,19 @@ json_t *canary_view(canary *c)
     for (int i = 0; i < p->cfg.rollout_nsteps; i++) json_array_append_new(steps, json_real(p->cfg.rollout_steps[i]));
     long long step = json_integer_value(json_object_get(s, "step"));
     bool live = s && (is(s, "running") || is(s, "paused") || is(s, "rolled_back"));
-    json_t *o = json_pack("{s:s, s:I, s:O?, s:o, s:f, s:o, s:O?, s:O?, s:o, s:O?, s:I, s:{s:f, s:f, s:I}, s:s, s:I}",
+    json_t *gates = json_pack("{s:f, s:I, s:f}", "alpha", p->cfg.gate_alpha, "min_samples",
+                              (json_int_t)p->cfg.gate_min_samples, "latency_quantile", p->cfg.gate_latency_quantile);
+    for (int i = 0; i < GATE_COUNT; i++)
+        json_object_set_new(gates, gate_names[i], json_pack("{s:f, s:f}", "margin", p->cfg.gate_margin[i],
+                                                            "pass_margin", p->cfg.gate_pass_margin[i]));
+    json_t *o = json_pack("{s:s, s:I, s:O?, s:o, s:f, s:o, s:O?, s:O?, s:o, s:O?, s:I, s:o, s:s, s:I}",
                           "status", status_of(s), "step", (json_int_t)(live ? step + 1 : 0), "steps",
                           json_object_get(s, "steps"), "configured_steps", steps, "percentage", p->route.percentage,
                           "step_started_at", iso_or_null(json_object_get(s, "step_started_at")), "last_check",
                           json_object_get(s, "last_check"), "reason", json_object_get(s, "reason"), "updated_at",
                           iso_or_null(json_object_get(s, "updated_at")), "updated_by", json_object_get(s, "updated_by"),
-                          "interval_s", (json_int_t)p->cfg.rollout_step_interval_s, "gates", "error_delta",
-                          p->cfg.gate_error_delta, "latency_ratio", p->cfg.gate_latency_ratio, "min_samples",
-                          (json_int_t)p->cfg.gate_min_samples, "rollback_to", p->cfg.rollout_rollback_to, "version",
-                          (json_int_t)c->version);
+                          "interval_s", (json_int_t)p->cfg.rollout_step_interval_s, "gates", gates, "rollback_to",
+                          p->cfg.rollout_rollback_to, "version", (json_int_t)c->version);
     return o;
 }
 
@@ -530,7 +642,7 @@ static void act(proxy *p, preq *r, const char *action, const char *by, int attem
 {
     canary *c = p->canary;
     json_t *s = c->state;
-    char reason[400];
+    char reason[600];
     json_t *next = NULL, *patch = NULL;
     if (strcmp(action, "start") == 0) {
         if (p->cfg.rollout_nsteps == 0) {

@@ -3,17 +3,20 @@
  * Rollouts, for a queue migration).
  *
  * State: `turnout:canary` (JSON {status, step, steps, interval_s, window,
- * step_started_at, last_good, last_check, reason, version, updated_at,
+ * step_started_at, last_good, ref, last_check, reason, version, updated_at,
  * updated_by}); status idle | running | paused | rolled_back | completed |
  * aborted.  Every proxy reads it each second; one proxy leads
- * (`turnout:lock:canary`) and judges the running step.  Completions
- * counted by any proxy during a step go to that step's window,
- * `turnout:canary:w:<window>:<path>` (n, err, latency buckets), so the
- * verdict covers the whole fleet.  Transitions are compare-and-set on the
+ * (`turnout:lock:canary`) and judges the running step (gates.h).
+ * Completions and submission errors counted by any proxy during a step go
+ * to that step's window, `turnout:canary:w:<window>:<path>` (a hash: n,
+ * sys, sub, v, pf, s:<system error class>, b<latency bucket>), so the
+ * verdict covers the whole fleet.  `ref` is what the step fixed at its
+ * first judgeable look (gate_ref).  Transitions are compare-and-set on the
  * state's version and land in the rollout history list. */
 #ifndef TURNOUT_CANARY_H
 #define TURNOUT_CANARY_H
 
+#include "evstatus.h"
 #include "router.h"
 
 typedef struct proxy proxy;
@@ -28,9 +31,12 @@ canary *canary_new(proxy *p, char err[256]);
 void canary_stop(canary *c);
 void canary_free(canary *c);
 
-/* A finished eval of `path` (outcome index of pm_outcome_names), for the
- * running step's window; nothing when no step runs. */
-void canary_record(canary *c, enum route_path path, int outcome, double seconds);
+/* A finished eval of `path`, classified, and its submit -> finished time
+ * (< 0: unknown), for the running step's window; nothing when no step
+ * runs. */
+void canary_record(canary *c, enum route_path path, ev_class cls, double seconds);
+/* A submission `path` could not take (5xx, fallback), likewise. */
+void canary_submit_error(canary *c, enum route_path path);
 
 /* The canary as GET /admin/canary shows it; new reference. */
 typedef struct json_t json_t;

@@ -73,7 +73,26 @@ typedef struct count_call {
     enum route_path path;
     int outcome;     /* index in pm_outcome_names, -1: given up (untracked) */
     double done_at;  /* when it ended, by the backend's clock; <= 0 unknown */
+    ev_class cls;    /* the path's outcome and the program's verdict */
+    double run_s;    /* the program's run time; -1 unknown */
 } count_call;
+
+/* One finished eval in the path-health and verdict counters, and in the
+ * canary's window. */
+static void count_class(proxy *p, enum route_path path, ev_class cls, double seconds)
+{
+    size_t k[2] = {path, evclass_pathout(cls)};
+    metrics_add(p->m.path_outcomes, metrics_at(p->m.path_outcomes, k), 1);
+    if (cls.sys >= 0) {
+        k[1] = (size_t)cls.sys;
+        metrics_add(p->m.system_errors, metrics_at(p->m.system_errors, k), 1);
+    }
+    if (cls.verdict >= 0) {
+        k[1] = (size_t)cls.verdict;
+        metrics_add(p->m.verdicts, metrics_at(p->m.verdicts, k), 1);
+    }
+    canary_record(p->canary, path, cls, seconds);
+}
 
 static void on_counted(struct redisReply *reply, const char *err, void *arg)
 {
@@ -84,17 +103,22 @@ static void on_counted(struct redisReply *reply, const char *err, void *arg)
         size_t path = cc->path;
         if (cc->outcome < 0) {
             metrics_add(p->m.completion_untracked, metrics_at(p->m.completion_untracked, &path), 1);
+            count_class(p, cc->path, (ev_class){EV_SYS_LOST, EV_VERDICT_NONE}, -1);
         } else {
             size_t c2[2] = {path, (size_t)cc->outcome};
             metrics_add(p->m.evals_completed, metrics_at(p->m.evals_completed, c2), 1);
             json_t *rec = records_parse(reply->str, reply->len);
-            json_t *at = json_object_get(rec, "submitted_at");
+            json_t *at = json_object_get(rec, "submitted_at"), *timeout = json_object_get(rec, "timeout");
+            double d = -1;
             if (json_is_number(at)) {
                 double done = cc->done_at > 0 ? cc->done_at : util_now();
-                double d = done - json_number_value(at);
-                metrics_observe(p->m.eval_completion, metrics_at(p->m.eval_completion, &path), d > 0 ? d : 0);
-                canary_record(p->canary, cc->path, cc->outcome, d > 0 ? d : 0);
+                d = done - json_number_value(at);
+                if (d < 0) d = 0;
+                metrics_observe(p->m.eval_completion, metrics_at(p->m.eval_completion, &path), d);
+                evclass_waited(&cc->cls, json_number_value(at), done, cc->run_s,
+                               json_is_number(timeout) ? json_number_value(timeout) : 0);
             }
+            count_class(p, cc->path, cc->cls, d);
             json_decref(rec);
         }
     }
@@ -105,12 +129,12 @@ static void on_counted(struct redisReply *reply, const char *err, void *arg)
  * it.  `why` (or NULL) says why its result could not be read; the route
  * record keeps it as "error". */
 static void count_why(completion *c, enum route_path path, const char *eval_id, int outcome, double done_at,
-                      const char *why)
+                      ev_class cls, double run_s, const char *why)
 {
     char route_key[ROUTE_KEY_MAX];
     count_call *cc = malloc(sizeof(*cc));
     if (!cc) return;
-    *cc = (count_call){c, path, outcome, done_at};
+    *cc = (count_call){c, path, outcome, done_at, cls, run_s};
     records_key(eval_id, route_key);
     char at[32], stack[512];
     snprintf(at, sizeof(at), "%.6f", done_at > 0 ? done_at : util_now());
@@ -126,9 +150,10 @@ static void count_why(completion *c, enum route_path path, const char *eval_id, 
     jw_free(&w);
 }
 
-static void count(completion *c, enum route_path path, const char *eval_id, int outcome, double done_at)
+static void count(completion *c, enum route_path path, const char *eval_id, int outcome, double done_at, ev_class cls,
+                  double run_s)
 {
-    count_why(c, path, eval_id, outcome, done_at, NULL);
+    count_why(c, path, eval_id, outcome, done_at, cls, run_s, NULL);
 }
 
 /* A Celery result record for task celery-<eval_id>: counted when terminal.
@@ -138,7 +163,8 @@ static void consider_celery(completion *c, const char *eval_id, const char *text
     json_t *rec = json_loadb(text, len, JSON_ALLOW_NUL, NULL);
     int outcome = evstatus_outcome(evstatus_from_celery(rec));
     if (outcome >= 0 && util_valid_id(eval_id, strlen(eval_id), SUB_MAX_EVAL_ID))
-        count(c, PATH_NEW, eval_id, outcome, evstatus_parse_iso(json_string_value(json_object_get(rec, "date_done"))));
+        count(c, PATH_NEW, eval_id, outcome, evstatus_parse_iso(json_string_value(json_object_get(rec, "date_done"))),
+              evclass_celery(rec), evclass_run_seconds(rec, 1));
     json_decref(rec);
 }
 
@@ -241,7 +267,8 @@ static void legacy_unreadable(completion *c, const char *eval_id, const legacy_r
     }
     json_object_del(c->legacy_bad, eval_id);
     LOG_WARN("legacy eval finished as failed: its result cannot be read", "eval_id", eval_id, "error", why);
-    count_why(c, PATH_LEGACY, eval_id, evstatus_outcome("failed"), 0, why);
+    count_why(c, PATH_LEGACY, eval_id, evstatus_outcome("failed"), 0, (ev_class){EV_SYS_UNREADABLE, EV_VERDICT_NONE}, -1,
+              why);
 }
 
 static void on_legacy_task(const legacy_result *res, void *arg)
@@ -258,14 +285,15 @@ static void on_legacy_task(const legacy_result *res, void *arg)
         int outcome = evstatus_outcome(status);
         if (outcome >= 0) {
             count(c, PATH_LEGACY, lp->eval_id, outcome,
-                  evstatus_parse_iso(json_string_value(json_object_get(res->doc, "completed_at"))));
+                  evstatus_parse_iso(json_string_value(json_object_get(res->doc, "completed_at"))),
+                  evclass_legacy(res->doc), evclass_run_seconds(res->doc, 0));
             shadow_report_legacy(c->p, lp->eval_id, res->doc); /* nothing unless it has a shadow */
         }
     } else if (res->outcome == LEGACY_NOT_FOUND) {
         /* the Queue Service forgot it (restarted, or its results expired) */
         LOG_WARN("legacy eval no longer known to the Queue Service; its completion is not measured", "eval_id",
                  lp->eval_id);
-        count(c, PATH_LEGACY, lp->eval_id, -1, 0);
+        count(c, PATH_LEGACY, lp->eval_id, -1, 0, (ev_class){EV_SYS_LOST, EV_VERDICT_NONE}, -1);
     }
     free(lp);
 }
@@ -368,8 +396,12 @@ static void on_pruned(struct redisReply *reply, const char *err, void *arg)
         size_t error = 2; /* a shadow never finished: no comparison */
         if (path == KIND_SHADOW)
             metrics_add(p->m.shadow_comparisons, metrics_at(p->m.shadow_comparisons, &error), (double)reply->integer);
-        else
+        else {
             metrics_add(p->m.completion_untracked, metrics_at(p->m.completion_untracked, &path), (double)reply->integer);
+            size_t lost[2] = {path, EV_PATH_LOST}, cls[2] = {path, EV_SYS_LOST};
+            metrics_add(p->m.path_outcomes, metrics_at(p->m.path_outcomes, lost), (double)reply->integer);
+            metrics_add(p->m.system_errors, metrics_at(p->m.system_errors, cls), (double)reply->integer);
+        }
         char n[24];
         snprintf(n, sizeof(n), "%lld", reply->integer);
         LOG_WARN("unfinished evals older than ROUTE_RECORD_TTL_S given up", "set", inflight_key[path], "count", n);

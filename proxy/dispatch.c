@@ -7,6 +7,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "canary.h"
 #include "evlookup.h"
 #include "jsonw.h"
 #include "log.h"
@@ -205,6 +206,15 @@ static void confirm_legacy(dop *d)
     }
 }
 
+/* A submission the path could not take: a system error of that path,
+ * whether it then fell back or not. */
+static void count_submit_error(proxy *p, enum route_path path)
+{
+    size_t k[2] = {path, EV_SYS_SUBMIT};
+    metrics_add(p->m.system_errors, metrics_at(p->m.system_errors, k), 1);
+    canary_submit_error(p->canary, path);
+}
+
 static void on_legacy(const legacy_result *res, void *arg)
 {
     dop *d = arg;
@@ -233,6 +243,7 @@ static void on_legacy(const legacy_result *res, void *arg)
     case LEGACY_INTERNAL: px_count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY); break;
     }
     px_count_decision(p, PATH_LEGACY, d->dec.reason);
+    count_submit_error(p, PATH_LEGACY);
     LOG_WARN("legacy path failed", "eval_id", d->sub.eval_id, "error", res->detail, "maybe_queued",
              res->maybe_done ? "true" : "false");
     const char *code = res->outcome == LEGACY_TIMEOUT ? "legacy_timeout" : "legacy_error";
@@ -388,6 +399,7 @@ static void new_failed(dop *d, const char *why)
 {
     proxy *p = d->p;
     bool fallback = p->cfg.fallback_to_legacy && !p->draining;
+    count_submit_error(p, PATH_NEW);
     LOG_WARN("new path refused submission", "eval_id", d->sub.eval_id, "error", why, "fallback",
              fallback ? "legacy" : "none");
     if (fallback) {

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "cfg.h"
+#include "gates.h"
 
 #define ROLLOUT_MAX_STEPS 20
 
@@ -51,9 +52,10 @@ typedef struct proxy_settings {
     double rollout_steps[ROLLOUT_MAX_STEPS];
     int rollout_nsteps;
     long long rollout_step_interval_s;
-    double gate_error_delta;
-    double gate_latency_ratio;
+    double gate_alpha;
     long long gate_min_samples;
+    double gate_margin[GATE_COUNT], gate_pass_margin[GATE_COUNT];
+    double gate_latency_quantile;
     char *rollout_rollback_to; /* zero | last_good */
     double shadow_percentage;
     long long shadow_mismatches_kept;

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "celery.h"
+#include "evstatus.h"
+#include "gates.h"
 #include "util.h"
 
 const char *const pm_route_names[RT_COUNT] = {"submit", "status", "cancel", "batch", "dlq", "admin",
@@ -21,7 +23,6 @@ const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_t
                                                "outcome_unknown"};
 static const char *const check_names[PC_COUNT] = {"queued", "not_queued", "unknown"};
 const char *const pm_outcome_names[] = {"completed", "failed", "timeout", "cancelled"};
-const char *const pm_gate_names[PG_COUNT] = {"min_samples", "error_ratio", "latency_p99"};
 static const char *const shadow_names[] = {"match", "mismatch", "error"};
 static const char *const gresult_names[] = {"hold", "pass", "fail"};
 static const char *const path2_names[] = {"legacy", "new"};
@@ -61,10 +62,13 @@ int pmetrics_init(pmetrics *m, const char *queue)
     const metrics_dim D_PRIO = {"priority", prio_names, 4};
     const metrics_dim D_REJECT = {"reason", pm_reject_names, RJ_COUNT};
     const metrics_dim D_VERSION = {"version", version_names, 1};
-    const metrics_dim D_GATE = {"gate", pm_gate_names, PG_COUNT};
+    const metrics_dim D_GATE = {"gate", gate_names, GATE_COUNT};
+    const metrics_dim D_PATHOUT = {"outcome", ev_pathout_names, EV_PATHOUT_COUNT};
+    const metrics_dim D_SYSCLASS = {"class", ev_sys_names, EV_SYS_COUNT};
+    const metrics_dim D_VERDICT = {"verdict", ev_verdict_names, EV_VERDICT_COUNT};
     const metrics_dim D_GRESULT = {"result", gresult_names, 3};
     const metrics_dim D_SHADOW = {"result", shadow_names, 3};
-    const metrics_dim D_RBREASON = {"reason", pm_gate_names + 1, 2};
+    const metrics_dim D_RBREASON = {"reason", gate_names, GATE_COUNT};
     const metrics_dim D_CHECK = {"result", check_names, PC_COUNT};
 
     m->reg = metrics_registry_new();

@@ -40,6 +40,16 @@ extern const char *const pm_upstream_names[UP_COUNT];
       "Evaluations that reached a terminal state, by path and outcome", D_PATH2, D_OUTCOME)   \
     X(eval_completion, METRICS_HISTOGRAM, "turnout_eval_completion_seconds",                  \
       "Time from submission to terminal state, by path", D_PATH2)                             \
+    X(path_outcomes, METRICS_COUNTER, "turnout_eval_path_outcomes_total",                     \
+      "Finished evaluations by path and the path's outcome (ok: it took, ran and answered the eval, " \
+      "whatever the program did; system_error; path_timeout: it waited past its own timeout; lost)", \
+      D_PATH2, D_PATHOUT)                                                                     \
+    X(system_errors, METRICS_COUNTER, "turnout_eval_system_errors_total",                     \
+      "System errors by path and class (submit: the path could not take the submission; the rest " \
+      "ended a finished eval: executor, worker, rejected, unreadable, lost, path_timeout)", D_PATH2, D_SYSCLASS) \
+    X(verdicts, METRICS_COUNTER, "turnout_eval_verdicts_total",                               \
+      "Finished evaluations with a program verdict, by path and verdict (completed: exit 0; failed: " \
+      "non-zero exit; timeout: its own time limit; killed: cancelled)", D_PATH2, D_VERDICT)   \
     X(evals_pending, METRICS_GAUGE, "turnout_evals_unfinished",                               \
       "Routed evals not yet seen in a terminal state, by path (Redis in-flight sets)", D_PATH2) \
     X(completion_untracked, METRICS_COUNTER, "turnout_completion_untracked_total",           \
@@ -81,8 +91,6 @@ enum pm_reject { RJ_BAD_JSON, RJ_TOO_LARGE, RJ_MEDIA_TYPE, RJ_INVALID_FIELD, RJ_
 enum pm_check { PC_QUEUED, PC_NOT_QUEUED, PC_UNKNOWN, PC_COUNT };
 extern const char *const pm_reject_names[RJ_COUNT];
 extern const char *const pm_outcome_names[];
-enum pm_gate { PG_MIN_SAMPLES, PG_ERROR_RATIO, PG_LATENCY_P99, PG_COUNT };
-extern const char *const pm_gate_names[PG_COUNT];
 
 typedef struct pmetrics {
 #define PM_FIELD(field, ...) metrics_family *field;

@@ -148,6 +148,8 @@ char *records_build(const submission *sub, enum route_path path, const route_dec
     else jw_null(&w);
     jw_lit_key(&w, "submitted_at");
     jw_real(&w, submitted_at);
+    jw_lit_key(&w, "timeout"); /* the eval's own: a wait beyond it is the path's doing */
+    jw_int(&w, sub->timeout);
     jw_obj_close(&w);
     char *text = jw_detach(&w, NULL);
     jw_free(&w);

@@ -812,9 +812,12 @@ static void jw_duration(jsonw *w, double s)
 }
 
 /* The evaluation's result, as JSON text (new string; NULL on OOM).
- * output and error are text of the given lengths (they may hold NULs). */
+ * output and error are text of the given lengths (they may hold NULs).
+ * `system_error` (or NULL) says the path, not the program, ended it: the
+ * status is then what the user sees, and no verdict on the program. */
 static char *eval_result(task *t, const char *status, const char *output, size_t output_len, const char *error,
-                         size_t error_len, const json_t *exit_code, double duration, size_t *len)
+                         size_t error_len, const json_t *exit_code, double duration, const char *system_error,
+                         size_t *len)
 {
     char stack[2048];
     jsonw w;
@@ -834,6 +837,10 @@ static char *eval_result(task *t, const char *status, const char *output, size_t
     jw_cstring(&w, exec_url(t));
     jw_lit_key(&w, "duration_s");
     jw_duration(&w, duration);
+    if (system_error) {
+        jw_lit_key(&w, "system_error");
+        jw_cstring(&w, system_error);
+    }
     jw_obj_close(&w);
     char *text = jw_detach(&w, len);
     jw_free(&w);
@@ -896,7 +903,7 @@ static void on_executed(const httpc_response *resp, void *arg)
         }
         size_t len = 0;
         static const char hard[] = "hard time limit reached; the execution was killed";
-        char *res = eval_result(t, "timeout", NULL, 0, hard, sizeof(hard) - 1, NULL, took, &len);
+        char *res = eval_result(t, "timeout", NULL, 0, hard, sizeof(hard) - 1, NULL, took, "hard_time_limit", &len);
         finish_success(t, res, len, WO_TIMEOUT);
         return;
     }
@@ -993,7 +1000,7 @@ static void on_executed(const httpc_response *resp, void *arg)
     char *res = eval_result(t, status, json_string_value(out), json_string_length(out),
                             t->soft_fired ? soft : json_string_value(error),
                             t->soft_fired ? sizeof(soft) - 1 : json_string_length(error), json_object_get(doc, "exit_code"),
-                            json_is_number(dur) ? json_number_value(dur) : took, &len);
+                            json_is_number(dur) ? json_number_value(dur) : took, NULL, &len);
     json_decref(doc);
     finish_success(t, res, len, o);
 }

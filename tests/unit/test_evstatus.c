@@ -149,8 +149,85 @@ static void test_shadow_compare(void)
     CHECK_STR(cmp("{}", ok, NULL), "error");
 }
 
+static ev_class cls_celery(const char *text)
+{
+    json_t *rec = json_loads(text, 0, NULL);
+    ev_class c = evclass_celery(rec);
+    json_decref(rec);
+    return c;
+}
+
+static ev_class cls_legacy(const char *text)
+{
+    json_t *t = json_loads(text, 0, NULL);
+    ev_class c = evclass_legacy(t);
+    json_decref(t);
+    return c;
+}
+
+#define CHECK_CLASS(c, s, v)                                                                   \
+    do {                                                                                       \
+        ev_class c_ = (c);                                                                     \
+        CHECK_EQ_INT(c_.sys, (s));                                                             \
+        CHECK_EQ_INT(c_.verdict, (v));                                                         \
+    } while (0)
+
+/* The path's outcome apart from the program's verdict. */
+static void test_classes(void)
+{
+    /* programs that fail are verdicts of a healthy path */
+    CHECK_CLASS(cls_celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"completed\"}}"), EV_SYS_OK, VERDICT_COMPLETED);
+    CHECK_CLASS(cls_celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"failed\"}}"), EV_SYS_OK, VERDICT_FAILED);
+    CHECK_CLASS(cls_celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"timeout\"}}"), EV_SYS_OK, VERDICT_TIMEOUT);
+    CHECK_CLASS(cls_celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"killed\"}}"), EV_SYS_OK, VERDICT_KILLED);
+    CHECK_CLASS(cls_celery("{\"status\":\"SUCCESS\",\"result\":42}"), EV_SYS_OK, VERDICT_COMPLETED);
+    /* the worker's hard limit: the executor did not answer */
+    CHECK_CLASS(cls_celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"timeout\",\"system_error\":\"hard_time_limit\"}}"),
+                EV_SYS_EXECUTOR, EV_VERDICT_NONE);
+    CHECK_CLASS(cls_celery("{\"status\":\"SUCCESS\",\"result\":{\"status\":\"error\"}}"), EV_SYS_EXECUTOR, EV_VERDICT_NONE);
+    /* dead-lettered, by exception */
+    CHECK_CLASS(cls_celery("{\"status\":\"FAILURE\",\"result\":{\"exc_type\":\"ExecutorUnavailable\"}}"), EV_SYS_EXECUTOR,
+                EV_VERDICT_NONE);
+    CHECK_CLASS(cls_celery("{\"status\":\"FAILURE\",\"result\":{\"exc_type\":\"RequestTooLarge\"}}"), EV_SYS_REJECTED,
+                EV_VERDICT_NONE);
+    CHECK_CLASS(cls_celery("{\"status\":\"FAILURE\",\"result\":{\"exc_type\":\"GivenBack\"}}"), EV_SYS_WORKER, EV_VERDICT_NONE);
+    CHECK_CLASS(cls_celery("{\"status\":\"FAILURE\"}"), EV_SYS_WORKER, EV_VERDICT_NONE);
+    /* revoked: a cancel is the user's; expired in the queue is the path's */
+    CHECK_CLASS(cls_celery("{\"status\":\"REVOKED\",\"result\":{\"exc_message\":[\"revoked\"]}}"), EV_SYS_OK, VERDICT_KILLED);
+    CHECK_CLASS(cls_celery("{\"status\":\"REVOKED\",\"result\":{\"exc_message\":[\"expired\"]}}"), EV_SYS_PATH_TIMEOUT,
+                EV_VERDICT_NONE);
+    /* the legacy protocol */
+    CHECK_CLASS(cls_legacy("{\"status\":\"completed\"}"), EV_SYS_OK, VERDICT_COMPLETED);
+    CHECK_CLASS(cls_legacy("{\"status\":\"failed\",\"outcome\":\"failed\"}"), EV_SYS_OK, VERDICT_FAILED);
+    CHECK_CLASS(cls_legacy("{\"status\":\"failed\"}"), EV_SYS_OK, VERDICT_FAILED);
+    CHECK_CLASS(cls_legacy("{\"status\":\"failed\",\"outcome\":\"timeout\"}"), EV_SYS_OK, VERDICT_TIMEOUT);
+    CHECK_CLASS(cls_legacy("{\"status\":\"failed\",\"outcome\":\"error\"}"), EV_SYS_EXECUTOR, EV_VERDICT_NONE);
+    CHECK_CLASS(cls_legacy("{\"status\":\"failed\",\"outcome\":\"executor_timeout\"}"), EV_SYS_EXECUTOR, EV_VERDICT_NONE);
+    CHECK_CLASS(cls_legacy("{\"status\":\"cancelled\"}"), EV_SYS_OK, VERDICT_KILLED);
+    CHECK_CLASS(cls_legacy("{\"status\":\"weird\"}"), EV_SYS_UNREADABLE, EV_VERDICT_NONE);
+    /* waited past its own timeout before it ran: the path's doing */
+    ev_class c = {EV_SYS_OK, VERDICT_COMPLETED};
+    evclass_waited(&c, 1000, 1100, 5, 30); /* 95 s queued, timeout 30 */
+    CHECK_CLASS(c, EV_SYS_PATH_TIMEOUT, VERDICT_COMPLETED);
+    c = (ev_class){EV_SYS_OK, VERDICT_TIMEOUT};
+    evclass_waited(&c, 1000, 1040, 30, 30); /* ran its 30 s after 10 s queued: the program's */
+    CHECK_CLASS(c, EV_SYS_OK, VERDICT_TIMEOUT);
+    c = (ev_class){EV_SYS_OK, VERDICT_COMPLETED};
+    evclass_waited(&c, 1000, 1100, -1, 30); /* run time unknown: nothing said */
+    CHECK_CLASS(c, EV_SYS_OK, VERDICT_COMPLETED);
+    CHECK_EQ_INT(evclass_pathout((ev_class){EV_SYS_OK, VERDICT_FAILED}), EV_PATH_OK);
+    CHECK_EQ_INT(evclass_pathout((ev_class){EV_SYS_LOST, EV_VERDICT_NONE}), EV_PATH_LOST);
+    CHECK_EQ_INT(evclass_pathout((ev_class){EV_SYS_PATH_TIMEOUT, VERDICT_COMPLETED}), EV_PATH_TIMEOUT);
+    CHECK_EQ_INT(evclass_pathout((ev_class){EV_SYS_EXECUTOR, EV_VERDICT_NONE}), EV_PATH_SYSTEM_ERROR);
+    json_t *doc = json_loads("{\"status\":\"SUCCESS\",\"result\":{\"duration_s\":1.5}}", 0, NULL);
+    CHECK(evclass_run_seconds(doc, 1) == 1.5);
+    CHECK(evclass_run_seconds(doc, 0) == -1);
+    json_decref(doc);
+}
+
 int main(void)
 {
+    RUN(test_classes);
     RUN(test_shadow_compare);
     RUN(test_celery_states);
     RUN(test_outcomes);
