@@ -91,21 +91,22 @@ const cfg_option pconfig_table[] = {
      "each gate passes at this confidence)"},
     {"GATE_MIN_SAMPLES", CFG_INT, "50", 1, 100000000, NULL, F(gate_min_samples),
      "canary: evals needed on each path before a gate judges"},
-    {"GATE_SYSTEM_ERROR_MARGIN", CFG_FRACTION, "0.002", 0, 0.5, NULL, F(gate_margin[GATE_SYSTEM]),
+    {"GATE_SYSTEM_ERROR_MARGIN", CFG_FRACTION, "0.002", 0, 1, NULL, F(gate_margin[GATE_SYSTEM]),
      "canary: roll back when the new path's system-error ratio is surely above legacy's by more than this"},
     {"GATE_SYSTEM_ERROR_PASS_MARGIN", CFG_FRACTION, "0.01", 0.0001, 1, NULL, F(gate_pass_margin[GATE_SYSTEM]),
      "canary: a step passes this gate once the new path's system-error ratio is surely below legacy's + this"},
-    {"GATE_PROGRAM_FAILURE_MARGIN", CFG_FRACTION, "0", 0, 0.5, NULL, F(gate_margin[GATE_PROGRAM]),
+    {"GATE_PROGRAM_FAILURE_MARGIN", CFG_FRACTION, "0", 0, 1, NULL, F(gate_margin[GATE_PROGRAM]),
      "canary: roll back when programs surely fail more often on the new path than on legacy, by more than this"},
     {"GATE_PROGRAM_FAILURE_PASS_MARGIN", CFG_FRACTION, "0.05", 0.0001, 1, NULL, F(gate_pass_margin[GATE_PROGRAM]),
      "canary: a step passes this gate once the new path's program-failure ratio is surely below legacy's + this"},
     {"GATE_LATENCY_QUANTILE", CFG_FRACTION, "0.9", 0.5, 0.99, NULL, F(gate_latency_quantile),
      "canary: the legacy completion-time quantile that is the latency gate's threshold"},
-    {"GATE_LATENCY_MARGIN", CFG_FRACTION, "0.02", 0, 0.5, NULL, F(gate_margin[GATE_LATENCY]),
+    {"GATE_LATENCY_MARGIN", CFG_FRACTION, "0.02", 0, 1, NULL, F(gate_margin[GATE_LATENCY]),
      "canary: roll back when the share of new-path evals slower than that threshold is surely above legacy's "
      "share by more than this"},
     {"GATE_LATENCY_PASS_MARGIN", CFG_FRACTION, "0.05", 0.0001, 1, NULL, F(gate_pass_margin[GATE_LATENCY]),
-     "canary: a step passes this gate once that share is surely below legacy's + this"},
+     "canary: a step passes this gate once that share is surely below legacy's + this (this and "
+     "GATE_LATENCY_MARGIN both 1: the gate is off)"},
     {"ROLLOUT_ROLLBACK_TO", CFG_ENUM, "zero", 0, 0, "zero|last_good", F(rollout_rollback_to),
      "where a failed gate sends the percentage: 0, or the last step that passed"},
     {"SHADOW_PERCENTAGE", CFG_FRACTION, "0", 0, 1, NULL, F(shadow_percentage),
@@ -202,11 +203,11 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     }
     static const char *const gate_setting[GATE_COUNT] = {"SYSTEM_ERROR", "PROGRAM_FAILURE", "LATENCY"};
     for (int g = 0; g < GATE_COUNT; g++) {
-        if (tmp.gate_pass_margin[g] > tmp.gate_margin[g]) continue;
+        if (tmp.gate_pass_margin[g] >= tmp.gate_margin[g]) continue;
         n++;
         cfg_append_error(errs, errs_size,
-                         "GATE_%s_PASS_MARGIN=%g: must be above GATE_%s_MARGIN=%g (a step passes when the new path is "
-                         "surely below the pass margin, and rolls back when it is surely above the margin)\n",
+                         "GATE_%s_PASS_MARGIN=%g: must be at least GATE_%s_MARGIN=%g (a step passes when the new path "
+                         "is surely below the pass margin, and rolls back when it is surely above the margin)\n",
                          gate_setting[g], tmp.gate_pass_margin[g], gate_setting[g], tmp.gate_margin[g]);
     }
     if (n) {

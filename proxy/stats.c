@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "canary.h"
+#include "evstatus.h"
 #include "jsafe.h"
 #include "celery.h"
 #include "pserver.h"
@@ -30,6 +31,9 @@ typedef struct path_snap {
     double req_h[MAXB];          /* submit request latency, non-cumulative */
     double comp_h[MAXB];         /* completion latency */
     double outcomes[4];          /* completed, failed, timeout, cancelled */
+    double pathout[EV_PATHOUT_COUNT]; /* finished evals by the path's outcome */
+    double sys[EV_SYS_COUNT];    /* system errors by class */
+    double verdicts[EV_VERDICT_COUNT]; /* program verdicts */
 } path_snap;
 
 typedef struct snap {
@@ -67,6 +71,18 @@ static void fill(proxy *p, snap *sn)
         for (size_t o = 0; o < 4; o++) {
             size_t c[2] = {path, o};
             ps->outcomes[o] = metrics_get(p->m.evals_completed, metrics_at(p->m.evals_completed, c));
+        }
+        for (size_t o = 0; o < EV_PATHOUT_COUNT; o++) {
+            size_t c[2] = {path, o};
+            ps->pathout[o] = metrics_get(p->m.path_outcomes, metrics_at(p->m.path_outcomes, c));
+        }
+        for (size_t o = 0; o < EV_SYS_COUNT; o++) {
+            size_t c[2] = {path, o};
+            ps->sys[o] = metrics_get(p->m.system_errors, metrics_at(p->m.system_errors, c));
+        }
+        for (size_t o = 0; o < EV_VERDICT_COUNT; o++) {
+            size_t c[2] = {path, o};
+            ps->verdicts[o] = metrics_get(p->m.verdicts, metrics_at(p->m.verdicts, c));
         }
     }
 }
@@ -133,12 +149,22 @@ static json_t *window(const stats *s, size_t path, const snap *lo, const snap *h
     double req = b->req - a->req, err = b->req5xx - a->req5xx;
     double done = 0, failed = b->outcomes[1] - a->outcomes[1] + b->outcomes[2] - a->outcomes[2];
     for (int o = 0; o < 4; o++) done += b->outcomes[o] - a->outcomes[o];
+    /* the path's health apart from the programs' verdicts */
+    double given = b->sys[EV_SYS_SUBMIT] - a->sys[EV_SYS_SUBMIT], sys = 0, ran = 0, prog_failed = 0;
+    for (int o = 0; o < EV_PATHOUT_COUNT; o++) given += b->pathout[o] - a->pathout[o];
+    for (int o = 0; o < EV_SYS_COUNT; o++) sys += b->sys[o] - a->sys[o];
+    for (int o = 0; o < EV_VERDICT_COUNT; o++)
+        if (o != VERDICT_KILLED) ran += b->verdicts[o] - a->verdicts[o];
+    prog_failed = b->verdicts[VERDICT_FAILED] - a->verdicts[VERDICT_FAILED] + b->verdicts[VERDICT_TIMEOUT] -
+                  a->verdicts[VERDICT_TIMEOUT];
     const double *rb, *cb;
     size_t rn = 0, cn = 0;
     size_t c2[2] = {RT_SUBMIT, path};
     (void)metrics_hist_counts(p->m.request_duration, metrics_at(p->m.request_duration, c2), &rb, &rn);
     (void)metrics_hist_counts(p->m.eval_completion, metrics_at(p->m.eval_completion, &path), &cb, &cn);
-    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "request_rate",
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "system_error_ratio",
+                     num_or_null(given > 0 ? sys / given : NAN), "program_failure_ratio",
+                     num_or_null(ran > 0 ? prog_failed / ran : NAN), "request_rate",
                      num_or_null(dt > 0 ? req / dt : NAN), "error_ratio", num_or_null(req > 0 ? err / req : NAN), "p50",
                      num_or_null(quantile(b->req_h, a->req_h, rb, rn, 0.5)), "p95",
                      num_or_null(quantile(b->req_h, a->req_h, rb, rn, 0.95)), "p99",
@@ -166,11 +192,20 @@ static json_t *local_part(stats *s)
             json_object_set_new(totals, pm_outcome_names[o], json_real(now->path[path].outcomes[o]));
         size_t c = path;
         json_object_set_new(w, "completed", totals);
+        json_t *sys = json_object(), *verdicts = json_object(), *pathout = json_object();
+        for (int o = 0; o < EV_SYS_COUNT; o++) json_object_set_new(sys, ev_sys_names[o], json_real(now->path[path].sys[o]));
+        for (int o = 0; o < EV_VERDICT_COUNT; o++)
+            json_object_set_new(verdicts, ev_verdict_names[o], json_real(now->path[path].verdicts[o]));
+        for (int o = 0; o < EV_PATHOUT_COUNT; o++)
+            json_object_set_new(pathout, ev_pathout_names[o], json_real(now->path[path].pathout[o]));
+        json_object_set_new(w, "system_errors", sys);
+        json_object_set_new(w, "verdicts", verdicts);
+        json_object_set_new(w, "path_outcomes", pathout);
         json_object_set_new(w, "unfinished", json_real(metrics_get(p->m.evals_pending, metrics_at(p->m.evals_pending, &c))));
         json_object_set_new(w, "requests_total", json_real(now->path[path].req));
         const char *keys[] = {"completion_rate", "completion_error_ratio", "completion_p50", "completion_p95",
-                              "completion_p99"};
-        for (int i = 0; i < 5; i++) json_object_set(w, keys[i], json_object_get(wc, keys[i]));
+                              "completion_p99", "system_error_ratio", "program_failure_ratio"};
+        for (int i = 0; i < 7; i++) json_object_set(w, keys[i], json_object_get(wc, keys[i]));
         json_decref(wc);
         json_object_set_new(paths, route_path_names[path], w);
     }
