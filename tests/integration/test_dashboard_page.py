@@ -61,8 +61,11 @@ def test_page_is_self_contained_and_stats_document_their_shape(stack):
         ps = s["paths"][path]
         assert set(ps) >= {"request_rate", "error_ratio", "p50", "p95", "p99", "completion_rate",
                            "completion_error_ratio", "completion_p50", "completion_p95", "completion_p99",
-                           "completed", "unfinished", "requests_total"}, ps
+                           "completed", "unfinished", "requests_total", "system_error_ratio",
+                           "program_failure_ratio", "system_errors", "verdicts", "path_outcomes"}, ps
         assert sum(ps["completed"].values()) == want[path], ps
+        assert sum(ps["verdicts"].values()) == want[path] and ps["path_outcomes"]["ok"] == want[path], ps
+        assert sum(ps["system_errors"].values()) == 0 and ps["system_error_ratio"] == 0, ps
         assert ps["requests_total"] == want[path] and ps["request_rate"] > 0, ps
         assert 0 < ps["p99"] < 5 and 0 < ps["completion_p99"] < 60, ps
     assert s["queue"]["depth"] == {"0": 0, "3": 0, "6": 0, "9": 0} and s["queue"]["dlq_newest"] == []
@@ -102,7 +105,7 @@ def test_headless_chromium_shows_both_paths_and_guards_the_controls(stack, tmp_p
                    "the page polled /api/stats")
         def shown(path):
             try:
-                return sum(int(text(f"{path}-{o}")) for o in ("completed", "failed", "timeout", "cancelled"))
+                return sum(int(text(f"{path}-v-{o}")) for o in ("completed", "failed", "timeout", "killed"))
             except ValueError:  # not drawn yet ("–")
                 return -1
         wait_until(lambda: shown("legacy") == want["legacy"] and shown("new") == want["new"], 15,
@@ -111,7 +114,11 @@ def test_headless_chromium_shows_both_paths_and_guards_the_controls(stack, tmp_p
                    "a chart drawn")
         assert text("ro-percentage") == "50.0 %" and text("ro-force") == "off"
         assert text("legacy-rps") not in ("", "–") and text("new-rps") not in ("", "–")
-        assert int(text("legacy-failed")) + int(text("new-failed")) == 3
+        # the failing programs are verdicts, not errors of either path
+        assert int(text("legacy-v-failed")) + int(text("new-v-failed")) == 3
+        assert int(text("legacy-s-executor")) == 0 and int(text("new-s-executor")) == 0
+        assert text("legacy-sys") == "0.0 %" and text("new-sys") == "0.0 %", (text("legacy-sys"), text("new-sys"))
+        assert text("legacy-pf") not in ("", "–") and text("new-pf") not in ("", "–")
         # a control without the token: asked to confirm, then refused by the proxy
         d.find_element(By.ID, "pct").send_keys("100")
         d.find_element(By.ID, "apply-pct").click()
