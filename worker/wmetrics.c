@@ -6,7 +6,7 @@
 
 const char *const wm_outcome_names[WO_COUNT] = {"completed", "failed", "timeout", "killed",
                                                "revoked", "retried", "dead_lettered", "duplicate",
-                                               "malformed", "scheduled", "returned"};
+                                               "malformed", "scheduled", "returned", "hard_time_limit"};
 const char *const wm_policy_names[WP_COUNT] = {"default", "network_error"};
 const char *const wm_job_names[WJ_COUNT] = {"restore", "schedule", "dlq_prune", "orphans", "executors"};
 const char *const wm_broker_op_names[WB_COUNT] = {"ack", "dead_letter", "result", "take"};

@@ -904,7 +904,7 @@ static void on_executed(const httpc_response *resp, void *arg)
         size_t len = 0;
         static const char hard[] = "hard time limit reached; the execution was killed";
         char *res = eval_result(t, "timeout", NULL, 0, hard, sizeof(hard) - 1, NULL, took, "hard_time_limit", &len);
-        finish_success(t, res, len, WO_TIMEOUT);
+        finish_success(t, res, len, WO_HARD_LIMIT); /* the executor's failure, not the program's verdict */
         return;
     }
     if (resp->error != HTTPC_OK) {

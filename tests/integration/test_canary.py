@@ -285,6 +285,66 @@ def test_system_errors_are_counted_apart_from_verdicts(redis_server, executor_fa
         assert not err, err
 
 
+class HungExecutor:
+    """An executor that says it has room (GET /capacity) and then never
+    answers a POST /execute: the executor's failure, whatever the program."""
+
+    def __init__(self):
+        import http.server
+        import socketserver
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b'{"max_concurrent": 4, "running": 0}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                self.server.stop.wait(30)
+
+            def log_message(self, *a):
+                pass
+
+        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.srv = S(("127.0.0.1", 0), H)
+        self.srv.stop = threading.Event()
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.stop.set()
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_an_executor_that_hangs_is_a_system_error_not_a_timeout_verdict(redis_server, worker_factory,
+                                                                        proxy_factory):
+    """The worker's hard limit ends an eval whose executor never answered:
+    its status reads timeout, but the path, not the program, ended it."""
+    hung = HungExecutor()
+    try:
+        w = worker_factory(hung.url, SOFT_TIME_LIMIT_S=1, TIME_LIMIT_S=2)
+        p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=1, COMPLETION_POLL_S=1)
+        r = http_session().post(p.url("/api/eval"), json={"eval_id": "hung-1", "code": "print(1)", "timeout": 60},
+                                timeout=5)
+        assert r.status_code == 202 and r.json()["path"] == "new", r.text
+        m = wait_until(lambda: (lambda m: m if mval(m, "turnout_eval_system_errors_total", path="new",
+                                                      **{"class": "executor"}) == 1 else None)(p.metrics()),
+                       20, "the hung eval counted as an executor error", [p.mp, w.mp])
+        assert mval(m, "turnout_evals_completed_total", path="new", outcome="timeout") == 1, "what the user sees"
+        assert mval(m, "turnout_eval_verdicts_total", path="new", verdict="timeout") == 0, "no verdict on the program"
+        assert mval(w.metrics(), "turnout_worker_tasks_total", outcome="hard_time_limit") == 1
+        st = p.get("/api/eval/hung-1").json()
+        assert st["status"] == "timeout", st
+    finally:
+        hung.close()
+
+
 def test_retired_gate_settings_say_what_replaced_them(proxy_factory, tmp_path):
     env_file = tmp_path / "old.env"
     env_file.write_text("GATE_ERROR_DELTA=0.05\n")
