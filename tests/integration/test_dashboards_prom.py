@@ -29,8 +29,8 @@ RULES = PROM_DIR / "turnout.rules.yml"
 RULE_TESTS = PROM_DIR / "turnout.rules.test.yml"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
-ALERTS = {"NewPathErrorRatioAboveLegacy", "QueueDepthGrowing", "DLQGrowing", "WorkerDown",
-          "KillSwitchOnTooLong"}
+ALERTS = {"NewPathErrorRatioAboveLegacy", "NewPathProgramFailuresAboveLegacy", "QueueDepthGrowing",
+          "DLQGrowing", "WorkerDown", "KillSwitchOnTooLong"}
 # every metric the dashboard must show (README "Metrics", "The worker"; DESIGN §9)
 DASHBOARD_METRICS = [
     "turnout_requests_total", "turnout_request_duration_seconds_bucket",
