@@ -13,6 +13,18 @@ const char *const gate_verdict_names[3] = {"hold", "pass", "fail"};
 #define TARGET_TIME 250.0
 #define MAX_SCALE 1e7 /* "needs more" is not estimated beyond this many times the evals so far */
 
+gate_cfg gate_cfg_defaults(int nsteps)
+{
+    gate_cfg c = {.alpha = 0.01, .nsteps = nsteps, .min_samples = 50, .latency_quantile = 0.9};
+    c.margin[GATE_SYSTEM] = 0.002;
+    c.pass_margin[GATE_SYSTEM] = 0.01;
+    c.margin[GATE_PROGRAM] = 0;
+    c.pass_margin[GATE_PROGRAM] = 0.05;
+    c.margin[GATE_LATENCY] = 0.02;
+    c.pass_margin[GATE_LATENCY] = 0.05;
+    return c;
+}
+
 int gate_bucket(double seconds)
 {
     double ms = seconds * 1000.0;

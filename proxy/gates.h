@@ -86,6 +86,10 @@ typedef struct gate_result {
     char why[400];               /* what decided, for the audit list */
 } gate_result;
 
+/* The shipped settings (the defaults of turnout-proxy's GATE_* table; the
+ * unit tests hold the two equal), for the simulation and the tests. */
+gate_cfg gate_cfg_defaults(int nsteps);
+
 int gate_bucket(double seconds);
 double gate_bucket_edge(int k); /* upper edge, seconds */
 

@@ -100,18 +100,7 @@ static void draw(gate_stats *s, const pathm *m, int k)
     }
 }
 
-static gate_cfg config(void)
-{
-    gate_cfg c = {.alpha = 0.01, .nsteps = 5, .min_samples = 50, .latency_quantile = 0.9};
-    /* the shipped defaults (proxy/pconfig.c) */
-    c.margin[GATE_SYSTEM] = 0.002;
-    c.pass_margin[GATE_SYSTEM] = 0.01;
-    c.margin[GATE_PROGRAM] = 0.0;
-    c.pass_margin[GATE_PROGRAM] = 0.05;
-    c.margin[GATE_LATENCY] = 0.02;
-    c.pass_margin[GATE_LATENCY] = 0.05;
-    return c;
-}
+static gate_cfg config(void) { return gate_cfg_defaults(5); } /* the shipped settings */
 
 #define STEPS 5
 #define STEP_S 300          /* ROLLOUT_STEP_INTERVAL_S: the least a step lasts */
@@ -227,6 +216,7 @@ int main(int argc, char **argv)
     printf("%-8s %-9s %6s %11s %12s %26s\n", "evals/s", "failing", "runs", "rolled back", "all passed",
            "new-path evals to pass, mean");
     const double rates[] = {1, 5, 20}, fails[] = {0.02, 0.10, 0.40};
+    int all_runs = 0, all_back = 0;
     for (int ri = 0; ri < 3; ri++) {
         for (int fi = 0; fi < 3; fi++) {
             int runs = (int)(ri == 0 ? 60 * scale : 150 * scale);
@@ -243,11 +233,15 @@ int main(int argc, char **argv)
                     if (o.evals_to_pass[s]) sum += (double)o.evals_to_pass[s], cnt++;
             }
             double share = (double)back / runs;
+            all_runs += runs;
+            all_back += back;
             printf("%-8g %-8.0f%% %6d %10.1f%% %11.0f%% %26.0f%s\n", rates[ri], 100 * fails[fi], runs, 100 * share,
                    100.0 * complete / runs, cnt ? sum / (double)cnt : 0, share <= 0.01 ? "" : "   <- over 1 %");
             if (share > 0.01) failures++;
         }
     }
+
+    printf("all A/A runs: %d of %d rolled back (%.2f %%)\n", all_back, all_runs, 100.0 * all_back / all_runs);
 
     /* ---- regressions ---- */
     printf("\nregressions on the new path (20 evals/s on each path; detected = the gate FAILs):\n");

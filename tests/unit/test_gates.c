@@ -2,18 +2,30 @@
  * legacy window it compares with, and what it says.  tests/sim runs the
  * same code over thousands of simulated canaries. */
 #include "gates.h"
+#include "pconfig.h"
 #include "unit.h"
 
-static gate_cfg cfg_default(void)
+static gate_cfg cfg_default(void) { return gate_cfg_defaults(5); }
+
+static const char *no_env(const char *name, void *ud)
 {
-    gate_cfg c = {.alpha = 0.01, .nsteps = 5, .min_samples = 50, .latency_quantile = 0.9};
-    c.margin[GATE_SYSTEM] = 0.002;
-    c.pass_margin[GATE_SYSTEM] = 0.01;
-    c.margin[GATE_PROGRAM] = 0;
-    c.pass_margin[GATE_PROGRAM] = 0.05;
-    c.margin[GATE_LATENCY] = 0.02;
-    c.pass_margin[GATE_LATENCY] = 0.05;
-    return c;
+    (void)name;
+    (void)ud;
+    return NULL;
+}
+
+/* The simulation's figures are the shipped defaults' only if these agree. */
+static void test_defaults_are_the_proxys(void)
+{
+    proxy_settings s = {0};
+    char errs[2048] = "";
+    CHECK_EQ_INT(pconfig_load(&s, no_env, NULL, errs, sizeof(errs)), 0);
+    gate_cfg c = gate_cfg_defaults(5);
+    CHECK(s.gate_alpha == c.alpha && s.gate_min_samples == c.min_samples);
+    CHECK(s.gate_latency_quantile == c.latency_quantile);
+    for (int g = 0; g < GATE_COUNT; g++)
+        CHECK(s.gate_margin[g] == c.margin[g] && s.gate_pass_margin[g] == c.pass_margin[g]);
+    pconfig_free(&s);
 }
 
 /* n finished evals: `sys` system errors, the rest ran, `fail` of them
@@ -224,6 +236,7 @@ static void test_pass_needs_confidence(void)
 
 int main(void)
 {
+    RUN(test_defaults_are_the_proxys);
     RUN(test_buckets);
     RUN(test_bounds);
     RUN(test_too_few);
