@@ -26,7 +26,7 @@ ALL_CFLAGS = $(PROJECT_CFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 
 COMMON_SRC  := $(wildcard common/*.c)
-PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c
+PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c legacy_adapter/legacy_backend.c
 LEGACYD_SRC := $(wildcard legacy_adapter/legacyd*.c)
 EXECUTOR_SRC := $(wildcard worker/executor*.c)
 WORKER_SRC  := $(filter-out $(EXECUTOR_SRC),$(wildcard worker/*.c))

@@ -1,5 +1,7 @@
 #include "legacy_client.h"
 
+#include "legacy_backend.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +26,7 @@ typedef struct call {
     enum legacy_call_kind kind;
 } call;
 
-legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes)
+static legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes)
 {
     legacy_client *lc = calloc(1, sizeof(*lc));
     if (!lc) return NULL;
@@ -40,7 +42,7 @@ legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms
     return lc;
 }
 
-void legacy_client_free(legacy_client *lc) { free(lc); }
+static void legacy_client_free(void *lc) { free(lc); }
 
 void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const char *errmsg,
                         long status, const char *body, size_t len, legacy_result *out,
@@ -133,45 +135,65 @@ static httpc_req *start(legacy_client *lc, const char *method, const char *url, 
     return r;
 }
 
-httpc_req *legacy_submit(legacy_client *lc, const char *eval_id, const char *code, size_t code_len,
-                         const char *language, const char *engine, int timeout,
-                         const char *priority, legacy_cb cb, void *arg)
+static bool http_submit(void *impl, const legacy_job *j, legacy_cb cb, void *arg)
 {
-    json_t *o = json_pack("{s:s, s:s#, s:s, s:s, s:i, s:s}", "eval_id", eval_id, "code", code,
-                          code_len, "language", language, "engine", engine, "timeout", timeout,
-                          "priority", priority);
+    legacy_client *lc = impl;
+    json_t *o = json_pack("{s:s, s:s#, s:s, s:s, s:i, s:s}", "eval_id", j->eval_id, "code", j->code, j->code_len,
+                          "language", j->language, "engine", j->engine, "timeout", j->timeout, "priority",
+                          j->priority_name);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     httpc_req *r = body ? start(lc, "POST", lc->tasks_url, body, strlen(body), LEGACY_CALL_SUBMIT, cb, arg) : NULL;
     free(body);
     json_decref(o);
-    return r;
+    return r != NULL;
 }
 
-httpc_req *legacy_health(legacy_client *lc, legacy_cb cb, void *arg)
+static bool http_health(void *impl, legacy_cb cb, void *arg)
 {
-    return start(lc, "GET", lc->health_url, NULL, 0, LEGACY_CALL_HEALTH, cb, arg);
+    legacy_client *lc = impl;
+    return start(lc, "GET", lc->health_url, NULL, 0, LEGACY_CALL_HEALTH, cb, arg) != NULL;
 }
 
-static httpc_req *task_call(legacy_client *lc, const char *method, const char *eval_id, legacy_cb cb, void *arg)
+static bool task_call(legacy_client *lc, const char *method, const char *eval_id, legacy_cb cb, void *arg)
 {
     char url[1024 + 160];
     snprintf(url, sizeof(url), "%s/%s", lc->tasks_url, eval_id);
-    return start(lc, method, url, NULL, 0, LEGACY_CALL_TASK, cb, arg);
+    return start(lc, method, url, NULL, 0, LEGACY_CALL_TASK, cb, arg) != NULL;
 }
 
-httpc_req *legacy_get_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg)
+static bool http_get_task(void *impl, const char *eval_id, legacy_cb cb, void *arg)
 {
-    return task_call(lc, "GET", eval_id, cb, arg);
+    return task_call(impl, "GET", eval_id, cb, arg);
 }
 
-httpc_req *legacy_cancel_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg)
+/* The protocol has no way to stop a running task: `terminate` changes
+ * nothing, and a running task is a 409 as without it. */
+static bool http_cancel_task(void *impl, const char *eval_id, bool terminate, legacy_cb cb, void *arg)
 {
-    return task_call(lc, "DELETE", eval_id, cb, arg);
+    (void)terminate;
+    return task_call(impl, "DELETE", eval_id, cb, arg);
 }
 
-httpc_req *legacy_queue_status(legacy_client *lc, legacy_cb cb, void *arg)
+static bool http_queue_status(void *impl, legacy_cb cb, void *arg)
 {
-    return start(lc, "GET", lc->status_url, NULL, 0, LEGACY_CALL_TASK, cb, arg);
+    legacy_client *lc = impl;
+    return start(lc, "GET", lc->status_url, NULL, 0, LEGACY_CALL_TASK, cb, arg) != NULL;
+}
+
+static const legacy_backend_ops http_ops = {
+    .name = "http",
+    .can_terminate = false,
+    .submit = http_submit,
+    .get_task = http_get_task,
+    .cancel_task = http_cancel_task,
+    .queue_status = http_queue_status,
+    .health = http_health,
+    .destroy = legacy_client_free,
+};
+
+legacy_backend *legacy_http_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes)
+{
+    return legacy_backend_new(&http_ops, legacy_client_new(h, base_url, timeout_ms, max_reply_bytes));
 }
 
 bool legacy_reply_unreadable(const legacy_result *r)

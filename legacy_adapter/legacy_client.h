@@ -1,5 +1,6 @@
-/* legacy_client — the proxy's side of the legacy Queue Service protocol
- * (DESIGN §7), over the shared asynchronous HTTP client. */
+/* legacy_client — the legacy side's result type, and the proxy's side of
+ * the HTTP Queue Service protocol over the shared asynchronous HTTP client
+ * (one implementation of legacy_backend.h). */
 #ifndef TURNOUT_LEGACY_CLIENT_H
 #define TURNOUT_LEGACY_CLIENT_H
 
@@ -66,31 +67,6 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
 #define LEGACY_MAX_REPLY_DEFAULT (8LL * 1024 * 1024)
 #define LEGACY_MAX_REPLY_MIN (64LL * 1024)
 #define LEGACY_MAX_REPLY_MAX (1024LL * 1024 * 1024)
-
-/* Borrowed httpc and base_url must outlive the client.  A reply over
- * max_reply_bytes is LEGACY_BAD_REPLY with too_large set. */
-legacy_client *legacy_client_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes);
-void legacy_client_free(legacy_client *lc);
-
-/* POST /tasks.  Returns the in-flight request (cancel with httpc_cancel), or
- * NULL when it could not start (cb never called). */
-httpc_req *legacy_submit(legacy_client *lc, const char *eval_id, const char *code, size_t code_len,
-                         const char *language, const char *engine, int timeout,
-                         const char *priority, legacy_cb cb, void *arg);
-
-/* GET /health (for /readyz). */
-httpc_req *legacy_health(legacy_client *lc, legacy_cb cb, void *arg);
-
-/* GET /tasks/{id}: LEGACY_OK with doc = {eval_id, status, ...}, or
- * LEGACY_NOT_FOUND.  `eval_id` must be a valid id (no escaping is done). */
-httpc_req *legacy_get_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg);
-
-/* DELETE /tasks/{id}: LEGACY_OK (cancelled), LEGACY_CONFLICT (running or
- * finished), LEGACY_NOT_FOUND. */
-httpc_req *legacy_cancel_task(legacy_client *lc, const char *eval_id, legacy_cb cb, void *arg);
-
-/* GET /status: LEGACY_OK with doc = {queued, processing, queue_length, total_tasks}. */
-httpc_req *legacy_queue_status(legacy_client *lc, legacy_cb cb, void *arg);
 
 /* A task call answered with something a retry is not expected to fix: a
  * 2xx that is not the protocol's JSON object, one whose status turnout does

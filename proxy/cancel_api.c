@@ -96,6 +96,7 @@ static const char *const prev_names[] = {"queued", "running", "retrying"};
 typedef struct cancel_op {
     preq *r;
     bool terminate;
+    bool stopping;   /* a running legacy task was asked to stop (terminate=true) */
     enum prev prev;
     char eval_id[CANCEL_EVAL_ID_MAX + 1];
     char tid[TID_MAX];
@@ -309,9 +310,12 @@ static void on_legacy_deleted(const legacy_result *res, void *arg)
     cancel_op *op = arg;
     px_hold_in_flight(op->r, NOT_WAITING);
     if (res->outcome == LEGACY_OK) {
-        LOG_INFO("cancelled", "eval_id", op->eval_id, "path", "legacy", "previous_status", "queued");
-        json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "eval_id", op->eval_id, "previous_status", "queued", "cancelled",
-                              1, "message", "removed from the legacy queue; it will not run");
+        const char *prev = op->stopping ? "running" : "queued";
+        LOG_INFO("cancelled", "eval_id", op->eval_id, "path", "legacy", "previous_status", prev);
+        json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "eval_id", op->eval_id, "previous_status", prev, "cancelled",
+                              1, "message",
+                              op->stopping ? "the legacy queue's worker was told to stop it; its status turns cancelled"
+                                           : "removed from the legacy queue; it will not run");
         if (!o) op_finish_oom(op);
         else op_finish_json(op, 200, o);
     } else if (res->outcome == LEGACY_CONFLICT || res->outcome == LEGACY_NOT_FOUND) {
@@ -338,12 +342,21 @@ static void on_legacy_task(const legacy_result *res, void *arg)
     if (status && strcmp(status, "queued") == 0 && !op->deleted_once) {
         op->deleted_once = true;
         px_hold_in_flight(op->r, PATH_LEGACY);
-        if (!legacy_cancel_task(op->r->p->legacy, op->eval_id, on_legacy_deleted, op)) op_finish_oom(op);
+        if (!legacy_cancel_task(op->r->p->legacy, op->eval_id, false, on_legacy_deleted, op)) op_finish_oom(op);
+        return;
+    }
+    bool can_stop = legacy_can_terminate(op->r->p->legacy);
+    if (status && strcmp(status, "running") == 0 && op->terminate && can_stop && !op->stopping) {
+        op->stopping = true; /* once: a second refusal is answered as it stands */
+        px_hold_in_flight(op->r, PATH_LEGACY);
+        if (!legacy_cancel_task(op->r->p->legacy, op->eval_id, true, on_legacy_deleted, op)) op_finish_oom(op);
         return;
     }
     if (status && strcmp(status, "running") == 0) {
         px_finish_error(op->r, 409, "running",
-                        "the evaluation is running on the legacy path, and the legacy Queue Service cannot stop a running task (terminate=true works on the new path only); wait for its result",
+                        can_stop ? "the evaluation is running on the legacy path; add ?terminate=true to stop it"
+                                 : "the evaluation is running on the legacy path, and the legacy Queue Service cannot "
+                                   "stop a running task (terminate=true works on the new path only); wait for its result",
                         0);
         op_free(op);
         return;

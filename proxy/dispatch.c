@@ -272,8 +272,9 @@ static void call_legacy(dop *d)
 {
     const submission *s = &d->sub;
     hold(d, PATH_LEGACY);
-    if (!legacy_submit(d->p->legacy, s->eval_id, s->code, s->code_len, s->language, s->engine, s->timeout,
-                       s->priority_name, on_legacy, d)) {
+    legacy_job job = {s->eval_id, s->code, s->code_len, s->language, s->engine, s->timeout, s->priority,
+                      s->priority_name};
+    if (!legacy_submit(d->p->legacy, &job, on_legacy, d)) {
         if (d->claimed) records_release(d->p->records, d->sub.eval_id, d->record);
         px_count_reject(d->p, RJ_OOM);
         px_count_decision(d->p, PATH_NONE, d->dec.reason);

@@ -31,8 +31,22 @@ const cfg_option pconfig_table[] = {
     {"CELERY_QUEUE", CFG_STRING, "evaluation", 0, 200, NULL, F(queue), "queue name (kombu list base name)"},
     {"CELERY_TASK_NAME", CFG_STRING, "tasks.evaluate_code", 0, 200, NULL, F(task_name),
      "task name in the message header"},
+    {"LEGACY_BACKEND", CFG_ENUM, "http", 0, 0, "http|rq", F(legacy_backend),
+     "what the legacy side speaks: http (a Queue Service at LEGACY_QUEUE_URL, e.g. turnout-legacyd) or rq "
+     "(RQ's own Redis layout at LEGACY_RQ_URL, run by rq worker)"},
     {"LEGACY_QUEUE_URL", CFG_URL, "http://127.0.0.1:8081", 0, 0, "http|https", F(legacy_url),
-     "legacy Queue Service"},
+     "legacy Queue Service (LEGACY_BACKEND=http)"},
+    {"LEGACY_RQ_URL", CFG_STRING, "", 0, 1024, NULL, F(legacy_rq_url),
+     "LEGACY_BACKEND=rq: the Redis RQ uses, redis://host:port/db (may be CELERY_BROKER_URL's server)"},
+    {"LEGACY_RQ_QUEUES", CFG_LIST, "high,default,low", 0, 0, NULL, F(legacy_rq_queues),
+     "LEGACY_BACKEND=rq: three RQ queues for priorities 0-2, 3-5 and 6-9 (run rq worker with them in this order)"},
+    {"LEGACY_RQ_FUNCTION", CFG_STRING, "tasks.evaluate_code", 1, 200, NULL, F(legacy_rq_function),
+     "LEGACY_BACKEND=rq: the function each job calls, as a dotted import path; called (eval_id, code, language, "
+     "timeout=, engine=, priority=)"},
+    {"LEGACY_RQ_SERIALIZER", CFG_ENUM, "pickle", 0, 0, "pickle|json", F(legacy_rq_serializer),
+     "LEGACY_BACKEND=rq: pickle (RQ's default) or json (rq worker --serializer rq.serializers.JSONSerializer)"},
+    {"LEGACY_RQ_RESULT_TTL_S", CFG_INT, "86400", 1, 31536000, NULL, F(legacy_rq_result_ttl_s),
+     "LEGACY_BACKEND=rq: how long RQ keeps a finished job and its result (the job's result_ttl)"},
     {"UPSTREAM_API_URL", CFG_URL, "", 0, 0, "http|https", F(upstream_url),
      "if set, every path the proxy does not own is passed through to it"},
     {"ADMIN_TOKEN", CFG_STRING, "", 0, 1024, NULL, F(admin_token),
@@ -171,9 +185,25 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
         }
         SSL_CTX_free(ctx);
     }
-    const char *const names[2] = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"};
-    const char *const urls[2] = {tmp.broker_url, tmp.result_backend};
-    n += rclient_check_urls(names, urls, 2, errs, errs_size);
+    const char *const names[3] = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "LEGACY_RQ_URL"};
+    const char *const urls[3] = {tmp.broker_url, tmp.result_backend, tmp.legacy_rq_url};
+    n += rclient_check_urls(names, urls, 3, errs, errs_size);
+    if (strcmp(tmp.legacy_backend, "rq") == 0) {
+        if (!tmp.legacy_rq_url[0]) {
+            n++;
+            cfg_append_error(errs, errs_size,
+                             "LEGACY_RQ_URL is empty: LEGACY_BACKEND=rq needs the Redis RQ uses, e.g. "
+                             "redis://127.0.0.1:6379/2\n");
+        }
+        int nq = 0;
+        for (const char *c = tmp.legacy_rq_queues; *c; c++) nq += *c == ',';
+        if (!tmp.legacy_rq_queues[0] || nq != 2) {
+            n++;
+            cfg_append_error(errs, errs_size,
+                             "LEGACY_RQ_QUEUES: must name three RQ queues, for priorities 0-2, 3-5 and 6-9, e.g. "
+                             "high,default,low\n");
+        }
+    }
     if (tmp.allowed_languages[0] == '\0') {
         n++;
         cfg_append_error(errs, errs_size, "ALLOWED_LANGUAGES=\"\": must name at least one language, e.g. python\n");

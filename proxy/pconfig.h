@@ -22,7 +22,10 @@ typedef struct proxy_settings {
     char *result_backend;    /* empty = broker_url */
     char *queue;
     char *task_name;
+    char *legacy_backend;    /* http | rq */
     char *legacy_url;
+    char *legacy_rq_url, *legacy_rq_queues, *legacy_rq_function, *legacy_rq_serializer;
+    long long legacy_rq_result_ttl_s;
     char *upstream_url;
     char *admin_token;
     long long max_body_bytes;

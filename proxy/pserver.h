@@ -12,7 +12,7 @@
 
 #include "conns.h"
 #include "httpc.h"
-#include "legacy_client.h"
+#include "legacy_backend.h"
 #include "pconfig.h"
 #include "pmetrics.h"
 #include "producer.h"
@@ -37,7 +37,7 @@ struct proxy {
     route_state route;
     rclient *broker;
     httpc *hc;
-    legacy_client *legacy;
+    legacy_backend *legacy; /* the legacy queue, whatever it speaks (LEGACY_BACKEND) */
     producer *prod;
     size_t pending;  /* requests waiting on a backend */
     bool draining;

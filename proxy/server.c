@@ -33,7 +33,7 @@
 #include "stats.h"
 #include "status_api.h"
 #include "httpc.h"
-#include "legacy_client.h"
+#include "legacy_backend.h"
 #include "log.h"
 #include "pmetrics.h"
 #include "producer.h"
@@ -736,8 +736,8 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     }
     p->hc = httpc_new(base, err);
     if (!p->hc) goto err;
-    p->legacy = legacy_client_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms,
-                                  (size_t)p->cfg.legacy_max_reply_bytes);
+    p->legacy = legacy_http_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms,
+                                (size_t)p->cfg.legacy_max_reply_bytes);
     p->prod = producer_new(p->broker, p->cfg.queue, p->cfg.task_name);
     p->records = records_new(p);
     if (p->records && !(p->completion = completion_new(p, err))) goto err;
@@ -999,7 +999,7 @@ void proxy_free(proxy *p)
     if (listener_owner == p) listener_owner = NULL;
     producer_free(p->prod);
     records_free(p->records);
-    legacy_client_free(p->legacy);
+    legacy_backend_free(p->legacy);
     pmetrics_free(&p->m);
     pconfig_free(&p->cfg);
     if (p->tls) SSL_CTX_free(p->tls);

@@ -64,7 +64,7 @@ SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fram
 CFLAGS_ALL="-std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Icommon -Iproxy -Ilegacy_adapter $PKG_CFLAGS"
 LIB_CFLAGS="$CFLAGS_ALL $SAN -fsanitize=fuzzer-no-link"
 TGT_CFLAGS="$CFLAGS_ALL -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes $SAN -fsanitize=fuzzer"
-LIB_SRC="$(ls common/*.c) proxy/submission.c proxy/pconfig.c legacy_adapter/legacy_client.c"
+LIB_SRC="$(ls common/*.c) proxy/submission.c proxy/pconfig.c legacy_adapter/legacy_client.c legacy_adapter/legacy_backend.c"
 
 # Objects are rebuilt when a file they were built from (per the .d file)
 # is newer, or when the compiler command changed.
