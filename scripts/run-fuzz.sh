@@ -19,7 +19,7 @@ SECS=${1:-10}
 case "$SECS" in
     '' | *[!0-9]*) echo "run-fuzz: seconds must be a whole number, got \"$SECS\"" >&2; exit 2 ;;
 esac
-TARGETS=${*:-"fuzz_submission fuzz_celery_decode fuzz_legacy_reply fuzz_config fuzz_jsonr"}
+TARGETS=${*:-"fuzz_submission fuzz_celery_decode fuzz_legacy_reply fuzz_config fuzz_jsonr fuzz_pickle"}
 
 OUT=build/fuzz
 PKGS="libevent libevent_openssl hiredis libcurl jansson openssl"
