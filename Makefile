@@ -5,13 +5,13 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 BUILD   ?= build
 VERSION := $(shell cat VERSION)
-PKGS    := libevent libevent_openssl hiredis libcurl jansson openssl
+PKGS    := libevent libevent_openssl hiredis libcurl jansson openssl zlib
 # Each binary links only what it calls: libcurl is never linked (httpc loads
 # it on first use, common/curldl.h; dlopen is in glibc's libc since 2.34, no
 # -ldl) and OpenSSL only into the proxy (TLS server, routing hash, admin
 # token compare).  A linked library is mapped and initialised at start-up,
 # used or not: 6-8 MiB of resident memory for these two.
-PROXY_PKGS  := libevent libevent_openssl hiredis jansson openssl
+PROXY_PKGS  := libevent libevent_openssl hiredis jansson openssl zlib
 DAEMON_PKGS := libevent hiredis jansson
 
 PROJECT_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
@@ -26,7 +26,8 @@ ALL_CFLAGS = $(PROJECT_CFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 
 COMMON_SRC  := $(wildcard common/*.c)
-PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c legacy_adapter/legacy_backend.c
+PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c legacy_adapter/legacy_backend.c \
+	legacy_adapter/legacy_rq.c
 LEGACYD_SRC := $(wildcard legacy_adapter/legacyd*.c)
 EXECUTOR_SRC := $(wildcard worker/executor*.c)
 WORKER_SRC  := $(filter-out $(EXECUTOR_SRC),$(wildcard worker/*.c))
@@ -138,7 +139,7 @@ asan:
 run:
 	@scripts/deps.sh check-or-install
 	@$(MAKE) --no-print-directory all
-	@scripts/run-demo.sh $(BUILD)
+	@DEMO_LEGACY=$(LEGACY) scripts/run-demo.sh $(BUILD)
 
 # The integration tests with every turnout binary under valgrind (except the
 # executor, whose sandbox valgrind cannot set up); fails on any leak or error.

@@ -7,7 +7,7 @@
 set -eu
 
 PACKAGES="gcc make pkg-config libevent-dev libhiredis-dev libcurl4-openssl-dev
-libjansson-dev libssl-dev redis-server python3 python3-celery python3-redis
+libjansson-dev libssl-dev zlib1g-dev redis-server python3 python3-celery python3-redis python3-rq
 python3-pytest python3-requests python3-yaml prometheus curl
 chromium chromium-driver python3-selenium clang libclang-rt-14-dev valgrind openssl"
 

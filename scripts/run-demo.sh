@@ -3,7 +3,9 @@
 # turnout-executor, turnout-legacyd (pulling into the executor),
 # turnout-worker and turnout-proxy with a 50/50 split.  Ctrl-C stops it all.
 # Ports can be moved with DEMO_PROXY_PORT, DEMO_LEGACY_PORT, DEMO_REDIS_PORT,
-# DEMO_EXECUTOR_PORT, DEMO_WORKER_PORT.
+# DEMO_EXECUTOR_PORT, DEMO_WORKER_PORT.  `make run LEGACY=rq` (DEMO_LEGACY=rq)
+# puts RQ on the legacy side instead: a real `rq worker` (Debian's python3-rq)
+# running legacy_adapter/rq/tasks.py, on db 2 of the same redis-server.
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -53,10 +55,35 @@ EXECUTOR_LISTEN=127.0.0.1:$EXECUTOR_PORT EXECUTOR_MAX_CONCURRENT=4 \
 pids+=($!)
 wait_for turnout-executor "http://127.0.0.1:$EXECUTOR_PORT/health"
 
-LEGACYD_LISTEN=127.0.0.1:$LEGACY_PORT EXECUTOR_SERVICE_URL=http://127.0.0.1:$EXECUTOR_PORT \
-    "$BUILD/turnout-legacyd" 2>"$DIR/legacyd.log" &
-pids+=($!)
-wait_for turnout-legacyd "http://127.0.0.1:$LEGACY_PORT/health"
+LEGACY=${DEMO_LEGACY:-http}
+case "$LEGACY" in
+http)
+    LEGACYD_LISTEN=127.0.0.1:$LEGACY_PORT EXECUTOR_SERVICE_URL=http://127.0.0.1:$EXECUTOR_PORT \
+        "$BUILD/turnout-legacyd" 2>"$DIR/legacyd.log" &
+    pids+=($!)
+    wait_for turnout-legacyd "http://127.0.0.1:$LEGACY_PORT/health"
+    LEGACY_ENV=(LEGACY_QUEUE_URL=http://127.0.0.1:$LEGACY_PORT)
+    LEGACY_SAYS="legacy     http://127.0.0.1:$LEGACY_PORT        (turnout-legacyd: GET /status, GET /tasks/<eval_id>)"
+    LEGACY_TRY="curl -s http://127.0.0.1:$LEGACY_PORT/tasks/<a legacy eval_id>"
+    ;;
+rq)
+    RQ_URL=redis://127.0.0.1:$REDIS_PORT/2
+    RQ_CMD="/usr/bin/python3 -m rq.cli worker -u $RQ_URL --path $(pwd)/legacy_adapter/rq -n turnout-demo-rq high default low"
+    EXECUTOR_SERVICE_URL=http://127.0.0.1:$EXECUTOR_PORT $RQ_CMD >"$DIR/rq.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        redis-cli -p "$REDIS_PORT" -n 2 SMEMBERS rq:workers 2>/dev/null | grep -q turnout-demo-rq && break
+        sleep 0.1
+    done
+    LEGACY_ENV=(LEGACY_BACKEND=rq LEGACY_RQ_URL=$RQ_URL)
+    LEGACY_SAYS="legacy     $RQ_URL      (RQ, worker started as: $RQ_CMD)"
+    LEGACY_TRY="redis-cli -p $REDIS_PORT -n 2 HGETALL rq:job:<a legacy eval_id>"
+    ;;
+*)
+    echo "run: LEGACY=$LEGACY: must be http (turnout-legacyd) or rq (a real rq worker)" >&2
+    exit 2
+    ;;
+esac
 
 CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0 \
 EXECUTOR_SERVICE_URL=http://127.0.0.1:$EXECUTOR_PORT \
@@ -72,9 +99,8 @@ PROXY_LISTEN=127.0.0.1:$PROXY_PORT \
 CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0 \
 ADMIN_TOKEN=$ADMIN_TOKEN ROLLOUT_STEPS=0.1,0.5,1.0 ROLLOUT_STEP_INTERVAL_S=60 GATE_MIN_SAMPLES=20 \
 SHADOW_PERCENTAGE=0.1 \
-LEGACY_QUEUE_URL=http://127.0.0.1:$LEGACY_PORT \
 CELERY_ENABLED=true CELERY_PERCENTAGE=0.5 \
-    "$BUILD/turnout-proxy" 2>"$DIR/proxy.log" &
+    env "${LEGACY_ENV[@]}" "$BUILD/turnout-proxy" 2>"$DIR/proxy.log" &
 pids+=($!)
 wait_for turnout-proxy "http://127.0.0.1:$PROXY_PORT/healthz"
 
@@ -104,7 +130,7 @@ cat <<MSG
 turnout demo is running (50 % of submissions on the new queue):
   dashboard  http://127.0.0.1:$PROXY_PORT/dashboard   (live: a submission every 2 s is sent for you)
   proxy      http://127.0.0.1:$PROXY_PORT        (POST /api/eval, /metrics, /readyz, /api/stats)
-  legacy     http://127.0.0.1:$LEGACY_PORT        (turnout-legacyd: GET /status, GET /tasks/<eval_id>)
+  $LEGACY_SAYS
   executor   http://127.0.0.1:$EXECUTOR_PORT        (turnout-executor: GET /capacity)
   worker     http://127.0.0.1:$WORKER_PORT/metrics (turnout-worker)
   redis      redis://127.0.0.1:$REDIS_PORT/0      (queue lists: evaluation, evaluation\\x06\\x163, ...)
@@ -125,7 +151,7 @@ Try:
   curl -s http://127.0.0.1:$PROXY_PORT/admin/shadow/mismatches      # 10 % of legacy evals are shadowed
   # new path: the result Celery-style;  legacy path: the Queue Service's record
   redis-cli -p $REDIS_PORT GET celery-task-meta-celery-demo-1
-  curl -s http://127.0.0.1:$LEGACY_PORT/tasks/demo-1
+  $LEGACY_TRY
 
 Ctrl-C stops everything.
 MSG

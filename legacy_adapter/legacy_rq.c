@@ -1,0 +1,680 @@
+/* legacy_rq — the legacy queue as RQ 1.13 lays it out in Redis, run by real
+ * `rq worker` processes (LEGACY_BACKEND=rq).
+ *
+ * Submit writes the job as Queue.enqueue does: the hash rq:job:<eval_id>
+ * (data = zlib(serializer((function, None, [eval_id, code, language],
+ * {timeout, engine, priority}))), origin, status queued, timestamps as
+ * %Y-%m-%dT%H:%M:%S.%fZ, timeout, result_ttl, ...), the queue key in
+ * rq:queues, the id RPUSHed on rq:queue:<q> — in one script, refused when
+ * the job exists (the eval_id is the job id).  RQ has no priority within a
+ * queue: priorities 0-2, 3-5 and 6-9 go to the three LEGACY_RQ_QUEUES,
+ * which `rq worker high default low` consumes in that order.
+ *
+ * A task is read from the job hash and the newest entry of its result
+ * stream rq:results:<id> (type 1 finished with return_value, 2 failed with
+ * exc_string, 3 stopped), and given in the Queue Service protocol's words
+ * (legacy_backend.h).  The function's return value is the executor's reply
+ * ({status, output, error, exit_code, duration_s}): its status is the
+ * program's verdict; an RQ failure (an exception, RQ's own job timeout) is
+ * outcome "error", a system error of the legacy path.
+ *
+ * Results come from code the proxy does not control: pickles are read by
+ * the restricted decoder (common/pickle.h), which refuses anything that
+ * would import or call; JSON by jansson.  Cancel: a queued job leaves its
+ * queue, becomes canceled and joins rq:canceled:<q>, as RQ's cancel_job
+ * does; a running one, with terminate, gets RQ's stop-job command on
+ * rq:pubsub:<worker_name>; anything else is a conflict. */
+#include "legacy_rq.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <zlib.h>
+
+#include "log.h"
+#include "pickle.h"
+#include "rclient.h"
+#include "util.h"
+
+#define RQ_JOB_GRACE_S 30  /* the job's timeout beyond the eval's: RQ kills a job stuck past it */
+#define RQ_MAX_DATA (64u << 20)
+#define RQ_MAX_RESULT (64u << 20)
+
+struct legacy_rq {
+    struct event_base *base;
+    rclient *rc;
+    char queue[3][128];
+    char function[201];
+    bool pickle;
+    long long result_ttl_s;
+};
+
+typedef struct rq_call {
+    legacy_rq *rq;
+    legacy_cb cb;
+    void *arg;
+    char eval_id[160];
+    bool submit;
+} rq_call;
+
+/* ---------- scripts ---------- */
+
+/* KEYS: job, queue, rq:queues.  ARGV: job id, field, value, ...
+ * The queue's length after the push; -1 when the job exists. */
+static rclient_script enqueue_script;
+static const char enqueue_text[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end\n"
+    "redis.call('SADD', KEYS[3], KEYS[2])\n"
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 2))\n"
+    "redis.call('RPUSH', KEYS[2], ARGV[1])\n"
+    "return redis.call('LLEN', KEYS[2])\n";
+
+/* KEYS: job, results.  ARGV: job id.  {hash, newest result, position
+ * (0-based, false)}; false when there is no job. */
+static rclient_script lookup_script;
+static const char lookup_text[] =
+    "local h = redis.call('HGETALL', KEYS[1])\n"
+    "if #h == 0 then return false end\n"
+    "local st, origin\n"
+    "for i = 1, #h, 2 do\n"
+    "  if h[i] == 'status' then st = h[i + 1] elseif h[i] == 'origin' then origin = h[i + 1] end\n"
+    "end\n"
+    "local pos = false\n"
+    "if st == 'queued' and origin then pos = redis.call('LPOS', 'rq:queue:' .. origin, ARGV[1]) end\n"
+    "return {h, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1), pos}\n";
+
+/* KEYS: job.  ARGV: job id, terminate (1|0), now, now as RQ writes times
+ * (ended_at is written too, so the end is known).  {0}: no job; {1}:
+ * cancelled; {2}: told to stop; {3, status}: running; {4, status}: ended. */
+static rclient_script cancel_script;
+static const char cancel_text[] =
+    "local st = redis.call('HGET', KEYS[1], 'status')\n"
+    "if not st then return {0} end\n"
+    "if st == 'queued' or st == 'deferred' or st == 'scheduled' then\n"
+    "  local q = redis.call('HGET', KEYS[1], 'origin') or 'default'\n"
+    "  redis.call('LREM', 'rq:queue:' .. q, 0, ARGV[1])\n"
+    "  redis.call('ZREM', 'rq:deferred:' .. q, ARGV[1])\n"
+    "  redis.call('ZREM', 'rq:scheduled:' .. q, ARGV[1])\n"
+    "  redis.call('HSET', KEYS[1], 'status', 'canceled', 'ended_at', ARGV[4])\n"
+    "  redis.call('ZADD', 'rq:canceled:' .. q, ARGV[3], ARGV[1])\n"
+    "  return {1}\n"
+    "end\n"
+    "if st == 'started' and ARGV[2] == '1' then\n"
+    "  local w = redis.call('HGET', KEYS[1], 'worker_name')\n"
+    "  if w and w ~= '' then\n"
+    "    redis.call('PUBLISH', 'rq:pubsub:' .. w, cjson.encode({command = 'stop-job', job_id = ARGV[1]}))\n"
+    "    return {2}\n"
+    "  end\n"
+    "end\n"
+    "if st == 'started' then return {3, st} end\n"
+    "return {4, st}\n";
+
+/* KEYS: the three queues.  {lengths..., jobs started per queue...}. */
+static rclient_script counts_script;
+static const char counts_text[] =
+    "local out = {}\n"
+    "for i = 1, #KEYS do out[i] = redis.call('LLEN', 'rq:queue:' .. KEYS[i]) end\n"
+    "for i = 1, #KEYS do out[#KEYS + i] = redis.call('ZCARD', 'rq:wip:' .. KEYS[i]) end\n"
+    "return out\n";
+
+/* ---------- answers ---------- */
+
+static void deliver(rq_call *c, enum legacy_outcome o, const char *detail, json_t *doc, long long position,
+                    bool maybe_done)
+{
+    legacy_result r = {o, 0, position, detail, doc, false, maybe_done};
+    c->cb(&r, c->arg);
+    free(c);
+}
+
+/* The Redis side failed: the same outcomes as the HTTP service away. */
+static bool failed_reply(rq_call *c, redisReply *reply, const char *err)
+{
+    char detail[LEGACY_DETAIL_MAX];
+    if (!reply) {
+        bool timeout = err && strcmp(err, "timeout") == 0;
+        util_snprintf(detail, sizeof(detail), "RQ's Redis (LEGACY_RQ_URL) %s: %s",
+                      timeout ? "did not answer in time" : "is unreachable", err ? err : "no reply");
+        deliver(c, timeout ? LEGACY_TIMEOUT : LEGACY_UNREACHABLE, detail, NULL, -1, c->submit);
+        return true;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        util_snprintf(detail, sizeof(detail), "RQ's Redis refused the command: %.*s", UTF8_CUT(reply->str, 200));
+        deliver(c, LEGACY_BAD_STATUS, detail, NULL, -1, false);
+        return true;
+    }
+    return false;
+}
+
+static void on_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rq_call *c = arg;
+    deliver(c, LEGACY_UNREACHABLE, "RQ's Redis (LEGACY_RQ_URL) is unreachable", NULL, -1, false);
+}
+
+static rq_call *new_call(legacy_rq *rq, const char *eval_id, legacy_cb cb, void *arg)
+{
+    rq_call *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->rq = rq;
+    c->cb = cb;
+    c->arg = arg;
+    if (eval_id) snprintf(c->eval_id, sizeof(c->eval_id), "%s", eval_id);
+    return c;
+}
+
+/* Sends the script; when Redis is away the answer is "unreachable", from
+ * the loop (never inside the call). */
+static bool send_script(rq_call *c, const rclient_script *s, rclient_cb done, int argc, const char **argv, const size_t *lens)
+{
+    if (rclient_eval(c->rq->rc, s, done, c, argc, argv, lens) == 0) return true;
+    struct timeval now = {0, 0};
+    if (event_base_once(c->rq->base, -1, EV_TIMEOUT, on_later, c, &now) == 0) return true;
+    free(c);
+    return false;
+}
+
+/* ---------- submit ---------- */
+
+static void rq_time(double t, char out[40])
+{
+    char iso[32];
+    util_iso8601(t, iso); /* 2026-11-22T08:42:30.022342 */
+    snprintf(out, 40, "%sZ", iso);
+}
+
+/* zlib(serializer((function, None, args, kwargs))), as Job.data; NULL on OOM. */
+static unsigned char *job_data(const legacy_rq *rq, const legacy_job *j, size_t *len)
+{
+    json_t *t = json_pack("[s, n, [s, o, s], {s:i, s:s, s:i}]", rq->function, j->eval_id,
+                          json_stringn(j->code, j->code_len), j->language, "timeout", j->timeout, "engine", j->engine,
+                          "priority", j->priority);
+    if (!t) return NULL;
+    unsigned char *raw = NULL;
+    size_t raw_len = 0;
+    if (rq->pickle) {
+        raw = pickle_dumps_tuple(t, &raw_len);
+    } else {
+        char *text = json_dumps(t, JSON_COMPACT | JSON_ENSURE_ASCII);
+        raw = (unsigned char *)text;
+        raw_len = text ? strlen(text) : 0;
+    }
+    json_decref(t);
+    if (!raw) return NULL;
+    uLongf cap = compressBound((uLong)raw_len);
+    unsigned char *z = malloc(cap);
+    if (z && compress2(z, &cap, raw, (uLong)raw_len, Z_DEFAULT_COMPRESSION) != Z_OK) {
+        free(z);
+        z = NULL;
+    }
+    free(raw);
+    *len = cap;
+    return z;
+}
+
+/* repr() of a Python str, cut as RQ cuts it for a description (75
+ * characters, then "..."), appended to w. */
+static void py_repr(char *out, size_t cap, size_t *at, const char *str, size_t len)
+{
+    char buf[400];
+    size_t n = 0, chars = 0;
+    bool dq = memchr(str, '\'', len) && !memchr(str, '"', len);
+    char q = dq ? '"' : '\'';
+    buf[n++] = q;
+    chars++;
+    for (size_t i = 0; i < len && n + 12 < sizeof(buf) && chars <= 75; i++) {
+        unsigned char ch = (unsigned char)str[i];
+        if (ch == '\\' || ch == (unsigned char)q) n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\\%c", ch), chars += 2;
+        else if (ch == '\n') n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\\n"), chars += 2;
+        else if (ch == '\r') n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\\r"), chars += 2;
+        else if (ch == '\t') n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\\t"), chars += 2;
+        else if (ch < 0x20 || ch == 0x7f) n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\\x%02x", ch), chars += 4;
+        else {
+            buf[n++] = (char)ch;
+            if ((ch & 0xc0) != 0x80) chars++; /* a character starts here */
+        }
+    }
+    if (chars <= 75) buf[n++] = q, chars++;
+    buf[n] = '\0';
+    /* Python counts characters: cut at the 75th, then "..." */
+    size_t cut = 0, c = 0;
+    while (cut < n && c < 75) {
+        cut++;
+        while (cut < n && ((unsigned char)buf[cut] & 0xc0) == 0x80) cut++;
+        c++;
+    }
+    int w = snprintf(out + *at, cap - *at, "%.*s%s", (int)cut, buf, cut < n || chars > 75 ? "..." : "");
+    if (w > 0) *at = *at + (size_t)w < cap ? *at + (size_t)w : cap - 1;
+}
+
+/* What RQ's get_call_string makes of the call: what rq worker logs. */
+static void description(const legacy_rq *rq, const legacy_job *j, char *out, size_t cap)
+{
+    size_t at = 0;
+    int w = snprintf(out, cap, "%s(", rq->function);
+    at = w > 0 ? (size_t)w : 0;
+    py_repr(out, cap, &at, j->eval_id, strlen(j->eval_id));
+    at += (size_t)snprintf(out + at, cap - at, ", ");
+    py_repr(out, cap, &at, j->code, j->code_len);
+    at += (size_t)snprintf(out + at, cap - at, ", ");
+    py_repr(out, cap, &at, j->language, strlen(j->language));
+    at += (size_t)snprintf(out + at, cap - at, ", engine=");
+    py_repr(out, cap, &at, j->engine, strlen(j->engine));
+    if (at < cap) snprintf(out + at, cap - at, ", priority=%d, timeout=%d)", j->priority, j->timeout);
+}
+
+static void on_enqueued(redisReply *reply, const char *err, void *arg)
+{
+    rq_call *c = arg;
+    if (failed_reply(c, reply, err)) return;
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the enqueue with something unexpected", NULL, -1, true);
+    } else if (reply->integer < 0) {
+        deliver(c, LEGACY_CONFLICT, "RQ already has a job with this eval_id", NULL, -1, false);
+    } else {
+        json_t *doc = json_pack("{s:s, s:s, s:I}", "eval_id", c->eval_id, "status", "queued", "position",
+                                (json_int_t)reply->integer);
+        deliver(c, LEGACY_OK, NULL, doc, reply->integer, false);
+        json_decref(doc);
+    }
+}
+
+static bool rq_submit(void *impl, const legacy_job *j, legacy_cb cb, void *arg)
+{
+    legacy_rq *rq = impl;
+    const char *queue = rq->queue[j->priority <= 2 ? 0 : j->priority <= 5 ? 1 : 2];
+    size_t data_len = 0;
+    unsigned char *data = job_data(rq, j, &data_len);
+    rq_call *c = data ? new_call(rq, j->eval_id, cb, arg) : NULL;
+    if (!c) {
+        free(data);
+        return false;
+    }
+    c->submit = true;
+    char job_key[200], queue_key[160], now[40], timeout[24], ttl[24], desc[1400];
+    snprintf(job_key, sizeof(job_key), "rq:job:%s", j->eval_id);
+    snprintf(queue_key, sizeof(queue_key), "rq:queue:%s", queue);
+    rq_time(util_now(), now);
+    snprintf(timeout, sizeof(timeout), "%d", j->timeout + RQ_JOB_GRACE_S);
+    snprintf(ttl, sizeof(ttl), "%lld", rq->result_ttl_s);
+    description(rq, j, desc, sizeof(desc));
+    const char *argv[] = {"3", job_key, queue_key, "rq:queues", j->eval_id,
+                          "status", "queued", "created_at", now, "data", (const char *)data,
+                          "success_callback_name", "", "failure_callback_name", "", "started_at", "",
+                          "ended_at", "", "last_heartbeat", "", "worker_name", "", "origin", queue,
+                          "description", desc, "enqueued_at", now, "timeout", timeout,
+                          "result_ttl", ttl};
+    size_t n = sizeof(argv) / sizeof(argv[0]), lens[sizeof(argv) / sizeof(argv[0])];
+    for (size_t i = 0; i < n; i++) lens[i] = strlen(argv[i]);
+    lens[10] = data_len;
+    bool ok = send_script(c, &enqueue_script, on_enqueued, (int)n, argv, lens);
+    free(data);
+    return ok;
+}
+
+/* ---------- reading a job ---------- */
+
+/* A result value as the serializer wrote it (base64 of the bytes). */
+static json_t *decode_value(const legacy_rq *rq, const char *b64, size_t len, char why[160])
+{
+    unsigned char *raw = malloc(len / 4 * 3 + 3);
+    long n = raw ? util_base64_decode(raw, b64, len) : -1;
+    if (n < 0) {
+        free(raw);
+        snprintf(why, 160, "the result is not base64");
+        return NULL;
+    }
+    for (size_t k = len; k > 0 && b64[k - 1] == '='; k--) n--; /* the padding decodes as zero bits */
+    json_t *v = NULL;
+    if (rq->pickle) {
+        v = pickle_loads(raw, (size_t)n, why);
+    } else {
+        json_error_t e;
+        v = json_loadb((const char *)raw, (size_t)n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+        if (!v) util_snprintf(why, 160, "the result is not JSON: %s", e.text);
+    }
+    free(raw);
+    return v;
+}
+
+/* exc_string: base64(zlib(traceback text)); the text's last line says what. */
+static char *decode_exc(const char *b64, size_t len)
+{
+    unsigned char *raw = malloc(len / 4 * 3 + 3);
+    long n = raw ? util_base64_decode(raw, b64, len) : -1;
+    if (n < 0) {
+        free(raw);
+        return NULL;
+    }
+    for (size_t k = len; k > 0 && b64[k - 1] == '='; k--) n--;
+    uLongf cap = 64 * 1024;
+    char *text = malloc(cap + 1);
+    if (text && uncompress((unsigned char *)text, &cap, raw, (uLong)n) == Z_OK) {
+        text[cap] = '\0';
+    } else if (text) { /* not compressed after all: the text as it is */
+        size_t m = (size_t)n < 64 * 1024 ? (size_t)n : 64 * 1024;
+        memcpy(text, raw, m);
+        text[m] = '\0';
+    }
+    free(raw);
+    return text;
+}
+
+static const char *field(const redisReply *h, const char *name, size_t *len)
+{
+    for (size_t i = 0; h && i + 1 < h->elements; i += 2) {
+        const redisReply *k = h->element[i], *v = h->element[i + 1];
+        if (k->type == REDIS_REPLY_STRING && strcmp(k->str, name) == 0 && v->type == REDIS_REPLY_STRING) {
+            if (len) *len = v->len;
+            return v->str;
+        }
+    }
+    return NULL;
+}
+
+static json_t *time_or_null(const char *t)
+{
+    if (!t || !t[0]) return json_null();
+    size_t n = strlen(t);
+    return json_stringn(t, n && t[n - 1] == 'Z' ? n - 1 : n); /* the protocol's times carry no offset */
+}
+
+static double seconds_between(const char *a, const char *b)
+{
+    struct tm ta = {0}, tb = {0};
+    double fa = 0, fb = 0;
+    int n1 = sscanf(a ? a : "", "%d-%d-%dT%d:%d:%lf", &ta.tm_year, &ta.tm_mon, &ta.tm_mday, &ta.tm_hour, &ta.tm_min, &fa);
+    int n2 = sscanf(b ? b : "", "%d-%d-%dT%d:%d:%lf", &tb.tm_year, &tb.tm_mon, &tb.tm_mday, &tb.tm_hour, &tb.tm_min, &fb);
+    if (n1 != 6 || n2 != 6) return -1;
+    ta.tm_year -= 1900, ta.tm_mon -= 1, tb.tm_year -= 1900, tb.tm_mon -= 1;
+    double d = (double)(timegm(&tb) - timegm(&ta)) + fb - fa;
+    return d >= 0 ? d : -1;
+}
+
+/* The job, in the Queue Service protocol's words. */
+static json_t *task_doc(const legacy_rq *rq, const char *eval_id, const redisReply *h, const redisReply *results,
+                        const redisReply *pos)
+{
+    const char *st = field(h, "status", NULL);
+    const char *started = field(h, "started_at", NULL), *ended = field(h, "ended_at", NULL);
+    json_t *o = json_pack("{s:s, s:o, s:o, s:o, s:o}", "eval_id", eval_id, "queued_at",
+                          time_or_null(field(h, "enqueued_at", NULL)), "started_at", time_or_null(started),
+                          "completed_at", time_or_null(ended), "queue",
+                          json_string(field(h, "origin", NULL) ? field(h, "origin", NULL) : ""));
+    if (!o) return NULL;
+    /* the newest result: [id, [k, v, ...]] */
+    const redisReply *entry = results && results->type == REDIS_REPLY_ARRAY && results->elements ? results->element[0]
+                                                                                                 : NULL;
+    const redisReply *kv = entry && entry->type == REDIS_REPLY_ARRAY && entry->elements == 2 ? entry->element[1] : NULL;
+    const char *type = field(kv, "type", NULL);
+    size_t rv_len = 0, exc_len = 0;
+    const char *rv = field(kv, "return_value", &rv_len), *exc = field(kv, "exc_string", &exc_len);
+    if (!st) st = "";
+    if (strcmp(st, "queued") == 0 || strcmp(st, "deferred") == 0 || strcmp(st, "scheduled") == 0) {
+        json_object_set_new(o, "status", json_string("queued"));
+        json_object_set_new(o, "position", pos && pos->type == REDIS_REPLY_INTEGER
+                                               ? json_integer((json_int_t)pos->integer + 1)
+                                               : json_null());
+    } else if (strcmp(st, "started") == 0) {
+        json_object_set_new(o, "status", json_string("processing"));
+    } else if (strcmp(st, "canceled") == 0) {
+        json_object_set_new(o, "status", json_string("cancelled"));
+    } else if (strcmp(st, "stopped") == 0 || (type && strcmp(type, "3") == 0)) {
+        json_object_set_new(o, "status", json_string("failed"));
+        json_object_set_new(o, "outcome", json_string("killed"));
+        json_object_set_new(o, "error", json_string("stopped: the RQ worker was told to stop the job"));
+    } else if (strcmp(st, "finished") == 0) {
+        char why[160] = "";
+        json_t *v = rv ? decode_value(rq, rv, rv_len, why) : json_null();
+        const char *verdict = json_string_value(json_object_get(v, "status"));
+        if (!v) {
+            /* unreadable (or refused): not a verdict of the program */
+            json_object_set_new(o, "status", json_string("failed"));
+            json_object_set_new(o, "outcome", json_string("error"));
+            char msg[300];
+            util_snprintf(msg, sizeof(msg), "the job's return value could not be read: %s", why);
+            json_object_set_new(o, "error", json_string(msg));
+        } else if (verdict) {
+            bool done = strcmp(verdict, "completed") == 0;
+            json_object_set_new(o, "status", json_string(done ? "completed" : "failed"));
+            json_object_set_new(o, "outcome", json_string(verdict));
+            static const char *const keep[] = {"output", "error", "exit_code", "duration_s"};
+            for (int i = 0; i < 4; i++) {
+                json_t *x = json_object_get(v, keep[i]);
+                if (x) json_object_set(o, keep[i], x);
+            }
+        } else {
+            /* a function that returns something else: its value is the output */
+            char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            json_object_set_new(o, "status", json_string("completed"));
+            json_object_set_new(o, "outcome", json_string("completed"));
+            json_object_set_new(o, "output", json_string(text ? text : ""));
+            free(text);
+        }
+        json_decref(v);
+    } else if (strcmp(st, "failed") == 0) {
+        char *text = exc ? decode_exc(exc, exc_len) : NULL;
+        json_object_set_new(o, "status", json_string("failed"));
+        json_object_set_new(o, "outcome", json_string("error"));
+        json_t *e = text ? json_string(text) : NULL; /* NULL too when not UTF-8 */
+        json_object_set_new(o, "error", e ? e : json_string("the RQ job failed (no traceback kept)"));
+        free(text);
+    } else {
+        json_object_set_new(o, "status", json_string(st)); /* unknown: read as unreadable */
+    }
+    if (json_is_null(json_object_get(o, "completed_at")) && entry && entry->type == REDIS_REPLY_ARRAY &&
+        entry->elements == 2 && entry->element[0]->type == REDIS_REPLY_STRING) {
+        /* no ended_at (a stopped job): the result's stream id is its time in ms */
+        char stamp[40], iso[32];
+        double ms = strtod(entry->element[0]->str, NULL);
+        if (ms > 0) {
+            util_iso8601(ms / 1000.0, iso);
+            snprintf(stamp, sizeof(stamp), "%s", iso);
+            json_object_set_new(o, "completed_at", json_string(stamp));
+        }
+    }
+    if (!json_object_get(o, "duration_s")) {
+        double d = seconds_between(started, ended);
+        json_object_set_new(o, "duration_s", d >= 0 ? json_real(d) : json_null());
+    }
+    if (!json_object_get(o, "error")) json_object_set_new(o, "error", json_null());
+    return o;
+}
+
+static void on_lookup(redisReply *reply, const char *err, void *arg)
+{
+    rq_call *c = arg;
+    if (failed_reply(c, reply, err)) return;
+    if (reply->type == REDIS_REPLY_NIL) {
+        deliver(c, LEGACY_NOT_FOUND, "RQ has no job with this eval_id", NULL, -1, false);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) {
+        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the job look-up with something unexpected", NULL, -1, false);
+        return;
+    }
+    json_t *doc = task_doc(c->rq, c->eval_id, reply->element[0], reply->element[1], reply->element[2]);
+    json_t *pos = json_object_get(doc, "position");
+    if (doc) deliver(c, LEGACY_OK, NULL, doc, json_is_integer(pos) ? (long long)json_integer_value(pos) : -1, false);
+    else deliver(c, LEGACY_INTERNAL, "out of memory reading the RQ job", NULL, -1, false);
+    json_decref(doc);
+}
+
+static bool rq_get_task(void *impl, const char *eval_id, legacy_cb cb, void *arg)
+{
+    legacy_rq *rq = impl;
+    rq_call *c = new_call(rq, eval_id, cb, arg);
+    if (!c) return false;
+    char job_key[200], res_key[200];
+    snprintf(job_key, sizeof(job_key), "rq:job:%s", eval_id);
+    snprintf(res_key, sizeof(res_key), "rq:results:%s", eval_id);
+    const char *argv[] = {"2", job_key, res_key, eval_id};
+    size_t lens[] = {1, strlen(job_key), strlen(res_key), strlen(eval_id)};
+    return send_script(c, &lookup_script, on_lookup, 4, argv, lens);
+}
+
+/* ---------- cancel ---------- */
+
+static void on_cancelled(redisReply *reply, const char *err, void *arg)
+{
+    rq_call *c = arg;
+    if (failed_reply(c, reply, err)) return;
+    long long k = reply->type == REDIS_REPLY_ARRAY && reply->elements && reply->element[0]->type == REDIS_REPLY_INTEGER
+                      ? reply->element[0]->integer
+                      : -1;
+    if (k == 0) {
+        deliver(c, LEGACY_NOT_FOUND, "RQ has no job with this eval_id", NULL, -1, false);
+    } else if (k == 1 || k == 2) {
+        json_t *doc = json_pack("{s:s, s:s}", "eval_id", c->eval_id, "status", k == 1 ? "cancelled" : "stopping");
+        deliver(c, LEGACY_OK, NULL, doc, -1, false);
+        json_decref(doc);
+    } else if (k == 3 || k == 4) {
+        json_t *doc = json_pack("{s:s, s:s}", "eval_id", c->eval_id, "error", k == 3 ? "running" : "finished");
+        deliver(c, LEGACY_CONFLICT, k == 3 ? "the RQ job is running" : "the RQ job has ended", doc, -1, false);
+        json_decref(doc);
+    } else {
+        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the cancel with something unexpected", NULL, -1, false);
+    }
+}
+
+static bool rq_cancel_task(void *impl, const char *eval_id, bool terminate, legacy_cb cb, void *arg)
+{
+    legacy_rq *rq = impl;
+    rq_call *c = new_call(rq, eval_id, cb, arg);
+    if (!c) return false;
+    char job_key[200], now[32], stamp[40];
+    snprintf(job_key, sizeof(job_key), "rq:job:%s", eval_id);
+    double t = util_now();
+    snprintf(now, sizeof(now), "%.6f", t);
+    rq_time(t, stamp);
+    const char *argv[] = {"1", job_key, eval_id, terminate ? "1" : "0", now, stamp};
+    size_t lens[] = {1, strlen(job_key), strlen(eval_id), 1, strlen(now), strlen(stamp)};
+    return send_script(c, &cancel_script, on_cancelled, 6, argv, lens);
+}
+
+/* ---------- queue status and health ---------- */
+
+static void on_counts(redisReply *reply, const char *err, void *arg)
+{
+    rq_call *c = arg;
+    if (failed_reply(c, reply, err)) return;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 6) {
+        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the queue count with something unexpected", NULL, -1, false);
+        return;
+    }
+    long long queued = 0, running = 0;
+    json_t *queues = json_object(), *started = json_object();
+    for (int i = 0; i < 3; i++) {
+        long long q = reply->element[i]->type == REDIS_REPLY_INTEGER ? reply->element[i]->integer : 0;
+        long long r = reply->element[3 + i]->type == REDIS_REPLY_INTEGER ? reply->element[3 + i]->integer : 0;
+        queued += q;
+        running += r;
+        json_object_set_new(queues, c->rq->queue[i], json_integer((json_int_t)q));
+        json_object_set_new(started, c->rq->queue[i], json_integer((json_int_t)r));
+    }
+    json_t *doc = json_pack("{s:I, s:I, s:I, s:I, s:o, s:o, s:s}", "queued", (json_int_t)queued, "processing",
+                            (json_int_t)running, "queue_length", (json_int_t)queued, "total_tasks",
+                            (json_int_t)(queued + running), "queues", queues, "started", started, "backend", "rq");
+    deliver(c, doc ? LEGACY_OK : LEGACY_INTERNAL, doc ? NULL : "out of memory", doc, -1, false);
+    json_decref(doc);
+}
+
+static bool rq_queue_status(void *impl, legacy_cb cb, void *arg)
+{
+    legacy_rq *rq = impl;
+    rq_call *c = new_call(rq, NULL, cb, arg);
+    if (!c) return false;
+    const char *argv[] = {"3", rq->queue[0], rq->queue[1], rq->queue[2]};
+    size_t lens[] = {1, strlen(rq->queue[0]), strlen(rq->queue[1]), strlen(rq->queue[2])};
+    return send_script(c, &counts_script, on_counts, 4, argv, lens);
+}
+
+static void on_ping(redisReply *reply, const char *err, void *arg)
+{
+    rq_call *c = arg;
+    if (failed_reply(c, reply, err)) return;
+    json_t *doc = json_pack("{s:s}", "status", "ok");
+    deliver(c, LEGACY_OK, NULL, doc, -1, false);
+    json_decref(doc);
+}
+
+static bool rq_health(void *impl, legacy_cb cb, void *arg)
+{
+    legacy_rq *rq = impl;
+    rq_call *c = new_call(rq, NULL, cb, arg);
+    if (!c) return false;
+    static const char *argv[] = {"PING"};
+    static const size_t lens[] = {4};
+    if (rclient_command(rq->rc, on_ping, c, 1, argv, lens) == 0) return true;
+    struct timeval now = {0, 0};
+    if (event_base_once(rq->base, -1, EV_TIMEOUT, on_later, c, &now) == 0) return true;
+    free(c);
+    return false;
+}
+
+static void rq_destroy(void *impl)
+{
+    legacy_rq *rq = impl;
+    if (!rq) return;
+    rclient_free(rq->rc);
+    free(rq);
+}
+
+static const legacy_backend_ops rq_ops = {
+    .name = "rq",
+    .can_terminate = true,
+    .submit = rq_submit,
+    .get_task = rq_get_task,
+    .cancel_task = rq_cancel_task,
+    .queue_status = rq_queue_status,
+    .health = rq_health,
+    .destroy = rq_destroy,
+};
+
+legacy_backend *legacy_rq_new(struct event_base *base, const legacy_rq_opts *o, char err[256])
+{
+    static bool scripts;
+    if (!scripts) {
+        rclient_script_init(&enqueue_script, enqueue_text);
+        rclient_script_init(&lookup_script, lookup_text);
+        rclient_script_init(&cancel_script, cancel_text);
+        rclient_script_init(&counts_script, counts_text);
+        scripts = true;
+    }
+    legacy_rq *rq = calloc(1, sizeof(*rq));
+    if (!rq) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    rq->base = base;
+    rq->pickle = o->pickle;
+    rq->result_ttl_s = o->result_ttl_s;
+    snprintf(rq->function, sizeof(rq->function), "%s", o->function);
+    /* "high, default ,low" -> three names */
+    const char *p = o->queues;
+    for (int i = 0; i < 3; i++) {
+        while (*p == ' ' || *p == ',') p++;
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m && p[m - 1] == ' ') m--;
+        snprintf(rq->queue[i], sizeof(rq->queue[i]), "%.*s", (int)(m < 127 ? m : 127), p);
+        p += n;
+    }
+    rclient_opts ro = {.command_timeout_ms = o->timeout_ms, .connect_timeout_ms = o->timeout_ms, .name = "rq"};
+    char rerr[256];
+    if (!(rq->rc = rclient_new(base, o->url, &ro, rerr))) {
+        snprintf(err, 256, "LEGACY_RQ_URL: %.*s", UTF8_CUT(rerr, 200));
+        free(rq);
+        return NULL;
+    }
+    legacy_backend *b = legacy_backend_new(&rq_ops, rq);
+    if (!b) snprintf(err, 256, "out of memory");
+    return b;
+}
