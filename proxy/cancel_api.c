@@ -273,14 +273,9 @@ static void legacy_get(cancel_op *op);
 
 static void legacy_failed(cancel_op *op, const legacy_result *res)
 {
-    proxy *p = op->r->p;
-    enum pm_upstream why = res->outcome == LEGACY_TIMEOUT      ? UP_TIMEOUT
-                           : res->outcome == LEGACY_UNREACHABLE ? UP_CONNECT
-                           : res->outcome == LEGACY_BAD_STATUS  ? UP_BAD_STATUS
-                                                                : UP_BAD_REPLY;
-    px_count_upstream_error(p, PATH_LEGACY, why);
-    px_finish_error(op->r, res->outcome == LEGACY_TIMEOUT ? 504 : 502,
-                    res->outcome == LEGACY_TIMEOUT ? "legacy_timeout" : "legacy_error", res->detail, 0);
+    const char *code;
+    int status = px_legacy_failed(op->r->p, res, &code);
+    px_finish_error(op->r, status, code, res->detail, 0);
     op_free(op);
 }
 

@@ -235,19 +235,14 @@ static void on_legacy(const legacy_result *res, void *arg)
         d->resending = true; /* answered as it stands, never sent again */
         finish_duplicate(d, d->record);
         return;
-    case LEGACY_TIMEOUT: px_count_upstream_error(p, PATH_LEGACY, UP_TIMEOUT); break;
-    case LEGACY_UNREACHABLE: px_count_upstream_error(p, PATH_LEGACY, UP_CONNECT); break;
-    case LEGACY_BAD_STATUS:
-    case LEGACY_NOT_FOUND: px_count_upstream_error(p, PATH_LEGACY, UP_BAD_STATUS); break;
-    case LEGACY_BAD_REPLY:
-    case LEGACY_INTERNAL: px_count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY); break;
+    default: break;
     }
     px_count_decision(p, PATH_LEGACY, d->dec.reason);
     count_submit_error(p, PATH_LEGACY);
     LOG_WARN("legacy path failed", "eval_id", d->sub.eval_id, "error", res->detail, "maybe_queued",
              res->maybe_done ? "true" : "false");
-    const char *code = res->outcome == LEGACY_TIMEOUT ? "legacy_timeout" : "legacy_error";
-    int status = res->outcome == LEGACY_TIMEOUT ? 504 : 502;
+    const char *code;
+    int status = px_legacy_failed(p, res, &code);
     char *marked = res->maybe_done ? records_mark_unconfirmed(d->record, true) : NULL;
     if (marked) {
         /* It may be queued there all the same: the record stays (marked),

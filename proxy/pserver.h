@@ -110,5 +110,9 @@ void px_count_decision(proxy *p, enum route_path path, enum route_reason reason)
 /* Adds delta to turnout_in_flight_requests{path} (for work not tied to one preq). */
 void px_in_flight_add(proxy *p, enum route_path path, int delta);
 void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why);
+/* The one mapping of a failed legacy call (any backend): counts it in
+ * turnout_upstream_errors_total{path="legacy"} and gives the HTTP status
+ * (504 for a timeout, else 502) and the error code to answer with. */
+int px_legacy_failed(proxy *p, const legacy_result *res, const char **code);
 
 #endif

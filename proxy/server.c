@@ -79,6 +79,27 @@ void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream wh
     metrics_add(p->m.upstream_errors, metrics_at(p->m.upstream_errors, c), 1);
 }
 
+int px_legacy_failed(proxy *p, const legacy_result *res, const char **code)
+{
+    enum pm_upstream why;
+    int status = 502;
+    *code = "legacy_error";
+    switch (res->outcome) {
+    case LEGACY_TIMEOUT:
+        why = UP_TIMEOUT;
+        status = 504;
+        *code = "legacy_timeout";
+        break;
+    case LEGACY_UNREACHABLE: why = UP_CONNECT; break;
+    case LEGACY_BAD_STATUS:
+    case LEGACY_NOT_FOUND:
+    case LEGACY_CONFLICT: why = UP_BAD_STATUS; break;
+    default: why = UP_BAD_REPLY; break; /* an unreadable answer, or the call could not start */
+    }
+    px_count_upstream_error(p, PATH_LEGACY, why);
+    return status;
+}
+
 void px_in_flight_add(proxy *p, enum route_path path, int delta)
 {
     size_t c = path;

@@ -206,17 +206,12 @@ static void on_legacy_task(const legacy_result *res, void *arg)
             op_error(op, 404, "not_found", msg, 0);
         }
         return;
-    case LEGACY_TIMEOUT:
-        px_count_upstream_error(p, PATH_LEGACY, UP_TIMEOUT);
-        op_error(op, 504, "legacy_timeout", res->detail, 0);
+    default: {
+        const char *code;
+        int st = px_legacy_failed(p, res, &code);
+        op_error(op, st, code, res->detail, 0);
         return;
-    default:
-        px_count_upstream_error(p, PATH_LEGACY,
-                                res->outcome == LEGACY_UNREACHABLE ? UP_CONNECT
-                                : res->outcome == LEGACY_BAD_STATUS ? UP_BAD_STATUS
-                                                                    : UP_BAD_REPLY);
-        op_error(op, 502, "legacy_error", res->detail, 0);
-        return;
+    }
     }
 }
 
@@ -387,11 +382,10 @@ static void on_queue_legacy(const legacy_result *res, void *arg)
     if (res->outcome == LEGACY_OK) {
         q->legacy = json_deep_copy(res->doc);
     } else {
-        px_count_upstream_error(q->r->p, PATH_LEGACY, res->outcome == LEGACY_TIMEOUT ? UP_TIMEOUT
-                                                      : res->outcome == LEGACY_UNREACHABLE ? UP_CONNECT
-                                                                                           : UP_BAD_STATUS);
-        q->legacy = json_pack("{s:s, s:s}", "error", res->outcome == LEGACY_TIMEOUT ? "legacy_timeout" : "legacy_error",
-                              "message", res->detail ? res->detail : "the legacy Queue Service did not answer");
+        const char *code;
+        (void)px_legacy_failed(q->r->p, res, &code);
+        q->legacy = json_pack("{s:s, s:s}", "error", code, "message",
+                              res->detail ? res->detail : "the legacy queue did not answer");
     }
     queue_done(q);
 }
