@@ -13,6 +13,8 @@
 
 #include <jansson.h>
 
+#include "util.h"
+
 typedef struct reader {
     const char *p, *start, *end;
     char *err;
@@ -34,27 +36,6 @@ static void ws(reader *r)
     while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t')) r->p++;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), 0 when invalid. */
-static size_t utf8_len(const unsigned char *s, const unsigned char *end)
-{
-    unsigned c = s[0];
-    size_t n;
-    unsigned min;
-    if (c < 0x80) return 1;
-    if (c < 0xc2) return 0;
-    if (c < 0xe0) n = 2, min = 0x80;
-    else if (c < 0xf0) n = 3, min = 0x800;
-    else if (c < 0xf5) n = 4, min = 0x10000;
-    else return 0;
-    if ((size_t)(end - s) < n) return 0;
-    unsigned v = c & (0xff >> (n + 1));
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80) return 0;
-        v = (v << 6) | (s[i] & 0x3f);
-    }
-    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return 0;
-    return n;
-}
 
 static bool sbuf_room(reader *r, size_t need)
 {
@@ -117,7 +98,7 @@ static bool string(reader *r, const char **out, size_t *len)
             q++;
             continue;
         }
-        size_t n = utf8_len((const unsigned char *)q, (const unsigned char *)r->end);
+        size_t n = util_utf8_seq_len((const unsigned char *)q, (const unsigned char *)r->end);
         if (!n) {
             r->p = q;
             fail(r, "invalid UTF-8 in a string");
@@ -152,7 +133,7 @@ static bool string(reader *r, const char **out, size_t *len)
             return false;
         }
         if (c != '\\') {
-            size_t n = c < 0x80 ? 1 : utf8_len((const unsigned char *)q, (const unsigned char *)r->end);
+            size_t n = c < 0x80 ? 1 : util_utf8_seq_len((const unsigned char *)q, (const unsigned char *)r->end);
             if (!n) {
                 r->p = q;
                 fail(r, "invalid UTF-8 in a string");

@@ -34,6 +34,7 @@
 #include <jansson.h>
 
 #include "jsonw.h"
+#include "util.h"
 
 /* ------------------------------------------------------------ opcodes */
 
@@ -310,33 +311,12 @@ static const char *kind_name(const val *x)
     }
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), 0 when invalid. */
-static size_t utf8_len(const unsigned char *s, const unsigned char *end)
-{
-    unsigned c = s[0];
-    size_t n;
-    unsigned min;
-    if (c < 0x80) return 1;
-    if (c < 0xc2) return 0;
-    if (c < 0xe0) n = 2, min = 0x80;
-    else if (c < 0xf0) n = 3, min = 0x800;
-    else if (c < 0xf5) n = 4, min = 0x10000;
-    else return 0;
-    if ((size_t)(end - s) < n) return 0;
-    unsigned v = c & (0xff >> (n + 1));
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80) return 0;
-        v = (v << 6) | (s[i] & 0x3f);
-    }
-    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return 0;
-    return n;
-}
 
 static bool valid_utf8(const unsigned char *s, size_t n)
 {
     const unsigned char *end = s + n;
     while (s < end) {
-        size_t k = utf8_len(s, end);
+        size_t k = util_utf8_seq_len(s, end);
         if (!k) return false;
         s += k;
     }

@@ -60,6 +60,9 @@ size_t util_utf8_prefix(const char *s, size_t max);
 #define UTF8_CUT(s, max) (int)util_utf8_prefix((s), (max)), (s)
 /* len with an incomplete character at the end of s[0..len) removed. */
 size_t util_utf8_trim_end(const char *s, size_t len);
+/* Length (1..4) of the valid UTF-8 sequence at s, before end; 0 when it is
+ * not one (overlong, a surrogate, beyond U+10FFFF, cut short). */
+size_t util_utf8_seq_len(const unsigned char *s, const unsigned char *end);
 /* snprintf that, when the text does not fit, ends it at a character
  * boundary.  Returns the length written (not the length wanted). */
 size_t util_snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
