@@ -254,20 +254,29 @@ static void py_repr(char *out, size_t cap, size_t *at, const char *str, size_t l
     if (w > 0) *at = *at + (size_t)w < cap ? *at + (size_t)w : cap - 1;
 }
 
+static void append(char *out, size_t cap, size_t *at, const char *text)
+{
+    int w = snprintf(out + *at, cap - *at, "%s", text);
+    if (w > 0) *at = *at + (size_t)w < cap ? *at + (size_t)w : cap - 1;
+}
+
 /* What RQ's get_call_string makes of the call: what rq worker logs. */
 static void description(const legacy_rq *rq, const legacy_job *j, char *out, size_t cap)
 {
     size_t at = 0;
-    int w = snprintf(out, cap, "%s(", rq->function);
-    at = w > 0 ? (size_t)w : 0;
+    char tail[64];
+    out[0] = '\0';
+    append(out, cap, &at, rq->function);
+    append(out, cap, &at, "(");
     py_repr(out, cap, &at, j->eval_id, strlen(j->eval_id));
-    at += (size_t)snprintf(out + at, cap - at, ", ");
+    append(out, cap, &at, ", ");
     py_repr(out, cap, &at, j->code, j->code_len);
-    at += (size_t)snprintf(out + at, cap - at, ", ");
+    append(out, cap, &at, ", ");
     py_repr(out, cap, &at, j->language, strlen(j->language));
-    at += (size_t)snprintf(out + at, cap - at, ", engine=");
+    append(out, cap, &at, ", engine=");
     py_repr(out, cap, &at, j->engine, strlen(j->engine));
-    if (at < cap) snprintf(out + at, cap - at, ", priority=%d, timeout=%d)", j->priority, j->timeout);
+    snprintf(tail, sizeof(tail), ", priority=%d, timeout=%d)", j->priority, j->timeout);
+    append(out, cap, &at, tail);
 }
 
 static void on_enqueued(redisReply *reply, const char *err, void *arg)
