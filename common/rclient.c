@@ -803,6 +803,11 @@ size_t rclient_deadline(const rclient *rc, char out[24])
     return util_format_ll((long long)((now + rc->clock_offset + budget) * 1e6), out);
 }
 
+bool rclient_clock_pending(const rclient *rc)
+{
+    return rc->track_clock && rc->state == RC_UP && !rc->clock_known;
+}
+
 bool rclient_is_up(const rclient *rc) { return rc->state == RC_UP; }
 int rclient_db(const rclient *rc) { return rc->db; }
 size_t rclient_pending(const rclient *rc) { return rc->npending; }

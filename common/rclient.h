@@ -122,6 +122,9 @@ int rclient_check_urls(const char *const *names, const char *const *urls, size_t
 size_t rclient_deadline(const rclient *rc, char out[24]);
 
 bool rclient_is_up(const rclient *rc);
+/* Up, tracking the server's clock, and not measured yet (just connected):
+ * rclient_deadline answers 0 for about one round trip more. */
+bool rclient_clock_pending(const rclient *rc);
 int rclient_db(const rclient *rc);
 size_t rclient_pending(const rclient *rc);
 

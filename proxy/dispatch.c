@@ -45,6 +45,7 @@ typedef struct dop {
     char why[256];           /* why the new path did not take it */
     json_t *dup_record;      /* a duplicate's stored record, while its state is looked up */
     bool resending;          /* an unconfirmed legacy record: sent to legacy once more */
+    int clock_waits;         /* new path: looks spent waiting for a fresh connection's clock */
 } dop;
 
 static void hold(dop *d, enum route_path path)
@@ -565,9 +566,25 @@ static void on_new(const rec_result *res, void *arg)
     }
 }
 
+static void go_new(dop *d);
+
+/* A connection made a moment ago measures the server's clock before a
+ * submission can be bounded in time (about a round trip): one that comes
+ * in between waits for it rather than falling back. */
+#define CLOCK_WAIT_S 0.005
+#define CLOCK_WAITS 40
+
+static void on_clock_wait(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    go_new(arg);
+}
+
 static void go_new(dop *d)
 {
     char err[256];
+    free(d->record);
     d->record = records_build(&d->sub, PATH_NEW, &d->dec, d->submitted_at);
     hold(d, PATH_NEW);
     d->sent_at = util_monotonic();
@@ -575,6 +592,10 @@ static void go_new(dop *d)
         snprintf(err, sizeof(err), "out of memory");
     } else if (records_submit_new(d->p->records, &d->sub, d->record, d->submitted_at, on_new, d, err) == 0) {
         return;
+    } else if (rclient_clock_pending(d->p->broker) && d->clock_waits < CLOCK_WAITS) {
+        struct timeval tv = {0, (suseconds_t)(CLOCK_WAIT_S * 1e6)};
+        d->clock_waits++;
+        if (event_base_once(d->p->base, -1, EV_TIMEOUT, on_clock_wait, d, &tv) == 0) return;
     }
     hold(d, NOT_WAITING);
     px_count_upstream_error(d->p, PATH_NEW, UP_REDIS_DOWN);
