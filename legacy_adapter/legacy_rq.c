@@ -321,8 +321,7 @@ static bool rq_submit(void *impl, const legacy_job *j, legacy_cb cb, void *arg)
                           "description", desc, "enqueued_at", now, "timeout", timeout,
                           "result_ttl", ttl};
     size_t n = sizeof(argv) / sizeof(argv[0]), lens[sizeof(argv) / sizeof(argv[0])];
-    for (size_t i = 0; i < n; i++) lens[i] = strlen(argv[i]);
-    lens[10] = data_len;
+    for (size_t i = 0; i < n; i++) lens[i] = i == 10 ? data_len : strlen(argv[i]); /* data is bytes, no NUL */
     bool ok = send_script(c, &enqueue_script, on_enqueued, (int)n, argv, lens);
     free(data);
     return ok;
