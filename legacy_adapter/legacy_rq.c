@@ -42,8 +42,6 @@
 #include "util.h"
 
 #define RQ_JOB_GRACE_S 30  /* the job's timeout beyond the eval's: RQ kills a job stuck past it */
-#define RQ_MAX_DATA (64u << 20)
-#define RQ_MAX_RESULT (64u << 20)
 
 struct legacy_rq {
     struct event_base *base;
@@ -52,6 +50,7 @@ struct legacy_rq {
     char function[201];
     bool pickle;
     long long result_ttl_s;
+    size_t max_result; /* LEGACY_MAX_REPLY_BYTES: the largest result field read */
 };
 
 typedef struct rq_call {
@@ -74,19 +73,27 @@ static const char enqueue_text[] =
     "redis.call('RPUSH', KEYS[2], ARGV[1])\n"
     "return redis.call('LLEN', KEYS[2])\n";
 
-/* KEYS: job, results.  ARGV: job id.  {hash, newest result, position
- * (0-based, false)}; false when there is no job. */
+/* KEYS: job, results.  ARGV: job id, the largest result read (bytes).
+ * {fields (name, value pairs), newest result, position (0-based, false),
+ * 1 when the result is over the limit}; false when there is no job.  Only
+ * the fields read are fetched: the job's data (the code) never travels
+ * back, and a result over the limit stays in Redis. */
 static rclient_script lookup_script;
 static const char lookup_text[] =
-    "local h = redis.call('HGETALL', KEYS[1])\n"
-    "if #h == 0 then return false end\n"
-    "local st, origin\n"
-    "for i = 1, #h, 2 do\n"
-    "  if h[i] == 'status' then st = h[i + 1] elseif h[i] == 'origin' then origin = h[i + 1] end\n"
-    "end\n"
+    "local names = {'status', 'origin', 'enqueued_at', 'started_at', 'ended_at'}\n"
+    "local v = redis.call('HMGET', KEYS[1], unpack(names))\n"
+    "if not v[1] then return false end\n"
+    "local h = {}\n"
+    "for i = 1, #names do if v[i] then h[#h + 1] = names[i]; h[#h + 1] = v[i] end end\n"
     "local pos = false\n"
-    "if st == 'queued' and origin then pos = redis.call('LPOS', 'rq:queue:' .. origin, ARGV[1]) end\n"
-    "return {h, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1), pos}\n";
+    "if v[1] == 'queued' and v[2] then pos = redis.call('LPOS', 'rq:queue:' .. v[2], ARGV[1]) end\n"
+    "local r = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"
+    "local big = 0\n"
+    "if r[1] then\n"
+    "  local kv = r[1][2]\n"
+    "  for i = 2, #kv, 2 do if #kv[i] > tonumber(ARGV[2]) then big = 1; kv[i] = '' end end\n"
+    "end\n"
+    "return {h, r, pos, big}\n";
 
 /* KEYS: job.  ARGV: job id, terminate (1|0), now, now as RQ writes times
  * (ended_at is written too, so the end is known).  {0}: no job; {1}:
@@ -440,7 +447,7 @@ static json_t *task_doc(const legacy_rq *rq, const char *eval_id, const redisRep
         json_object_set_new(o, "error", json_string("stopped: the RQ worker was told to stop the job"));
     } else if (strcmp(st, "finished") == 0) {
         char why[160] = "";
-        json_t *v = rv ? decode_value(rq, rv, rv_len, why) : json_null();
+        json_t *v = rv ? decode_value(rq, rv, rv_len, why) : json_string(""); /* None: RQ writes no value */
         const char *verdict = json_string_value(json_object_get(v, "status"));
         if (!v) {
             /* unreadable (or refused): not a verdict of the program */
@@ -460,7 +467,7 @@ static json_t *task_doc(const legacy_rq *rq, const char *eval_id, const redisRep
             }
         } else {
             /* a function that returns something else: its value is the output */
-            char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            char *text = json_is_string(v) ? strdup(json_string_value(v)) : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
             json_object_set_new(o, "status", json_string("completed"));
             json_object_set_new(o, "outcome", json_string("completed"));
             json_object_set_new(o, "output", json_string(text ? text : ""));
@@ -504,8 +511,17 @@ static void on_lookup(redisReply *reply, const char *err, void *arg)
         deliver(c, LEGACY_NOT_FOUND, "RQ has no job with this eval_id", NULL, -1, false);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
         deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the job look-up with something unexpected", NULL, -1, false);
+        return;
+    }
+    if (reply->element[3]->type == REDIS_REPLY_INTEGER && reply->element[3]->integer == 1) {
+        /* as the HTTP client does with a reply over the limit: it will not
+         * get smaller, so completion tracking finishes it at once */
+        legacy_result r = {LEGACY_BAD_REPLY, 0, -1,
+                           "the RQ job's result is larger than LEGACY_MAX_REPLY_BYTES", NULL, true, false};
+        c->cb(&r, c->arg);
+        free(c);
         return;
     }
     json_t *doc = task_doc(c->rq, c->eval_id, reply->element[0], reply->element[1], reply->element[2]);
@@ -523,9 +539,11 @@ static bool rq_get_task(void *impl, const char *eval_id, legacy_cb cb, void *arg
     char job_key[200], res_key[200];
     snprintf(job_key, sizeof(job_key), "rq:job:%s", eval_id);
     snprintf(res_key, sizeof(res_key), "rq:results:%s", eval_id);
-    const char *argv[] = {"2", job_key, res_key, eval_id};
-    size_t lens[] = {1, strlen(job_key), strlen(res_key), strlen(eval_id)};
-    return send_script(c, &lookup_script, on_lookup, 4, argv, lens);
+    char max[24];
+    snprintf(max, sizeof(max), "%zu", rq->max_result);
+    const char *argv[] = {"2", job_key, res_key, eval_id, max};
+    size_t lens[] = {1, strlen(job_key), strlen(res_key), strlen(eval_id), strlen(max)};
+    return send_script(c, &lookup_script, on_lookup, 5, argv, lens);
 }
 
 /* ---------- cancel ---------- */
@@ -664,6 +682,7 @@ legacy_backend *legacy_rq_new(struct event_base *base, const legacy_rq_opts *o, 
     rq->base = base;
     rq->pickle = o->pickle;
     rq->result_ttl_s = o->result_ttl_s;
+    rq->max_result = o->max_result_bytes ? o->max_result_bytes : (size_t)LEGACY_MAX_REPLY_DEFAULT;
     snprintf(rq->function, sizeof(rq->function), "%s", o->function);
     /* "high, default ,low" -> three names */
     const char *p = o->queues;

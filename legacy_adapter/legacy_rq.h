@@ -17,6 +17,7 @@ typedef struct legacy_rq_opts {
     bool pickle;          /* LEGACY_RQ_SERIALIZER=pickle, else json */
     long long result_ttl_s;
     long timeout_ms;      /* each Redis command */
+    size_t max_result_bytes; /* LEGACY_MAX_REPLY_BYTES: a larger result is not read (0: the default) */
 } legacy_rq_opts;
 
 /* Connects at once (and again whenever the connection drops).  NULL with

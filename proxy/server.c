@@ -764,7 +764,8 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
                              .function = p->cfg.legacy_rq_function,
                              .pickle = strcmp(p->cfg.legacy_rq_serializer, "pickle") == 0,
                              .result_ttl_s = p->cfg.legacy_rq_result_ttl_s,
-                             .timeout_ms = (long)p->cfg.legacy_timeout_ms};
+                             .timeout_ms = (long)p->cfg.legacy_timeout_ms,
+                             .max_result_bytes = (size_t)p->cfg.legacy_max_reply_bytes};
         if (!(p->legacy = legacy_rq_new(base, &lo, err))) goto err;
     } else {
         p->legacy = legacy_http_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms,

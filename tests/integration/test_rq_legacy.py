@@ -406,6 +406,25 @@ def test_program_failing_on_rq_is_a_verdict(serializer, rq_proxy, redis_server, 
     assert mval(m, "turnout_eval_path_outcomes_total", path="legacy", outcome="ok") == 1
 
 
+def test_a_result_over_the_reply_limit_is_not_read(rq_proxy, redis_server, executor_factory, rq_workers):
+    """A job's result comes from code the proxy does not control: one larger
+    than LEGACY_MAX_REPLY_BYTES stays in Redis; the eval ends failed, as
+    unreadable (a system error of the legacy path), at once."""
+    ex = executor_factory()
+    w = rq_workers(rq_url(redis_server), ex)
+    p = rq_proxy(CELERY_ENABLED=False, LEGACY_MAX_REPLY_BYTES=65536)
+    submit(p, "big-1", code="print('x' * 200000)\n")
+    c = redis_server.client()
+    wait_until(lambda: job_status(c, "big-1") == "finished", 30, "the job ran", [w.mp])
+    c.close()
+    m = wait_until(lambda: (lambda m: m if msum(m, "turnout_evals_completed_total", path="legacy") == 1 else None)(
+        p.metrics()), 15, "the eval finished", [p.mp])
+    assert mval(m, "turnout_eval_system_errors_total", path="legacy", **{"class": "unreadable"}) == 1
+    assert mval(m, "turnout_eval_verdicts_total", path="legacy", verdict="completed") == 0
+    b = status_of(p, "big-1")
+    assert b["status"] == "failed" and "LEGACY_MAX_REPLY_BYTES" in (b["error"] or ""), b
+
+
 def test_failed_rq_job_is_a_system_error(rq_proxy, redis_server, rq_workers):
     """The executor down: the rq job fails (evaluate_code raised); turnout
     says failed, counted as the legacy path's system error, not a verdict."""
