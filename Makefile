@@ -16,7 +16,7 @@ DAEMON_PKGS := libevent hiredis jansson
 
 PROJECT_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
 	-Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings \
-	-Icommon -Iproxy -Ilegacy_adapter -Iworker \
+	-Icommon -Iproxy -Iproxy/backend -Iworker -Iexecutor -Ilegacyd \
 	-DTURNOUT_VERSION='"$(VERSION)"' -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PROXY_LIBS  = $(shell pkg-config --libs $(PROXY_PKGS) 2>/dev/null) -lm
@@ -26,11 +26,10 @@ ALL_CFLAGS = $(PROJECT_CFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 
 COMMON_SRC  := $(wildcard common/*.c)
-PROXY_SRC   := $(wildcard proxy/*.c) legacy_adapter/legacy_client.c legacy_adapter/legacy_backend.c \
-	legacy_adapter/legacy_rq.c
-LEGACYD_SRC := $(wildcard legacy_adapter/legacyd*.c)
-EXECUTOR_SRC := $(wildcard worker/executor*.c)
-WORKER_SRC  := $(filter-out $(EXECUTOR_SRC),$(wildcard worker/*.c))
+PROXY_SRC   := $(wildcard proxy/*.c proxy/backend/*.c)
+LEGACYD_SRC := $(wildcard legacyd/*.c)
+EXECUTOR_SRC := $(wildcard executor/*.c)
+WORKER_SRC  := $(wildcard worker/*.c)
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
 Q := $(if $(V),,@)

@@ -34,6 +34,7 @@
 #include "status_api.h"
 #include "httpc.h"
 #include "legacy_backend.h"
+#include "legacy_http.h"
 #include "legacy_rq.h"
 #include "log.h"
 #include "pmetrics.h"

@@ -5,7 +5,7 @@
 # Ports can be moved with DEMO_PROXY_PORT, DEMO_LEGACY_PORT, DEMO_REDIS_PORT,
 # DEMO_EXECUTOR_PORT, DEMO_WORKER_PORT.  `make run LEGACY=rq` (DEMO_LEGACY=rq)
 # puts RQ on the legacy side instead: a real `rq worker` (Debian's python3-rq)
-# running legacy_adapter/rq/tasks.py, on db 2 of the same redis-server.
+# running legacyd/rq/tasks.py, on db 2 of the same redis-server.
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -68,7 +68,7 @@ http)
     ;;
 rq)
     RQ_URL=redis://127.0.0.1:$REDIS_PORT/2
-    RQ_CMD="/usr/bin/python3 -m rq.cli worker -u $RQ_URL --path $(pwd)/legacy_adapter/rq -n turnout-demo-rq high default low"
+    RQ_CMD="/usr/bin/python3 -m rq.cli worker -u $RQ_URL --path $(pwd)/legacyd/rq -n turnout-demo-rq high default low"
     EXECUTOR_SERVICE_URL=http://127.0.0.1:$EXECUTOR_PORT $RQ_CMD >"$DIR/rq.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 1 100); do

@@ -61,10 +61,10 @@ rm -f "$probe" "$probe.c" "$probe.log"
 # Project code is instrumented for coverage (fuzzer-no-link) and sanitized;
 # only the targets link libFuzzer's main.  UB aborts instead of printing on.
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-CFLAGS_ALL="-std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Icommon -Iproxy -Ilegacy_adapter $PKG_CFLAGS"
+CFLAGS_ALL="-std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Icommon -Iproxy -Iproxy/backend $PKG_CFLAGS"
 LIB_CFLAGS="$CFLAGS_ALL $SAN -fsanitize=fuzzer-no-link"
 TGT_CFLAGS="$CFLAGS_ALL -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes $SAN -fsanitize=fuzzer"
-LIB_SRC="$(ls common/*.c) proxy/submission.c proxy/pconfig.c legacy_adapter/legacy_client.c legacy_adapter/legacy_backend.c"
+LIB_SRC="$(ls common/*.c) proxy/submission.c proxy/pconfig.c proxy/backend/legacy_http.c proxy/backend/legacy_backend.c"
 
 # Objects are rebuilt when a file they were built from (per the .d file)
 # is newer, or when the compiler command changed.

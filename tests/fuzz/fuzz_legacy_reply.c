@@ -22,7 +22,7 @@
 #include <jansson.h>
 
 #include "httpc.h"
-#include "legacy_client.h"
+#include "legacy_http.h"
 
 #define CHECK(cond)                                                                                  \
     do {                                                                                             \

@@ -1,6 +1,6 @@
 """Helpers for the tests of the legacy side's RQ backend (LEGACY_BACKEND=rq):
 a real `rq worker` process (RQ 1.13, Debian's python3-rq under
-/usr/bin/python3) running tasks.evaluate_code from legacy_adapter/rq/tasks.py against a
+/usr/bin/python3) running tasks.evaluate_code from legacyd/rq/tasks.py against a
 turnout-executor, and small wrappers around rq itself to enqueue a job the
 way Queue.enqueue does and to read a job back.
 
@@ -20,7 +20,7 @@ import redis
 from fixtures_turnout import ManagedProcess, WAIT_S, base_env, wait_until
 
 PYTHON = "/usr/bin/python3"          # the python with python3-rq
-TASKS_SRC = Path(__file__).resolve().parents[2] / "legacy_adapter" / "rq" / "tasks.py"
+TASKS_SRC = Path(__file__).resolve().parents[2] / "legacyd" / "rq" / "tasks.py"
 QUEUES = ("high", "default", "low")  # LEGACY_RQ_QUEUES default
 FUNCTION = "tasks.evaluate_code"     # LEGACY_RQ_FUNCTION default
 JSON_SERIALIZER = "rq.serializers.JSONSerializer"
@@ -52,7 +52,7 @@ def priority_queue(priority, queues=QUEUES):
 
 
 class RqWorker:
-    """One `rq worker` process on loopback Redis, running legacy_adapter/rq/tasks.py as
+    """One `rq worker` process on loopback Redis, running legacyd/rq/tasks.py as
     `tasks` with EXECUTOR_SERVICE_URL set. Queues are listened to in the
     order given (RQ takes from the first non-empty one)."""
 

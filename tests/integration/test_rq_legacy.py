@@ -1,7 +1,7 @@
 """The legacy side on RQ (LEGACY_BACKEND=rq): the proxy enqueues each
 legacy-routed submission as rq's Queue.enqueue would (job rq:job:<eval_id>,
 RPUSH rq:queue:<q>), real `rq worker` processes (RQ 1.13) run
-tasks.evaluate_code (legacy_adapter/rq/tasks.py) against turnout-executor, and the proxy
+tasks.evaluate_code (legacyd/rq/tasks.py) against turnout-executor, and the proxy
 reads the job back for status, completion metrics, cancel and queue status.
 
 First the harness alone, no proxy: rq's own enqueue, a job written field by

@@ -4,7 +4,7 @@
 #include <jansson.h>
 
 #include "evstatus.h"
-#include "legacy_client.h"
+#include "legacy_http.h"
 #include "records.h"
 #include "shadow.h"
 #include "unit.h"

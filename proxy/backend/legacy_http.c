@@ -1,4 +1,4 @@
-#include "legacy_client.h"
+#include "legacy_http.h"
 
 #include "legacy_backend.h"
 
@@ -10,6 +10,7 @@
 
 #include "util.h"
 
+typedef struct legacy_client legacy_client;
 struct legacy_client {
     httpc *h;
     const char *base;
@@ -196,29 +197,3 @@ legacy_backend *legacy_http_new(httpc *h, const char *base_url, long timeout_ms,
     return legacy_backend_new(&http_ops, legacy_client_new(h, base_url, timeout_ms, max_reply_bytes));
 }
 
-bool legacy_reply_unreadable(const legacy_result *r)
-{
-    switch (r->outcome) {
-    case LEGACY_OK: return legacy_normalized_status(r->doc) == NULL;
-    case LEGACY_BAD_REPLY: return true;
-    case LEGACY_BAD_STATUS: return r->status >= 400 && r->status < 500 && r->status != 408 && r->status != 429;
-    default: return false;
-    }
-}
-
-const char *legacy_normalized_status(json_t *task)
-{
-    const char *st = json_string_value(json_object_get(task, "status"));
-    const char *outcome = json_string_value(json_object_get(task, "outcome"));
-    if (!st) return NULL;
-    if (strcmp(st, "queued") == 0) return "queued";
-    if (strcmp(st, "processing") == 0 || strcmp(st, "running") == 0) return "running";
-    if (strcmp(st, "completed") == 0) return "completed";
-    if (strcmp(st, "cancelled") == 0) return "cancelled";
-    if (strcmp(st, "failed") == 0) {
-        if (outcome && (strcmp(outcome, "timeout") == 0 || strcmp(outcome, "executor_timeout") == 0)) return "timeout";
-        if (outcome && strcmp(outcome, "killed") == 0) return "cancelled";
-        return "failed";
-    }
-    return NULL;
-}

@@ -94,11 +94,11 @@ static int settings_read(settings *s, char *errs, size_t size)
 
 /* ---------- state ---------- */
 
-typedef struct executor executor;
+typedef struct exec_server exec_server;
 
 /* One slot per allowed concurrent run; busy while the run is alive. */
 typedef struct slot {
-    executor *ex;
+    exec_server *ex;
     bool busy;
     char eval_id[MAX_EVAL_ID + 1];
     struct evhttp_request *req;      /* NULL once the client is gone */
@@ -107,7 +107,7 @@ typedef struct slot {
     exec_run *run;
 } slot;
 
-struct executor {
+struct exec_server {
     struct event_base *base;
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
@@ -272,14 +272,14 @@ static char *error_text(const exec_result *res, size_t *len)
 
 /* ---------- runs ---------- */
 
-static slot *find_running(executor *ex, const char *eval_id)
+static slot *find_running(exec_server *ex, const char *eval_id)
 {
     for (size_t i = 0; i < ex->nslots; i++)
         if (ex->slots[i].busy && strcmp(ex->slots[i].eval_id, eval_id) == 0) return &ex->slots[i];
     return NULL;
 }
 
-static void maybe_exit(executor *ex)
+static void maybe_exit(exec_server *ex)
 {
     if (!ex->stopping || ex->running > 0) return;
     struct timeval tv = {0, (suseconds_t)(DRAIN_S * 1e6)};
@@ -308,7 +308,7 @@ static void on_hangup(evutil_socket_t fd, short what, void *arg)
     exec_run_kill(s->run, "the client closed the connection");
 }
 
-static void hangup_watch(executor *ex, slot *s)
+static void hangup_watch(exec_server *ex, slot *s)
 {
     struct bufferevent *bev = s->evcon ? evhttp_connection_get_bufferevent(s->evcon) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
@@ -324,7 +324,7 @@ static void hangup_watch(executor *ex, slot *s)
 static void on_run_done(const exec_result *res, void *ud)
 {
     slot *s = ud;
-    executor *ex = s->ex;
+    exec_server *ex = s->ex;
     struct evhttp_request *req = s->req;
     size_t elen = 0;
     char *etext = error_text(res, &elen);
@@ -359,7 +359,7 @@ static void on_run_done(const exec_result *res, void *ud)
 /* The client of a pending /execute went away: nobody wants the result. */
 static void on_conn_close(struct evhttp_connection *evcon, void *arg)
 {
-    executor *ex = arg;
+    exec_server *ex = arg;
     for (size_t i = 0; i < ex->nslots; i++) {
         slot *s = &ex->slots[i];
         if (!s->busy || s->evcon != evcon) continue;
@@ -423,7 +423,7 @@ static json_t *read_json_object(struct evhttp_request *req)
     return doc;
 }
 
-static void handle_execute(executor *ex, struct evhttp_request *req)
+static void handle_execute(exec_server *ex, struct evhttp_request *req)
 {
     char msg[400], err[256];
     json_t *doc = read_json_object(req);
@@ -509,7 +509,7 @@ done:
     json_decref(doc);
 }
 
-static void handle_kill(executor *ex, struct evhttp_request *req, const char *rest)
+static void handle_kill(exec_server *ex, struct evhttp_request *req, const char *rest)
 {
     char msg[400];
     size_t n = 0;
@@ -532,7 +532,7 @@ done:
     free(id);
 }
 
-static void handle_capacity(executor *ex, struct evhttp_request *req)
+static void handle_capacity(exec_server *ex, struct evhttp_request *req)
 {
     size_t avail = ex->stopping ? 0 : ex->nslots - ex->running;
     reply_obj(req, 200, json_pack("{s:s, s:b, s:I, s:I, s:I, s:I}", "executor_id", ex->id, "can_accept", avail > 0,
@@ -541,7 +541,7 @@ static void handle_capacity(executor *ex, struct evhttp_request *req)
                                   (json_int_t)MAX_BODY_BYTES));
 }
 
-static void handle_health(executor *ex, struct evhttp_request *req)
+static void handle_health(exec_server *ex, struct evhttp_request *req)
 {
     reply_obj(req, 200, json_pack("{s:s, s:s, s:I}", "status", ex->stopping ? "stopping" : "ok", "executor_id",
                                   ex->id, "running", (json_int_t)ex->running));
@@ -557,7 +557,7 @@ static void reply_method(struct evhttp_request *req, const char *allow, const ch
 
 static void on_request(struct evhttp_request *req, void *arg)
 {
-    executor *ex = arg;
+    exec_server *ex = arg;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
@@ -593,7 +593,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 static void on_stop_deadline(evutil_socket_t fd, short what, void *arg)
 {
-    executor *ex = arg;
+    exec_server *ex = arg;
     (void)fd;
     (void)what;
     LOG_WARN("runs did not end in time after SIGTERM; exiting anyway");
@@ -602,7 +602,7 @@ static void on_stop_deadline(evutil_socket_t fd, short what, void *arg)
 
 static void on_stop(evutil_socket_t sig, short what, void *arg)
 {
-    executor *ex = arg;
+    exec_server *ex = arg;
     (void)what;
     if (ex->stopping) return;
     ex->stopping = true;
@@ -634,7 +634,7 @@ static exec_limits limits_of(const settings *cfg)
  * on.  Slots and the listener stay: they cannot change without a restart. */
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
-    executor *ex = arg;
+    exec_server *ex = arg;
     settings fresh = {0};
     char errs[4096] = "";
     (void)sig;
@@ -660,7 +660,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 /* ---------- main ---------- */
 
 
-static int make_id(executor *ex, int port)
+static int make_id(exec_server *ex, int port)
 {
     if (ex->cfg.executor_id && *ex->cfg.executor_id) {
         ex->id = strdup(ex->cfg.executor_id);
@@ -676,7 +676,7 @@ static int make_id(executor *ex, int port)
     return 0;
 }
 
-static int serve(executor *ex)
+static int serve(exec_server *ex)
 {
     char host[256], err[256];
     int port;
@@ -746,7 +746,7 @@ static int serve(executor *ex)
     return 0;
 }
 
-static void teardown(executor *ex)
+static void teardown(exec_server *ex)
 {
     /* Runs still alive (stop deadline hit) are killed and reaped here; the
      * HTTP server goes first so no reply is attempted into it. */
@@ -769,7 +769,7 @@ int main(int argc, char **argv)
     int exit_code = cfg_cli(argc, argv, PROGRAM, "the reference executor of turnout: POST /execute runs code in a sandboxed child process; POST /kill/{eval_id}, GET /capacity, GET /health", options, NOPTIONS, &check_only);
     if (exit_code >= 0) return exit_code;
 
-    executor ex = {0};
+    exec_server ex = {0};
     char errs[8192] = "";
     int problems = settings_read(&ex.cfg, errs, sizeof(errs));
     exit_code = cfg_report(PROGRAM, problems, errs, check_only);

@@ -1,7 +1,7 @@
 """The reference RQ task module for LEGACY_BACKEND=rq (README "The legacy
 side"): what `rq worker` runs for the proxy's jobs.  Run it with
     EXECUTOR_SERVICE_URL=http://127.0.0.1:8083 \
-    /usr/bin/python3 -m rq.cli worker -u redis://127.0.0.1:6390/2 --path legacy_adapter/rq high default low
+    /usr/bin/python3 -m rq.cli worker -u redis://127.0.0.1:6390/2 --path legacyd/rq high default low
 (`--serializer rq.serializers.JSONSerializer` with LEGACY_RQ_SERIALIZER=json);
 the function path is tasks.evaluate_code, the proxy's LEGACY_RQ_FUNCTION
 default.  The tests run this very file.  Standard library only: it runs in the worker's
