@@ -26,6 +26,7 @@
 #include <jansson.h>
 
 #include "cfg.h"
+#include "daemon.h"
 #include "executor_run.h"
 #include "jsonw.h"
 #include "log.h"
@@ -116,7 +117,7 @@ struct exec_server {
     exec_ctx *runs;
     slot *slots;
     size_t nslots, running;
-    struct event *sig_term, *sig_int, *sig_hup, *stop_timer;
+    struct event *stop_timer;
     bool stopping;
 };
 
@@ -676,49 +677,42 @@ static int make_id(exec_server *ex, int port)
     return 0;
 }
 
-static int serve(exec_server *ex)
+static int start(void *self, struct event_base *base, char err[256])
 {
-    char host[256], err[256];
+    exec_server *ex = self;
+    char host[256];
     int port;
 
     if (cfg_split_addr(ex->cfg.listen, host, sizeof(host), &port) != 0) {
-        fprintf(stderr, PROGRAM ": EXECUTOR_LISTEN=\"%s\" is not host:port\n", ex->cfg.listen);
+        snprintf(err, 256, "EXECUTOR_LISTEN=\"%s\" is not host:port", ex->cfg.listen);
         return 2;
     }
     const char *tmp = getenv("TMPDIR");
     if (!tmp || !*tmp) tmp = "/tmp";
     struct stat st;
     if (stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode) || access(tmp, W_OK | X_OK) != 0) {
-        fprintf(stderr, PROGRAM ": TMPDIR=\"%s\" must be a writable directory (each run gets its own dir in it)\n",
-                tmp);
+        snprintf(err, 256, "TMPDIR=\"%s\" must be a writable directory (each run gets its own dir in it)", tmp);
         return 1;
     }
     exec_limits limits = limits_of(&ex->cfg);
     ex->nslots = (size_t)ex->cfg.max_concurrent;
     ex->slots = calloc(ex->nslots, sizeof(*ex->slots));
     if (!ex->slots || make_id(ex, port) != 0) {
-        fprintf(stderr, PROGRAM ": cannot start: out of memory\n");
+        snprintf(err, 256, "cannot start: out of memory");
         return 1;
     }
     for (size_t i = 0; i < ex->nslots; i++) ex->slots[i].ex = ex;
-    ex->base = event_base_new();
-    if (!ex->base) {
-        fprintf(stderr, PROGRAM ": cannot start: event_base_new failed\n");
-        return 1;
-    }
-    ex->runs = exec_ctx_new(ex->base, &limits, tmp, err);
+    ex->base = base;
+    char why[256];
+    ex->runs = exec_ctx_new(ex->base, &limits, tmp, why);
     if (!ex->runs) {
-        fprintf(stderr, PROGRAM ": cannot start: %s\n", err);
+        snprintf(err, 256, "cannot start: %.200s", why);
         return 1;
     }
     ex->http = evhttp_new(ex->base);
     ex->stop_timer = ex->http ? evtimer_new(ex->base, on_stop_deadline, ex) : NULL;
-    ex->sig_term = ex->stop_timer ? evsignal_new(ex->base, SIGTERM, on_stop, ex) : NULL;
-    ex->sig_int = ex->sig_term ? evsignal_new(ex->base, SIGINT, on_stop, ex) : NULL;
-    ex->sig_hup = ex->sig_int ? evsignal_new(ex->base, SIGHUP, on_reload, ex) : NULL;
-    if (!ex->sig_hup || event_add(ex->sig_term, NULL) != 0 || event_add(ex->sig_int, NULL) != 0 ||
-        event_add(ex->sig_hup, NULL) != 0) {
-        fprintf(stderr, PROGRAM ": cannot start (out of memory or event setup failed)\n");
+    if (!ex->stop_timer) {
+        snprintf(err, 256, "cannot start: out of memory");
         return 1;
     }
     evhttp_set_max_body_size(ex->http, EVHTTP_BODY_CEILING);
@@ -738,52 +732,50 @@ static int serve(exec_server *ex)
     snprintf(conc, sizeof(conc), "%lld", ex->cfg.max_concurrent);
     LOG_INFO("listening", "listen", ex->cfg.listen, "version", TURNOUT_VERSION, "executor_id", ex->id,
              "max_concurrent", conc, "tmp_root", tmp);
-    if (event_base_dispatch(ex->base) < 0) {
-        LOG_ERROR("event loop failed");
-        return 1;
-    }
-    LOG_INFO("stopped");
     return 0;
 }
 
-static void teardown(exec_server *ex)
+static void teardown(void *self)
 {
+    exec_server *ex = self;
     /* Runs still alive (stop deadline hit) are killed and reaped here; the
      * HTTP server goes first so no reply is attempted into it. */
     if (ex->http) evhttp_free(ex->http);
     exec_ctx_free(ex->runs);
     for (size_t i = 0; ex->slots && i < ex->nslots; i++) hangup_stop(&ex->slots[i]);
     if (ex->stop_timer) event_free(ex->stop_timer);
-    if (ex->sig_term) event_free(ex->sig_term);
-    if (ex->sig_int) event_free(ex->sig_int);
-    if (ex->sig_hup) event_free(ex->sig_hup);
-    if (ex->base) event_base_free(ex->base);
     free(ex->slots);
     free(ex->id);
     cfg_free(options, NOPTIONS, &ex->cfg);
 }
 
+static int read_settings(void *self, char *errs, size_t size)
+{
+    return settings_read(&((exec_server *)self)->cfg, errs, size);
+}
+
+static void log_names(const void *self, const char **level, const char **format)
+{
+    const exec_server *ex = self;
+    *level = ex->cfg.log_level;
+    *format = ex->cfg.log_format;
+}
+
 int main(int argc, char **argv)
 {
-    bool check_only;
-    int exit_code = cfg_cli(argc, argv, PROGRAM, "the reference executor of turnout: POST /execute runs code in a sandboxed child process; POST /kill/{eval_id}, GET /capacity, GET /health", options, NOPTIONS, &check_only);
-    if (exit_code >= 0) return exit_code;
-
+    const daemon_prog prog = {
+        .name = PROGRAM,
+        .summary = "the reference executor of turnout: POST /execute runs code in a sandboxed child process; "
+                   "POST /kill/{eval_id}, GET /capacity, GET /health",
+        .options = options,
+        .noptions = NOPTIONS,
+        .read = read_settings,
+        .log_names = log_names,
+        .start = start,
+        .stop = on_stop,
+        .reload = on_reload,
+        .teardown = teardown,
+    };
     exec_server ex = {0};
-    char errs[8192] = "";
-    int problems = settings_read(&ex.cfg, errs, sizeof(errs));
-    exit_code = cfg_report(PROGRAM, problems, errs, check_only);
-    if (exit_code >= 0) {
-        cfg_free(options, NOPTIONS, &ex.cfg);
-        return exit_code;
-    }
-    if (log_setup(ex.cfg.log_level, ex.cfg.log_format, PROGRAM) != 0) {
-        fprintf(stderr, PROGRAM ": bad LOG_LEVEL or LOG_FORMAT\n");
-        cfg_free(options, NOPTIONS, &ex.cfg);
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN); /* a peer closing mid-write is an error return, not a death */
-    int rc = serve(&ex);
-    teardown(&ex);
-    return rc;
+    return daemon_main(argc, argv, &prog, &ex);
 }

@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "cfg.h"
+#include "daemon.h"
 #include "httpc.h"
 #include "jsafe.h"
 #include "jsonw.h"
@@ -177,7 +178,6 @@ typedef struct legacyd {
     size_t in_flight;
     struct event *hold_timer;  /* wakes the dispatcher when an executor is free again */
     struct event *prune_timer;
-    struct event *sig_term, *sig_int, *sig_hup;
     bool stopping;
 } legacyd;
 
@@ -1004,28 +1004,24 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 /* ---------- main ---------- */
 
 
-static int serve(legacyd *ld)
+static int start(void *self, struct event_base *base, char err[256])
 {
-    char host[256], err[256];
+    legacyd *ld = self;
+    char host[256];
     int port;
 
     if (cfg_split_addr(ld->cfg.listen, host, sizeof(host), &port) != 0) {
-        fprintf(stderr, PROGRAM ": LEGACYD_LISTEN=\"%s\" is not host:port\n", ld->cfg.listen);
+        snprintf(err, 256, "LEGACYD_LISTEN=\"%s\" is not host:port", ld->cfg.listen);
         return 2;
     }
-    ld->base = event_base_new();
+    ld->base = base;
     ld->q = ld->base ? lq_new() : NULL;
     ld->http = ld->q ? evhttp_new(ld->base) : NULL;
     ld->hc = ld->http ? httpc_new(ld->base, err) : NULL;
     ld->hold_timer = ld->hc ? evtimer_new(ld->base, on_hold_timer, ld) : NULL;
     ld->prune_timer = ld->hold_timer ? event_new(ld->base, -1, EV_PERSIST, on_prune_timer, ld) : NULL;
-    ld->sig_term = ld->prune_timer ? evsignal_new(ld->base, SIGTERM, on_stop, ld) : NULL;
-    ld->sig_int = ld->sig_term ? evsignal_new(ld->base, SIGINT, on_stop, ld) : NULL;
-    ld->sig_hup = ld->sig_int ? evsignal_new(ld->base, SIGHUP, on_reload, ld) : NULL;
-    if (!ld->sig_hup || executors_set(ld, ld->cfg.executors) != 0 || arm_prune_timer(ld) != 0 ||
-        event_add(ld->sig_term, NULL) != 0 || event_add(ld->sig_int, NULL) != 0 ||
-        event_add(ld->sig_hup, NULL) != 0) {
-        fprintf(stderr, PROGRAM ": cannot start (out of memory or event setup failed)\n");
+    if (!ld->prune_timer || executors_set(ld, ld->cfg.executors) != 0 || arm_prune_timer(ld) != 0) {
+        snprintf(err, 256, "cannot start (out of memory or event setup failed)");
         return 1;
     }
     evhttp_set_max_body_size(ld->http, EVHTTP_BODY_CEILING);
@@ -1043,51 +1039,48 @@ static int serve(legacyd *ld)
     snprintf(conc, sizeof(conc), "%lld", ld->cfg.concurrency);
     LOG_INFO("listening", "listen", ld->cfg.listen, "version", TURNOUT_VERSION, "executors",
              ld->nexec ? ld->cfg.executors : "none (external worker)", "concurrency", conc);
-    if (event_base_dispatch(ld->base) < 0) {
-        LOG_ERROR("event loop failed");
-        return 1;
-    }
-    LOG_INFO("stopped");
     return 0;
 }
 
-static void teardown(legacyd *ld)
+static void teardown(void *self)
 {
+    legacyd *ld = self;
     ld->stopping = true;
     httpc_free(ld->hc); /* in-flight calls complete as cancelled; tasks requeue */
     if (ld->http) evhttp_free(ld->http);
     if (ld->hold_timer) event_free(ld->hold_timer);
     if (ld->prune_timer) event_free(ld->prune_timer);
-    if (ld->sig_term) event_free(ld->sig_term);
-    if (ld->sig_int) event_free(ld->sig_int);
-    if (ld->sig_hup) event_free(ld->sig_hup);
     lq_free(ld->q);
     executors_free(ld->execs, ld->nexec);
-    if (ld->base) event_base_free(ld->base);
     cfg_free(options, NOPTIONS, &ld->cfg);
+}
+
+static int read_settings(void *self, char *errs, size_t size)
+{
+    return settings_read(&((legacyd *)self)->cfg, errs, size);
+}
+
+static void log_names(const void *self, const char **level, const char **format)
+{
+    const legacyd *ld = self;
+    *level = ld->cfg.log_level;
+    *format = ld->cfg.log_format;
 }
 
 int main(int argc, char **argv)
 {
-    bool check_only;
-    int exit_code = cfg_cli(argc, argv, PROGRAM, "the reference legacy Queue Service of turnout (POST /tasks, GET /tasks/next, GET /tasks/{id}, POST /tasks/{id}/complete|fail, DELETE /tasks/{id}, GET /status, GET /health)", options, NOPTIONS, &check_only);
-    if (exit_code >= 0) return exit_code;
-
+    const daemon_prog prog = {
+        .name = PROGRAM,
+        .summary = "the reference legacy Queue Service of turnout (POST /tasks, GET /tasks/next, GET /tasks/{id}, POST /tasks/{id}/complete|fail, DELETE /tasks/{id}, GET /status, GET /health)",
+        .options = options,
+        .noptions = NOPTIONS,
+        .read = read_settings,
+        .log_names = log_names,
+        .start = start,
+        .stop = on_stop,
+        .reload = on_reload,
+        .teardown = teardown,
+    };
     legacyd ld = {0};
-    char errs[8192] = "";
-    int problems = settings_read(&ld.cfg, errs, sizeof(errs));
-    exit_code = cfg_report(PROGRAM, problems, errs, check_only);
-    if (exit_code >= 0) {
-        cfg_free(options, NOPTIONS, &ld.cfg);
-        return exit_code;
-    }
-    if (log_setup(ld.cfg.log_level, ld.cfg.log_format, PROGRAM) != 0) {
-        fprintf(stderr, PROGRAM ": bad LOG_LEVEL or LOG_FORMAT\n");
-        cfg_free(options, NOPTIONS, &ld.cfg);
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN); /* a peer closing mid-write is an error return, not a death */
-    int rc = serve(&ld);
-    teardown(&ld);
-    return rc;
+    return daemon_main(argc, argv, &prog, &ld);
 }

@@ -1,87 +1,74 @@
-/* turnout-proxy: the front door.  See DESIGN §1–§4 and README. */
+/* turnout-proxy: the front door (README).  The shared main() skeleton is
+ * common/daemon.c; these are the proxy's hooks. */
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include <event2/event.h>
-
-#include "cfg.h"
+#include "daemon.h"
 #include "log.h"
 #include "pconfig.h"
 #include "proxy.h"
-#include "util.h"
 
+typedef struct proxy_prog {
+    proxy_settings s; /* moved into the proxy by proxy_new */
+    proxy *p;
+} proxy_prog;
 
-static void on_term(evutil_socket_t sig, short what, void *arg)
+static int read_settings(void *self, char *errs, size_t errs_size)
+{
+    proxy_prog *pp = self;
+    return pconfig_read(&pp->s, getenv("TURNOUT_ENV_FILE"), errs, errs_size);
+}
+
+static void log_names(const void *self, const char **level, const char **format)
+{
+    const proxy_prog *pp = self;
+    *level = pp->s.log_level;
+    *format = pp->s.log_format;
+}
+
+static int start(void *self, struct event_base *base, char err[256])
+{
+    proxy_prog *pp = self;
+    pp->p = proxy_new(base, &pp->s, err);
+    return pp->p && proxy_listen(pp->p, err) == 0 ? 0 : 2;
+}
+
+static void on_term(evutil_socket_t sig, short what, void *self)
 {
     (void)what;
     LOG_INFO("signal received, draining", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    proxy_drain(arg);
+    proxy_drain(((proxy_prog *)self)->p);
 }
 
-static void on_hup(evutil_socket_t sig, short what, void *arg)
+static void on_hup(evutil_socket_t sig, short what, void *self)
 {
     (void)sig;
     (void)what;
-    proxy_reload(arg);
+    proxy_reload(((proxy_prog *)self)->p);
+}
+
+static void teardown(void *self)
+{
+    proxy_prog *pp = self;
+    proxy_free(pp->p);
+    pconfig_free(&pp->s);
 }
 
 int main(int argc, char **argv)
 {
-    bool check_only;
-    int exit_code = cfg_cli(argc, argv, "turnout-proxy",
-                            "splits evaluation submissions between the legacy queue and a Celery-format "
-                            "Redis priority queue, and measures both",
-                            pconfig_table, pconfig_count, &check_only);
-    if (exit_code >= 0) return exit_code;
-
-    proxy_settings s = {0};
-    char errs[8192] = "";
-    int n = pconfig_read(&s, getenv("TURNOUT_ENV_FILE"), errs, sizeof(errs));
-    exit_code = cfg_report("turnout-proxy", n, errs, check_only);
-    if (exit_code >= 0) {
-        pconfig_free(&s);
-        return exit_code;
-    }
-    if (log_setup(s.log_level, s.log_format, "turnout-proxy") != 0) {
-        pconfig_free(&s);
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN);
-
-    int rc = 1;
-    char err[256];
-    struct event *sigs[3] = {NULL, NULL, NULL};
-    proxy *p = NULL;
-    struct event_base *base = event_base_new();
-    if (!base) {
-        fprintf(stderr, "turnout-proxy: cannot create the event loop\n");
-        goto done;
-    }
-    p = proxy_new(base, &s, err);
-    if (!p || proxy_listen(p, err) != 0) {
-        fprintf(stderr, "turnout-proxy: %s\n", err);
-        rc = 2;
-        goto done;
-    }
-    sigs[0] = evsignal_new(base, SIGTERM, on_term, p);
-    sigs[1] = evsignal_new(base, SIGINT, on_term, p);
-    sigs[2] = evsignal_new(base, SIGHUP, on_hup, p);
-    for (int i = 0; i < 3; i++) {
-        if (!sigs[i] || evsignal_add(sigs[i], NULL) != 0) {
-            fprintf(stderr, "turnout-proxy: cannot install signal handlers\n");
-            goto done;
-        }
-    }
-    event_base_dispatch(base);
-    LOG_INFO("stopped");
-    rc = 0;
-done:
-    for (int i = 0; i < 3; i++)
-        if (sigs[i]) event_free(sigs[i]);
-    proxy_free(p);
-    pconfig_free(&s);
-    if (base) event_base_free(base);
-    return rc;
+    const daemon_prog prog = {
+        .name = "turnout-proxy",
+        .summary = "splits evaluation submissions between the legacy queue and a Celery-format "
+                   "Redis priority queue, and measures both",
+        .options = pconfig_table,
+        .noptions = pconfig_count,
+        .read = read_settings,
+        .log_names = log_names,
+        .start = start,
+        .stop = on_term,
+        .reload = on_hup,
+        .teardown = teardown,
+    };
+    proxy_prog pp = {0};
+    return daemon_main(argc, argv, &prog, &pp);
 }

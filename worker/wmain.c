@@ -13,6 +13,7 @@
 #include <hiredis/hiredis.h>
 
 #include "celery.h"
+#include "daemon.h"
 #include "jsonw.h"
 #include "log.h"
 #include "results.h"
@@ -608,58 +609,44 @@ static int worker_init(worker *w, struct event_base *base, char err[256])
     return 0;
 }
 
+static int read_settings(void *self, char *errs, size_t size)
+{
+    return settings_read(&((worker *)self)->cfg, errs, size);
+}
+
+static void log_names(const void *self, const char **level, const char **format)
+{
+    const worker *w = self;
+    *level = w->cfg.log_level;
+    *format = w->cfg.log_format;
+}
+
+static int start(void *self, struct event_base *base, char err[256])
+{
+    worker *w = self;
+    if (worker_init(w, base, err) != 0) return 2;
+    LOG_INFO("started", "name", w->cfg.name, "queues", w->cfg.queues, "executors", w->cfg.executors, "metrics",
+             w->cfg.metrics_listen, "version", TURNOUT_VERSION);
+    return 0;
+}
+
+static void teardown(void *self) { worker_free(self); }
+
 int main(int argc, char **argv)
 {
-    bool check_only;
-    int exit_code = cfg_cli(argc, argv, "turnout-worker",
-                            "runs evaluations from the Celery-format Redis queue on executors, with "
-                            "retries, dead letters, cancellation and no lost work",
-                            wconfig_table, wconfig_count, &check_only);
-    if (exit_code >= 0) return exit_code;
-
     static worker w; /* one per process; static keeps it off the stack */
-    char errs[8192] = "";
-    int n = settings_read(&w.cfg, errs, sizeof(errs));
-    exit_code = cfg_report("turnout-worker", n, errs, check_only);
-    if (exit_code >= 0) {
-        wconfig_free(&w.cfg);
-        return exit_code;
-    }
-    if (log_setup(w.cfg.log_level, w.cfg.log_format, "turnout-worker") != 0) return 2;
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGHUP, SIG_IGN); /* until the reload handler is installed */
-
-    int rc = 1;
-    char err[256];
-    struct event *sigs[3] = {NULL, NULL, NULL};
-    struct event_base *base = event_base_new();
-    if (!base) {
-        fprintf(stderr, "turnout-worker: cannot create the event loop\n");
-        goto done;
-    }
-    if (worker_init(&w, base, err) != 0) {
-        fprintf(stderr, "turnout-worker: %s\n", err);
-        rc = 2;
-        goto done;
-    }
-    sigs[0] = evsignal_new(base, SIGTERM, on_term, &w);
-    sigs[1] = evsignal_new(base, SIGINT, on_term, &w);
-    sigs[2] = evsignal_new(base, SIGHUP, on_hup, &w);
-    for (int i = 0; i < 3; i++) {
-        if (!sigs[i] || evsignal_add(sigs[i], NULL) != 0) {
-            fprintf(stderr, "turnout-worker: cannot install signal handlers\n");
-            goto done;
-        }
-    }
-    LOG_INFO("started", "name", w.cfg.name, "queues", w.cfg.queues, "executors", w.cfg.executors, "metrics",
-             w.cfg.metrics_listen, "version", TURNOUT_VERSION);
-    event_base_dispatch(base);
-    LOG_INFO("stopped");
-    rc = 0;
-done:
-    for (int i = 0; i < 3; i++)
-        if (sigs[i]) event_free(sigs[i]);
-    worker_free(&w);
-    if (base) event_base_free(base);
-    return rc;
+    const daemon_prog prog = {
+        .name = "turnout-worker",
+        .summary = "runs evaluations from the Celery-format Redis queue on executors, with "
+                   "retries, dead letters, cancellation and no lost work",
+        .options = wconfig_table,
+        .noptions = wconfig_count,
+        .read = read_settings,
+        .log_names = log_names,
+        .start = start,
+        .stop = on_term,
+        .reload = on_hup,
+        .teardown = teardown,
+    };
+    return daemon_main(argc, argv, &prog, &w);
 }
