@@ -5,31 +5,22 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <hiredis/hiredis.h>
-
 #include "celery.h"
 #include "jsonw.h"
 
 struct producer {
-    rclient *rc;
     const char *queue;
     const char *task_name;
     char origin[300];
 };
 
-typedef struct push_ctx {
-    producer_cb cb;
-    void *arg;
-} push_ctx;
-
-producer *producer_new(rclient *rc, const char *queue, const char *task_name)
+producer *producer_new(const char *queue, const char *task_name)
 {
     producer *p = calloc(1, sizeof(*p));
     if (!p) return NULL;
     char host[256] = "localhost";
     (void)gethostname(host, sizeof(host) - 1);
     host[sizeof(host) - 1] = '\0';
-    p->rc = rc;
     p->queue = queue;
     p->task_name = task_name;
     snprintf(p->origin, sizeof(p->origin), "turnout%d@%s", (int)getpid(), host);
@@ -151,49 +142,5 @@ done:
     jw_free(&kwargs);
     jw_free(&ar);
     jw_free(&kr);
-    return rc;
-}
-
-static void on_pushed(struct redisReply *reply, const char *err, void *arg)
-{
-    push_ctx *c = arg;
-    if (!reply) c->cb(false, 0, err, c->arg);
-    else if (reply->type == REDIS_REPLY_INTEGER) c->cb(true, reply->integer, NULL, c->arg);
-    else if (reply->type == REDIS_REPLY_ERROR) c->cb(false, 0, reply->str, c->arg);
-    else c->cb(false, 0, "unexpected reply to LPUSH", c->arg);
-    free(c);
-}
-
-int producer_submit(producer *p, const submission *sub, producer_cb cb, void *arg, char err[256])
-{
-    if (!rclient_is_up(p->rc)) {
-        snprintf(err, 256, "redis not connected");
-        return -1;
-    }
-    char key[256];
-    size_t keylen = celery_queue_key(p->queue, sub->priority, key, sizeof(key));
-    size_t len = 0;
-    char *msg = producer_encode(p, sub, &len, err);
-    push_ctx *c = malloc(sizeof(*c));
-    int rc = -1;
-    if (!msg || !c || keylen == 0) {
-        if (msg && c) snprintf(err, 256, "queue name too long");
-        else if (msg) snprintf(err, 256, "out of memory");
-        free(c);
-        goto done;
-    }
-    c->cb = cb;
-    c->arg = arg;
-    const char *argv[3] = {"LPUSH", key, msg};
-    size_t argvlen[3] = {5, keylen, len};
-    /* hiredis copies the command into its output buffer here, so msg can go */
-    if (rclient_command(p->rc, on_pushed, c, 3, argv, argvlen) != 0) {
-        snprintf(err, 256, "redis not connected");
-        free(c);
-        goto done;
-    }
-    rc = 0;
-done:
-    free(msg);
     return rc;
 }

@@ -1,26 +1,17 @@
-/* producer — the new path: a submission becomes a Celery protocol v2 message
- * LPUSHed onto the kombu priority list of its priority (DESIGN §5). */
+/* producer — the new path's message: a submission becomes the Celery
+ * protocol v2 message (kombu's envelope) that the route-record script
+ * pushes onto the kombu priority list of its priority (records.c). */
 #ifndef TURNOUT_PRODUCER_H
 #define TURNOUT_PRODUCER_H
 
 #include "jsonw.h"
-#include "rclient.h"
 #include "submission.h"
 
 typedef struct producer producer;
 
-/* ok: the message is in Redis; depth = list length after the push.
- * Otherwise err says why (timeout, connection lost, server error text). */
-typedef void (*producer_cb)(bool ok, long long depth, const char *err, void *arg);
-
-/* Borrowed rc, queue, task_name: they must outlive the producer. */
-producer *producer_new(rclient *rc, const char *queue, const char *task_name);
+/* Borrowed queue and task_name: they must outlive the producer. */
+producer *producer_new(const char *queue, const char *task_name);
 void producer_free(producer *p);
-
-/* 0: accepted, cb will be called exactly once.  -1: not sent (Redis not
- * connected, out of memory), cb never called, err filled. */
-int producer_submit(producer *p, const submission *sub, producer_cb cb, void *arg, char err[256])
-    __attribute__((warn_unused_result));
 
 /* Builds the Redis list element for `sub`; new string, caller frees. */
 char *producer_encode(const producer *p, const submission *sub, size_t *len, char err[256]);

@@ -772,7 +772,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
         p->legacy = legacy_http_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms,
                                     (size_t)p->cfg.legacy_max_reply_bytes);
     }
-    p->prod = producer_new(p->broker, p->cfg.queue, p->cfg.task_name);
+    p->prod = producer_new(p->cfg.queue, p->cfg.task_name);
     p->records = records_new(p);
     if (p->records && !(p->completion = completion_new(p, err))) goto err;
     if (!(p->rollout = rollout_new(p, err))) goto err;

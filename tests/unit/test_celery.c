@@ -196,7 +196,7 @@ static void check_producer_like_reference(const char *body_json)
         pconfig_free(&s);
         return;
     }
-    producer *p = producer_new(NULL, "evaluation", "tasks.evaluate_code");
+    producer *p = producer_new("evaluation", "tasks.evaluate_code");
     size_t len = 0;
     char *msg = producer_encode(p, &sub, &len, err);
     CHECK(msg != NULL);
@@ -280,7 +280,7 @@ static void test_producer_message(void)
     sub_error serr;
     const char *body = "{\"code\":\"print('hi')\",\"eval_id\":\"e-1\",\"priority\":\"low\",\"timeout\":12}";
     CHECK_EQ_INT(submission_parse(body, strlen(body), &s, &sub, &serr), 0);
-    producer *p = producer_new(NULL, "evaluation", "tasks.evaluate_code");
+    producer *p = producer_new("evaluation", "tasks.evaluate_code");
     size_t len = 0;
     char *msg = producer_encode(p, &sub, &len, err);
     CHECK(msg != NULL);
