@@ -33,9 +33,7 @@
 #include "stats.h"
 #include "status_api.h"
 #include "httpc.h"
-#include "legacy_backend.h"
-#include "legacy_http.h"
-#include "legacy_rq.h"
+#include "backends.h"
 #include "log.h"
 #include "pmetrics.h"
 #include "producer.h"
@@ -759,19 +757,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     }
     p->hc = httpc_new(base, err);
     if (!p->hc) goto err;
-    if (strcmp(p->cfg.legacy_backend, "rq") == 0) {
-        legacy_rq_opts lo = {.url = p->cfg.legacy_rq_url,
-                             .queues = p->cfg.legacy_rq_queues,
-                             .function = p->cfg.legacy_rq_function,
-                             .pickle = strcmp(p->cfg.legacy_rq_serializer, "pickle") == 0,
-                             .result_ttl_s = p->cfg.legacy_rq_result_ttl_s,
-                             .timeout_ms = (long)p->cfg.legacy_timeout_ms,
-                             .max_result_bytes = (size_t)p->cfg.legacy_max_reply_bytes};
-        if (!(p->legacy = legacy_rq_new(base, &lo, err))) goto err;
-    } else {
-        p->legacy = legacy_http_new(p->hc, p->cfg.legacy_url, (long)p->cfg.legacy_timeout_ms,
-                                    (size_t)p->cfg.legacy_max_reply_bytes);
-    }
+    if (!(p->legacy = backends_legacy_new(&p->cfg, base, p->hc, err))) goto err;
     p->prod = producer_new(p->cfg.queue, p->cfg.task_name);
     p->records = records_new(p);
     if (p->records && !(p->completion = completion_new(p, err))) goto err;
