@@ -21,7 +21,7 @@
 #include <event2/http.h>
 
 #include "log.h"
-#include "pserver.h"
+#include "pmetrics.h"
 #include "util.h"
 
 #define MAX_BUCKETS ((size_t)1 << 16)
@@ -38,7 +38,7 @@ typedef struct centry {
 } centry;
 
 struct conns {
-    proxy *p;
+    metrics_family *rejected; /* turnout_rejected_requests_total */
     struct event_base *base;
     size_t max, open;
     const struct timeval *timeout; /* common timeout of CLIENT_REQUEST_TIMEOUT_S */
@@ -49,6 +49,12 @@ struct conns {
     struct event *adopt;
     double last_limit_log, last_timeout_log;
 };
+
+static void count_reject(conns *c, enum pm_reject why)
+{
+    size_t k = why;
+    metrics_add(c->rejected, metrics_at(c->rejected, &k), 1);
+}
 
 static size_t slot(const conns *c, const void *evcon)
 {
@@ -115,7 +121,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (e->bytes > 0) {
-        px_count_reject(c->p, RJ_CLIENT_TIMEOUT);
+        count_reject(c, RJ_CLIENT_TIMEOUT);
         if (rate_ok(&c->last_timeout_log))
             LOG_INFO("closed a connection whose request did not arrive in time (counted as "
                      "rejected reason=client_timeout; CLIENT_REQUEST_TIMEOUT_S)");
@@ -126,7 +132,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 static void adopt_one(conns *c, struct evhttp_connection *evcon, struct bufferevent *bev)
 {
     if (c->open >= c->max) {
-        px_count_reject(c->p, RJ_MAX_CONNECTIONS);
+        count_reject(c, RJ_MAX_CONNECTIONS);
         if (rate_ok(&c->last_limit_log))
             LOG_WARN("connection limit reached: new connections are closed at once (counted as rejected "
                      "reason=max_connections; MAX_CLIENT_CONNECTIONS)");
@@ -189,10 +195,9 @@ struct bufferevent *conns_track(conns *c, struct bufferevent *bev)
     return bev;
 }
 
-struct bufferevent *conns_plain_bevcb(struct event_base *base, void *proxy_arg)
+struct bufferevent *conns_plain_bevcb(struct event_base *base, void *conns_arg)
 {
-    proxy *p = proxy_arg;
-    return conns_track(p->conns, bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE));
+    return conns_track(conns_arg, bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE));
 }
 
 void conns_request_in(conns *c, struct evhttp_request *req)
@@ -214,19 +219,19 @@ void conns_reply_out(conns *c, struct evhttp_request *req)
 
 size_t conns_open(const conns *c) { return c ? c->open : 0; }
 
-conns *conns_new(proxy *p)
+conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, metrics_family *rejected)
 {
     conns *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
-    c->p = p;
-    c->base = p->base;
-    c->max = (size_t)p->cfg.max_client_connections;
+    c->rejected = rejected;
+    c->base = base;
+    c->max = max;
     c->nbuckets = 256;
     while (c->nbuckets < c->max && c->nbuckets < MAX_BUCKETS) c->nbuckets *= 2;
     c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
-    struct timeval tv = {(time_t)p->cfg.client_request_timeout_s, 0};
-    c->timeout = event_base_init_common_timeout(p->base, &tv);
-    c->adopt = event_new(p->base, -1, 0, on_adopt, c);
+    struct timeval tv = {(time_t)request_timeout_s, 0};
+    c->timeout = event_base_init_common_timeout(base, &tv);
+    c->adopt = event_new(base, -1, 0, on_adopt, c);
     if (!c->buckets || !c->timeout || !c->adopt) {
         conns_free(c);
         return NULL;

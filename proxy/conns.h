@@ -19,20 +19,22 @@
 struct event_base;
 struct bufferevent;
 struct evhttp_request;
-typedef struct proxy proxy;
+typedef struct metrics_family metrics_family;
 typedef struct conns conns;
 
-/* NULL when out of memory.  Settings and counters come from p. */
-conns *conns_new(proxy *p);
+/* At most `max` connections, each given request_timeout_s for a whole
+ * request; refusals counted in `rejected` (turnout_rejected_requests_total).
+ * NULL when out of memory. */
+conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, metrics_family *rejected);
 
 /* Closes nothing (evhttp_free closes the connections, each through the
  * close callback, before this is called). */
 void conns_free(conns *c);
 
 /* The evhttp bufferevent callback for plain HTTP (evhttp_set_bevcb with
- * the proxy as argument); TLS connections call conns_track with their own
+ * the conns as argument); TLS connections call conns_track with their own
  * bufferevent. */
-struct bufferevent *conns_plain_bevcb(struct event_base *base, void *proxy_arg);
+struct bufferevent *conns_plain_bevcb(struct event_base *base, void *conns_arg);
 
 /* Takes note of a bufferevent just made for an accepted connection;
  * returns it (NULL stays NULL). */

@@ -769,7 +769,8 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     }
     p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
     p->http = evhttp_new(base);
-    p->conns = conns_new(p);
+    p->conns = conns_new(base, (size_t)p->cfg.max_client_connections, (long)p->cfg.client_request_timeout_s,
+                         p->m.rejected);
     if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http || !p->conns) {
         snprintf(err, 256, "out of memory");
         goto err;
@@ -783,7 +784,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     evhttp_set_max_headers_size(p->http, MAX_HEADERS_BYTES);
     evhttp_set_max_body_size(p->http, p->cfg.max_body_bytes + EVHTTP_BODY_CEILING_EXTRA);
     evhttp_set_timeout(p->http, (int)p->cfg.client_timeout_s);
-    evhttp_set_bevcb(p->http, conns_plain_bevcb, p); /* TLS replaces it with tls_bevcb */
+    evhttp_set_bevcb(p->http, conns_plain_bevcb, p->conns); /* TLS replaces it with tls_bevcb */
     return p;
 err:
     proxy_free(p);
