@@ -39,7 +39,7 @@ BINS := $(BUILD)/turnout-proxy $(BUILD)/turnout-legacyd $(BUILD)/turnout-executo
 	$(BUILD)/turnout-worker
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRC))
 
-.PHONY: all run test check unit sim integration asan bench clean deps readme-check fuzz faults soak valgrind
+.PHONY: all run test check unit sim integration asan bench clean deps readme-check layer-check fuzz faults soak valgrind
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -103,9 +103,14 @@ integration: all
 readme-check: all
 	@/usr/bin/python3 scripts/readme-check.py $(BUILD)
 
+# The include layering (scripts/layer-check.py): no folder includes from a
+# layer above it, no include cycle among proxy modules.
+layer-check:
+	@/usr/bin/python3 scripts/layer-check.py
+
 test:
 	@scripts/deps.sh check-or-install
-	@$(MAKE) --no-print-directory all unit sim readme-check
+	@$(MAKE) --no-print-directory layer-check all unit sim readme-check
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory faults
 	@scripts/run-fuzz.sh 5

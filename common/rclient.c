@@ -57,7 +57,10 @@ struct rclient {
     bool track_clock, clock_known, clock_asked;
     double clock_offset, clock_unc, clock_at; /* seconds; clock_at: monotonic time of the sample */
     struct event *clock_timer;
+    unsigned long conn_id; /* this connection, unique in the process (scripts known on it) */
 };
+
+static unsigned long next_conn_id;
 
 #define CLOCK_RESAMPLE_S 5.0
 #define CLOCK_DRIFT 1e-4 /* allowance per second of a sample's age: far above real clock drift */
@@ -413,6 +416,7 @@ static void start_connect(rclient *rc)
         return;
     }
     ac->data = rc;
+    rc->conn_id = ++next_conn_id;
     if (rc_attach(ac, rc->base) != 0) {
         redisAsyncFree(ac);
         arm_timer(rc, (double)rc->backoff_ms / 1000.0);
@@ -639,6 +643,7 @@ int rclient_command(rclient *rc, rclient_cb cb, void *arg, int argc, const char 
 void rclient_script_init(rclient_script *s, const char *text)
 {
     static const char hex[] = "0123456789abcdef";
+    memset(s, 0, sizeof(*s));
     unsigned char d[SHA1_DIGEST_LENGTH];
     sha1(text, strlen(text), d);
     s->text = text;
@@ -656,7 +661,8 @@ void rclient_script_init(rclient_script *s, const char *text)
  * after the script, already in RESP form, in one allocation. */
 typedef struct eval_call {
     rclient *rc;
-    const rclient_script *script;
+    unsigned long conn_id; /* the connection it went out on */
+    rclient_script *script;
     rclient_cb cb;
     void *arg;
     int argc;        /* arguments after the script: numkeys, keys, args */
@@ -666,14 +672,41 @@ typedef struct eval_call {
 
 static int send_eval(eval_call *c, bool by_sha);
 
+/* The connections a script is known to be loaded on: EVALSHA goes only
+ * there.  On any other the text goes (EVAL), which loads it, so a script
+ * in a pipeline keeps its place among the commands around it: a NOSCRIPT
+ * answer and a retry would run it after them.  (Only a SCRIPT FLUSH in
+ * the middle of a connection still gets NOSCRIPT, and the retry.) */
+static bool script_known(const rclient_script *s, unsigned long conn)
+{
+    for (size_t i = 0; i < RCLIENT_SCRIPT_CONNS; i++)
+        if (s->known_on[i] == conn) return true;
+    return false;
+}
+
+static void script_mark(rclient_script *s, unsigned long conn, bool known)
+{
+    for (size_t i = 0; i < RCLIENT_SCRIPT_CONNS; i++)
+        if (s->known_on[i] == conn) {
+            if (!known) s->known_on[i] = 0;
+            return;
+        }
+    if (known) {
+        s->known_on[s->next_slot] = conn;
+        s->next_slot = (s->next_slot + 1) % RCLIENT_SCRIPT_CONNS;
+    }
+}
+
 static void on_eval_reply(struct redisReply *reply, const char *err, void *arg)
 {
     eval_call *c = arg;
     if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        /* the server has not seen it (restart, SCRIPT FLUSH): send the text once */
+        /* the server has not seen it (SCRIPT FLUSH): send the text once */
+        script_mark(c->script, c->conn_id, false);
         if (send_eval(c, false) == 0) return;
         c->cb(NULL, "redis not connected", c->arg);
     } else {
+        if (reply) script_mark(c->script, c->conn_id, true); /* EVAL loaded it; EVALSHA found it */
         c->cb(reply, err, c->arg);
     }
     free(c);
@@ -683,6 +716,7 @@ static int send_eval(eval_call *c, bool by_sha)
 {
     const char *tail = c->buf + EVALSHA_HEAD_MAX;
     size_t nargs = 2 + (size_t)c->argc;
+    c->conn_id = c->rc->conn_id;
     if (by_sha) {
         char head[EVALSHA_HEAD_MAX];
         char *o = put_count(head, nargs);
@@ -706,10 +740,11 @@ static int send_eval(eval_call *c, bool by_sha)
     return rc;
 }
 
-int rclient_eval(rclient *rc, const rclient_script *script, rclient_cb cb, void *arg, int argc, const char **argv,
+int rclient_eval(rclient *rc, rclient_script *script, rclient_cb cb, void *arg, int argc, const char **argv,
                  const size_t *argvlen)
 {
     if (rc->state != RC_UP || argc > RCLIENT_EVAL_MAX_ARGS || argc < 0) return -1;
+    if (!script->sha[0]) rclient_script_init(script, script->text);
     size_t tail_len = 0;
     for (int i = 0; i < argc; i++) tail_len += bulk_size(argvlen[i]);
     eval_call *c = malloc(sizeof(*c) + EVALSHA_HEAD_MAX + tail_len);
@@ -722,7 +757,7 @@ int rclient_eval(rclient *rc, const rclient_script *script, rclient_cb cb, void 
     c->tail_len = tail_len;
     char *o = c->buf + EVALSHA_HEAD_MAX;
     for (int i = 0; i < argc; i++) o = put_bulk(o, argv[i], argvlen[i]);
-    if (send_eval(c, true) != 0) {
+    if (send_eval(c, script_known(script, rc->conn_id)) != 0) {
         free(c);
         return -1;
     }

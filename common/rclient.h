@@ -73,22 +73,30 @@ int rclient_subscribe(rclient *rc, const char *channel, rclient_msg_cb cb, void 
 int rclient_psubscribe(rclient *rc, const char *pattern, rclient_msg_cb cb, void *arg)
     __attribute__((warn_unused_result));
 
-/* A Lua script sent by its SHA1 (EVALSHA): the text goes over the wire
- * only when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH),
- * and then the same call is retried as EVAL.  Scripts live as long as the
- * program (rclient_script_init once, e.g. at start-up). */
+/* A Lua script sent by its SHA1 (EVALSHA) on every connection that has
+ * run it once; the first call on a connection sends the text (EVAL, which
+ * loads it), so a script keeps its place in a pipeline.  When the server
+ * answers NOSCRIPT all the same (SCRIPT FLUSH mid-connection) the call is
+ * retried as EVAL.  Scripts live as long as the program
+ * (rclient_script_init once, e.g. at start-up) and are not thread-safe. */
+#define RCLIENT_SCRIPT_CONNS 4 /* connections remembered per script */
 typedef struct rclient_script {
     const char *text;
     char sha[41];
+    unsigned long known_on[RCLIENT_SCRIPT_CONNS]; /* connections that have it loaded */
+    size_t next_slot;
 } rclient_script;
 
 void rclient_script_init(rclient_script *s, const char *text);
+/* A static script: `rclient_script s = RCLIENT_SCRIPT(text);` (its SHA1 is
+ * computed on first use). */
+#define RCLIENT_SCRIPT(t) {.text = (t)}
 
 #define RCLIENT_EVAL_MAX_ARGS 64
 
 /* Like rclient_command with argv = numkeys, keys..., args... (at most
  * RCLIENT_EVAL_MAX_ARGS; copied).  0 when sent, -1 when not. */
-int rclient_eval(rclient *rc, const rclient_script *script, rclient_cb cb, void *arg, int argc, const char **argv,
+int rclient_eval(rclient *rc, rclient_script *script, rclient_cb cb, void *arg, int argc, const char **argv,
                  const size_t *argvlen) __attribute__((warn_unused_result));
 
 /* A callback for replies nobody needs. */

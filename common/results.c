@@ -31,7 +31,7 @@ void results_write_argv(const char *key, const char *record, long expires_s, cha
     for (int i = 0; i < RESULTS_WRITE_ARGC; i++) len[i] = strlen(argv[i]);
 }
 
-const rclient_script *results_write_script(void)
+rclient_script *results_write_script(void)
 {
     static rclient_script s;
     if (!s.text) rclient_script_init(&s, results_write_unless_terminal_script);

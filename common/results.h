@@ -45,7 +45,7 @@ void results_write_argv(const char *key, const char *record, long expires_s, cha
  * results_write_argv + 2 (after "EVAL" and the text), RESULTS_WRITE_ARGC - 2
  * of them. */
 typedef struct rclient_script rclient_script;
-const rclient_script *results_write_script(void);
+rclient_script *results_write_script(void);
 
 /* Builds a Celery result record.  `result` is stolen (may be NULL = null).
  * date_done is set for ready states.  New string (caller frees), NULL on OOM. */

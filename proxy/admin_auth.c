@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 
 bool admin_auth_bearer(const char *header, const char **token, size_t *len)
 {

@@ -11,6 +11,7 @@
 #include "dispatch.h"
 #include "jsafe.h"
 #include "pserver.h"
+#include "reply.h"
 #include "util.h"
 
 #define BATCH_PRIORITY 9

@@ -10,13 +10,14 @@
 #include <jansson.h>
 
 #include "admin_auth.h"
-#include "completion.h"
 #include "gates.h"
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "rbatch.h"
 #include "rollout.h"
 #include "util.h"
+#include "pscripts.h"
 
 #define TICK_MS 1000
 #define LEASE_MS "3000"
@@ -31,19 +32,6 @@ struct canary {
     bool judging;      /* a verdict or transition is in flight */
 };
 
-/* KEYS: state, history.  ARGV: expected version, new state, history entry
- * ('' = none), history length.  1 when written, 0 when the version moved. */
-static const char cas_script[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "local v = 0\n"
-    "if cur then v = cjson.decode(cur).version or 0 end\n"
-    "if tostring(v) ~= ARGV[1] then return 0 end\n"
-    "redis.call('SET', KEYS[1], ARGV[2])\n"
-    "if ARGV[3] ~= '' then\n"
-    "  redis.call('LPUSH', KEYS[2], ARGV[3])\n"
-    "  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)\n"
-    "end\n"
-    "return 1\n";
 
 static const char *status_of(json_t *s)
 {
@@ -358,10 +346,10 @@ static int transition_to(canary *c, json_t *next, json_t *patch, const char *by,
         snprintf(t->action, sizeof(t->action), "%s", action ? action : "");
         util_snprintf(t->reason, sizeof(t->reason), "%s", reason);
         util_snprintf(t->by, sizeof(t->by), "%s", by);
-        const char *argv[] = {"EVAL", cas_script, "2", CANARY_KEY, ROLLOUT_HISTORY, expected, text, htext, hmax};
-        size_t lens[9];
-        for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
-        rc = rclient_command(c->p->broker, on_written, t, 9, argv, lens);
+        const char *argv[] = {"2", CANARY_KEY, ROLLOUT_HISTORY, expected, text, htext, hmax};
+        size_t lens[7];
+        for (int i = 0; i < 7; i++) lens[i] = strlen(argv[i]);
+        rc = rclient_eval(c->p->broker, &pscript_canary_cas, on_written, t, 7, argv, lens);
         if (rc == 0) c->judging = true;
         else t->patch = NULL; /* freed below */
     }
@@ -485,10 +473,10 @@ static void on_window(rbatch *b, void *arg)
     if (text) {
         char expected[24];
         snprintf(expected, sizeof(expected), "%lld", c->version);
-        const char *argv[] = {"EVAL", cas_script, "2", CANARY_KEY, ROLLOUT_HISTORY, expected, text, "", "1"};
-        size_t lens[9];
-        for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
-        rclient_send(p->broker, 9, argv, lens);
+        const char *argv[] = {"2", CANARY_KEY, ROLLOUT_HISTORY, expected, text, "", "1"};
+        size_t lens[7];
+        for (int i = 0; i < 7; i++) lens[i] = strlen(argv[i]);
+        (void)!rclient_eval(p->broker, &pscript_canary_cas, rclient_noop, NULL, 7, argv, lens);
     }
     free(text);
     json_decref(next);
@@ -550,10 +538,10 @@ static void on_state(struct redisReply *reply, const char *err, void *arg)
     take_state(c, reply);
     json_t *s = c->state;
     if (s && is(s, "running") && c->timer) {
-        const char *argv[] = {"EVAL", completion_lock_script, "1", CANARY_LOCK, c->owner, LEASE_MS};
-        size_t lens[6];
-        for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
-        (void)!rclient_command(c->p->broker, on_lock, c, 6, argv, lens);
+        const char *argv[] = {"1", CANARY_LOCK, c->owner, LEASE_MS};
+        size_t lens[4];
+        for (int i = 0; i < 4; i++) lens[i] = strlen(argv[i]);
+        (void)!rclient_eval(c->p->broker, &pscript_lease, on_lock, c, 4, argv, lens);
     }
 }
 

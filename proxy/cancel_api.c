@@ -14,18 +14,20 @@
 #include "keys.h"
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "rbatch.h"
 #include "records.h"
 #include "results.h"
 #include "util.h"
+#include "pscripts.h"
 
 #define TASK_PREFIX "celery-"
 #define RUNNING_PREFIX KEY_RUNNING_PREFIX
-#define REVOKED_PREFIX "turnout:revoked:"
+#define REVOKED_PREFIX KEY_REVOKED_PREFIX
 #define SCHEDULE KEY_SCHEDULE
 #define SCHEDULE_IDS KEY_SCHEDULE_IDS
-#define REVOKE_CHANNEL "turnout:revoke"
-#define REVOKED_TTL_S_TEXT "86400" /* 24 h, docs/worker-redis.md */
+#define REVOKE_CHANNEL KEY_REVOKE_CHANNEL
+#define REVOKED_TTL_S_TEXT KEY_REVOKED_TTL_S_TEXT
 #define RESULT_EXPIRES_S 86400L /* the worker's RESULT_EXPIRES_S default */
 #define PIDBOX_EXPIRES_S 60
 #define TID_MAX (CANCEL_EVAL_ID_MAX + sizeof(TASK_PREFIX))
@@ -153,23 +155,6 @@ static const char *record_status(const rbatch_reply *r, json_t **rec)
     return json_string_value(json_object_get(*rec, "status"));
 }
 
-/* KEYS: revoked marker, schedule zset, schedule ids hash.
- * ARGV: task id, marker JSON, turnout:revoke payload ("" = none), pidbox
- * channel, pidbox envelope.  Removes a pending retry (its schedule entry),
- * sets the marker the worker checks before and after dispatch, and
- * broadcasts to turnout and Python workers.  Returns 1 when a schedule
- * entry was removed. */
-static const char revoke_script[] =
-    "local removed = 0\n"
-    "local m = redis.call('HGET', KEYS[3], ARGV[1])\n"
-    "if m then\n"
-    "  removed = redis.call('ZREM', KEYS[2], m)\n"
-    "  redis.call('HDEL', KEYS[3], ARGV[1])\n"
-    "end\n"
-    "redis.call('SET', KEYS[1], ARGV[2], 'EX', " REVOKED_TTL_S_TEXT ")\n"
-    "if ARGV[3] ~= '' then redis.call('PUBLISH', '" REVOKE_CHANNEL "', ARGV[3]) end\n"
-    "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
-    "return removed\n";
 
 static void on_refetched(rbatch *b, void *arg)
 {
@@ -246,16 +231,16 @@ static void act(cancel_op *op)
     }
     snprintf(revoked_key, sizeof(revoked_key), REVOKED_PREFIX "%s", op->tid);
     snprintf(channel, sizeof(channel), "/%d.celery.pidbox", rclient_db(p->broker));
-    const char *argv[] = {"EVAL", revoke_script, "3", revoked_key, SCHEDULE, SCHEDULE_IDS,
+    const char *argv[] = {"3", revoked_key, SCHEDULE, SCHEDULE_IDS,
                           op->tid, marker, notice ? notice : "", channel, pidbox};
-    size_t lens[11];
-    for (int i = 0; i < 11; i++) lens[i] = strlen(argv[i]);
+    size_t lens[9];
+    for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
     /* The marker first: from then on no worker starts it. */
-    if (rbatch_add(b, p->broker, 11, argv, lens) == 0 && record) {
+    if (rbatch_add_eval(b, p->broker, &pscript_revoke, 9, argv, lens) == 0 && record) {
         const char *wargv[RESULTS_WRITE_ARGC];
         size_t wlens[RESULTS_WRITE_ARGC];
         results_write_argv(op->result_key, record, RESULT_EXPIRES_S, expires, wargv, wlens);
-        rbatch_add(b, px_results_rc(p), RESULTS_WRITE_ARGC, wargv, wlens);
+        rbatch_add_eval(b, px_results_rc(p), results_write_script(), RESULTS_WRITE_ARGC - 2, wargv + 2, wlens + 2);
     }
     rbatch_run(b);
 done:

@@ -13,10 +13,12 @@
 #include "jsonw.h"
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "records.h"
 #include "shadow.h"
 #include "results.h"
 #include "util.h"
+#include "pscripts.h"
 
 #define META_TASK_PREFIX RESULTS_KEY_PREFIX "celery-"
 #define META_SHADOW_PREFIX RESULTS_KEY_PREFIX SHADOW_TASK_PREFIX
@@ -38,30 +40,7 @@ struct completion {
     json_t *legacy_bad;   /* eval id -> unreadable legacy replies in a row */
 };
 
-/* KEYS: in-flight zset, route key.  ARGV: eval id, outcome ('' = given
- * up), end time, and '' or why the result could not be read (a JSON
- * string).  When this call took the eval out of the set: the record (''
- * when it expired), which from now on also carries the outcome, the end
- * time and that reason as "error" (so status and cancel still know after
- * the result expired); nil otherwise. */
-static const char count_script[] =
-    "if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end\n"
-    "local r = redis.call('GET', KEYS[2])\n"
-    "if not r then return '' end\n"
-    "if ARGV[2] ~= '' and string.sub(r, -1) == '}' and not string.find(r, '\"outcome\"', 1, true) then\n"
-    "  local err = ''\n"
-    "  if ARGV[4] ~= '' then err = ',\"error\":' .. ARGV[4] end\n"
-    "  redis.call('SET', KEYS[2], string.sub(r, 1, -2) .. ',\"outcome\":\"' .. ARGV[2] ..\n"
-    "             '\",\"completed_at\":' .. ARGV[3] .. err .. '}', 'KEEPTTL')\n"
-    "end\n"
-    "return r\n";
 
-/* KEYS: lock.  ARGV: owner, ms.  1 when this owner holds it now. */
-const char completion_lock_script[] =
-    "local v = redis.call('GET', KEYS[1])\n"
-    "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end\n"
-    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end\n"
-    "return 0\n";
 
 /* by enum route_path; PATH_NONE = KIND_SHADOW */
 static const char *const inflight_key[3] = {INFLIGHT_LEGACY, INFLIGHT_NEW, INFLIGHT_SHADOW};
@@ -141,12 +120,12 @@ static void count_why(completion *c, enum route_path path, const char *eval_id, 
     jsonw w;
     jw_init(&w, stack, sizeof(stack));
     if (why) jw_cstring(&w, why);
-    const char *argv[] = {"EVAL", count_script, "2", inflight_key[path], route_key, eval_id,
+    const char *argv[] = {"2", inflight_key[path], route_key, eval_id,
                           outcome >= 0 ? pm_outcome_names[outcome] : "", at, jw_text(&w)};
-    size_t lens[9];
-    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
-    lens[8] = jw_len(&w);
-    if (rclient_command(c->p->broker, on_counted, cc, 9, argv, lens) != 0) free(cc);
+    size_t lens[7];
+    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+    lens[6] = jw_len(&w);
+    if (rclient_eval(c->p->broker, &pscript_count, on_counted, cc, 7, argv, lens) != 0) free(cc);
     jw_free(&w);
 }
 
@@ -463,10 +442,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
     char ms[24];
     snprintf(ms, sizeof(ms), "%lld", p->cfg.completion_poll_s * 3000);
-    const char *argv[] = {"EVAL", completion_lock_script, "1", COMPLETION_LOCK, c->owner, ms};
-    size_t lens[6];
-    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
-    (void)!rclient_command(p->broker, on_lock, c, 6, argv, lens);
+    const char *argv[] = {"1", COMPLETION_LOCK, c->owner, ms};
+    size_t lens[4];
+    for (int i = 0; i < 4; i++) lens[i] = strlen(argv[i]);
+    (void)!rclient_eval(p->broker, &pscript_lease, on_lock, c, 4, argv, lens);
 }
 
 completion *completion_new(proxy *p, char err[256])

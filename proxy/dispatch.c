@@ -12,6 +12,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "records.h"
 #include "shadow.h"
 #include "util.h"

@@ -13,16 +13,19 @@
 #include "admin_auth.h"
 #include "celery.h"
 #include "jsafe.h"
+#include "keys.h"
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "rbatch.h"
 #include "results.h"
 #include "util.h"
+#include "pscripts.h"
 
-#define DLQ_INDEX "turnout:dlq"
-#define DLQ_ENTRY_PREFIX "turnout:dlq:entry:"
-#define DLQ_CLASSES "turnout:dlq:classes"
-#define REVOKED_PREFIX "turnout:revoked:"
+#define DLQ_INDEX KEY_DLQ_INDEX
+#define DLQ_ENTRY_PREFIX KEY_DLQ_ENTRY_PREFIX
+#define DLQ_CLASSES KEY_DLQ_CLASSES
+#define REVOKED_PREFIX KEY_REVOKED_PREFIX
 #define TASK_PREFIX "celery-"
 #define KEY_MAX (DLQ_TASK_ID_MAX + 64)
 #define MALFORMED_SHOWN 1024
@@ -495,19 +498,6 @@ static void start_get(dlq_op *op, rbatch_done_fn done)
 
 /* ---------- DELETE /api/dlq/{task_id} ---------- */
 
-/* KEYS: entry, index, classes.  ARGV: task id.  1 = removed, 0 = unknown. */
-static const char delete_script[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "local n = redis.call('ZREM', KEYS[2], ARGV[1])\n"
-    "if not cur then return n end\n"
-    "local ok, d = pcall(cjson.decode, cur)\n"
-    "if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
-    "  if redis.call('HINCRBY', KEYS[3], d.exception_class, -1) <= 0 then\n"
-    "    redis.call('HDEL', KEYS[3], d.exception_class)\n"
-    "  end\n"
-    "end\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "return 1\n";
 
 static void on_deleted(rbatch *b, void *arg)
 {
@@ -530,36 +520,14 @@ static void start_delete(dlq_op *op)
 {
     rbatch *b = op_batch(op, on_deleted);
     if (!b) return;
-    const char *argv[] = {"EVAL", delete_script, "3", op->entry_key, DLQ_INDEX, DLQ_CLASSES, op->tid};
-    size_t lens[] = {4, sizeof(delete_script) - 1, 1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1,
-                     sizeof(DLQ_CLASSES) - 1, strlen(op->tid)};
-    rbatch_add(b, op->r->p->broker, 7, argv, lens);
+    const char *argv[] = {"3", op->entry_key, DLQ_INDEX, DLQ_CLASSES, op->tid};
+    size_t lens[] = {1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1, sizeof(DLQ_CLASSES) - 1, strlen(op->tid)};
+    rbatch_add_eval(b, op->r->p->broker, &pscript_dlq_delete, 5, argv, lens);
     rbatch_run(b);
 }
 
 /* ---------- POST /api/dlq/{task_id}/retry ---------- */
 
-/* KEYS: entry, index, classes, queue list, revoked marker[, result key].
- * ARGV: task id, the entry as read, the envelope to push.
- * 1 = re-published, 0 = no such entry, -1 = the entry changed since read.
- * The result key goes first (a FAILURE must not block the re-run), the
- * revoked marker too (an operator's explicit re-run wins over an old cancel). */
-static const char retry_script[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if not cur then return 0 end\n"
-    "if cur ~= ARGV[2] then return -1 end\n"
-    "if KEYS[6] then redis.call('DEL', KEYS[6]) end\n"
-    "redis.call('DEL', KEYS[5])\n"
-    "redis.call('LPUSH', KEYS[4], ARGV[3])\n"
-    "local ok, d = pcall(cjson.decode, cur)\n"
-    "if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
-    "  if redis.call('HINCRBY', KEYS[3], d.exception_class, -1) <= 0 then\n"
-    "    redis.call('HDEL', KEYS[3], d.exception_class)\n"
-    "  end\n"
-    "end\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-    "return 1\n";
 
 static void on_retried(rbatch *b, void *arg)
 {
@@ -591,22 +559,22 @@ static void start_retry_script(dlq_op *op)
     snprintf(revoked, sizeof(revoked), REVOKED_PREFIX "%s", op->tid);
     snprintf(result, sizeof(result), RESULTS_KEY_PREFIX "%s", op->tid);
     bool same_db = p->results == NULL;
-    const char *argv[] = {"EVAL", retry_script, same_db ? "6" : "5", op->entry_key, DLQ_INDEX, DLQ_CLASSES,
+    const char *argv[] = {same_db ? "6" : "5", op->entry_key, DLQ_INDEX, DLQ_CLASSES,
                           op->queue_key, revoked, result, op->tid, op->expected, op->message};
-    size_t lens[] = {4, sizeof(retry_script) - 1, 1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1,
+    size_t lens[] = {1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1,
                      sizeof(DLQ_CLASSES) - 1, op->queue_key_len, strlen(revoked), strlen(result),
                      strlen(op->tid), op->expected_len, op->message_len};
-    int argc = 12;
+    int argc = 10;
     if (!same_db) { /* drop the result key from KEYS */
-        for (int i = 8; i < 11; i++) {
+        for (int i = 6; i < 9; i++) {
             argv[i] = argv[i + 1];
             lens[i] = lens[i + 1];
         }
-        argc = 11;
+        argc = 9;
     }
     rbatch *b = op_batch(op, on_retried);
     if (!b) return;
-    rbatch_add(b, p->broker, argc, argv, lens);
+    rbatch_add_eval(b, p->broker, &pscript_dlq_retry, argc, argv, lens);
     rbatch_run(b);
 }
 

@@ -10,6 +10,7 @@
 #include "evstatus.h"
 #include "keys.h"
 #include "pserver.h"
+#include "reply.h"
 #include "rbatch.h"
 #include "records.h"
 #include "results.h"

@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "pserver.h"
+#include "reply.h"
 
 typedef struct list_call {
     preq *r;

@@ -1,7 +1,6 @@
-/* pserver — what the proxy's route handlers share: the server state, the
- * asynchronous request record, and the reply helpers that keep metrics and
- * the drain count right.  Every request ends in exactly one reply: either
- * px_reply_* (synchronous) or px_finish_* on a px_req_new() record. */
+/* pserver — the proxy object every module shares: its settings, metrics,
+ * connections and the parts that hang off it.  The request records and
+ * reply helpers are reply.h. */
 #ifndef TURNOUT_PSERVER_H
 #define TURNOUT_PSERVER_H
 
@@ -16,11 +15,11 @@
 #include "pconfig.h"
 #include "pmetrics.h"
 #include "producer.h"
-#include "proxy.h"
 #include "rclient.h"
 #include "router.h"
 #include "submission.h"
 
+typedef struct proxy proxy;
 struct evhttp;
 struct evhttp_request;
 struct evhttp_bound_socket;
@@ -58,61 +57,5 @@ struct proxy {
 
 /* The connection holding celery-task-meta-* records. */
 static inline rclient *px_results_rc(const proxy *p) { return p->results ? p->results : p->broker; }
-
-/* One request that waits on a backend.  Completed by finish() exactly once. */
-typedef struct preq {
-    proxy *p;
-    struct evhttp_request *req;
-    enum pm_route route;
-    enum route_path path;       /* label for requests_total */
-    enum route_path waiting_on; /* in_flight gauge currently held, or NOT_WAITING */
-    double t0;
-    submission sub;
-    route_decision dec;
-    int checks_left;            /* /readyz */
-    bool redis_ok, legacy_ok;
-} preq;
-
-/* waiting_on value when the request waits on no backend */
-#define NOT_WAITING PATH_COUNT
-
-/* A request that will be answered later; counts toward the drain. NULL on OOM. */
-preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);
-/* Answer and free the record (the body is not stolen). */
-void px_finish_json(preq *r, int status, json_t *body);
-/* The same with the body already serialized (NULL: 503 out_of_memory). */
-void px_finish_text(preq *r, int status, const char *json, size_t len);
-void px_finish_error(preq *r, int status, const char *code, const char *msg, int retry_after);
-/* Answer at once, no record. */
-void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,
-                    const char *code, const char *msg, int retry_after);
-void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,
-                   json_t *body);
-/* Moves the request's share of turnout_in_flight_requests to `path`. */
-void px_hold_in_flight(preq *r, enum route_path path);
-void px_count_reject(proxy *p, enum pm_reject why);
-/* 503 out_of_memory + Retry-After, through `r` when there is one. */
-void px_reply_oom(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, preq *r);
-/* 405 with an Allow header (`allow`, e.g. "GET") and `usage` as the
- * message; counted as rejected reason "method". */
-void px_reply_method_not_allowed(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
-                                 const char *allow, const char *usage);
-/* 503 "overloaded" + Retry-After when MAX_IN_FLIGHT requests wait on a
- * backend: true when it answered. */
-bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);
-/* The checks every JSON POST endpoint makes before reading the body:
- * method (405 with `usage`), Content-Type (415), MAX_BODY_BYTES (413), the
- * X-Turnout-Sticky-Key header (422; *sticky gets it or NULL), overload
- * (503).  false when it answered. */
-bool px_accept_json_post(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, const char *usage,
-                         const char **sticky);
-void px_count_decision(proxy *p, enum route_path path, enum route_reason reason);
-/* Adds delta to turnout_in_flight_requests{path} (for work not tied to one preq). */
-void px_in_flight_add(proxy *p, enum route_path path, int delta);
-void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why);
-/* The one mapping of a failed legacy call (any backend): counts it in
- * turnout_upstream_errors_total{path="legacy"} and gives the HTTP status
- * (504 for a timeout, else 502) and the error code to answer with. */
-int px_legacy_failed(proxy *p, const legacy_result *res, const char **code);
 
 #endif

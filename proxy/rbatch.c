@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "util.h"
 
 #define COPY_MAX_DEPTH 4
@@ -100,6 +101,25 @@ int rbatch_add(rbatch *b, rclient *rc, int argc, const char **argv, const size_t
     b->slots[i].b = b;
     b->slots[i].index = i;
     if (!rc || rclient_command(rc, on_reply, &b->slots[i], argc, argv, argvlen) != 0) {
+        if (!b->error) b->error = "redis not connected";
+        return -1;
+    }
+    b->n++;
+    b->outstanding++;
+    return i;
+}
+
+int rbatch_add_eval(rbatch *b, rclient *rc, rclient_script *script, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    if (b->n >= RBATCH_MAX) {
+        if (!b->error) b->error = "too many commands in one batch";
+        return -1;
+    }
+    int i = b->n;
+    b->slots[i].b = b;
+    b->slots[i].index = i;
+    if (!rc || rclient_eval(rc, script, on_reply, &b->slots[i], argc, argv, argvlen) != 0) {
         if (!b->error) b->error = "redis not connected";
         return -1;
     }

@@ -38,6 +38,10 @@ rbatch *rbatch_new(rbatch_done_fn done, void *arg);
  * or -1 when it was not sent (connection down, OOM, batch full): the batch
  * then reports an error. */
 int rbatch_add(rbatch *b, rclient *rc, int argc, const char **argv, const size_t *argvlen);
+/* The same for a script by its SHA1 (rclient_eval): argv = numkeys, keys,
+ * args. */
+int rbatch_add_eval(rbatch *b, rclient *rc, rclient_script *script, int argc, const char **argv,
+                    const size_t *argvlen);
 
 /* No more commands; done fires when the sent ones have completed. */
 void rbatch_run(rbatch *b);

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "pserver.h"
 #include "util.h"
+#include "pscripts.h"
 
 /* One record waiting for Redis. */
 typedef struct held {
@@ -21,9 +22,6 @@ typedef struct held {
     bool release; /* delete the record if it is this one, instead of writing it */
 } held;
 
-/* sent by SHA1 (the text only when Redis does not know them yet) */
-static rclient_script submit_new_sha, claim_sha;
-
 struct records {
     proxy *p;
     held *held;       /* ring of ROUTE_PENDING_MAX */
@@ -31,76 +29,11 @@ struct records {
     size_t flushing;  /* writes sent and not yet answered */
 };
 
-/* Both scripts that act on a submission first check the deadline the proxy
- * passes in (rclient_deadline: microseconds of Redis's own clock): a script
- * that reaches Redis after the proxy has stopped waiting for it (a stalled
- * or slow server) does nothing, so the proxy can send the submission
- * elsewhere without it also running here.  (replicate_commands lets a
- * script write after TIME on Redis < 5; later versions always do.) */
-#define DEADLINE_CHECK(argn)                                                                  \
-    "if redis.replicate_commands then redis.replicate_commands() end\n"                      \
-    "local t = redis.call('TIME')\n"                                                         \
-    "if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[" argn "]) then return {2, 0} end\n"
-
-/* KEYS: route key, queue list, in-flight zset, then every priority list of
- * the queue.  ARGV: record, TTL, message, eval id, submitted_at, deadline,
- * depth ceiling (0: none).  {1, depth} queued; {0, record} when the eval id
- * already had one; {2, 0} past the deadline; {3, depth} the queue is full. */
-static const char submit_new_script[] =
-    DEADLINE_CHECK("6")
-    "local old = redis.call('GET', KEYS[1])\n"
-    "if old then return {0, old} end\n"
-    "local max = tonumber(ARGV[7])\n"
-    "if max > 0 then\n"
-    "  local n = 0\n"
-    "  for i = 4, #KEYS do n = n + redis.call('LLEN', KEYS[i]) end\n"
-    "  if n >= max then return {3, n} end\n"
-    "end\n"
-    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
-    "local n = redis.call('LPUSH', KEYS[2], ARGV[3])\n"
-    "redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])\n"
-    "return {1, n}\n";
-
-/* KEYS: route key.  ARGV: record, TTL, deadline.  {1, ''} claimed (also
- * when the record there is this very one: an earlier attempt whose reply
- * was lost), {0, record} taken, {2, 0} past the deadline. */
-static const char claim_script[] =
-    DEADLINE_CHECK("3")
-    "local old = redis.call('GET', KEYS[1])\n"
-    "if old == ARGV[1] then return {1, ''} end\n"
-    "if old then return {0, old} end\n"
-    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
-    "return {1, ''}\n";
-
-/* KEYS: route key.  ARGV: record.  Deletes the claim if it is still ours. */
-static const char release_script[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
-    "return 1\n";
-
-/* KEYS: route key, legacy in-flight zset.  ARGV: the claim, its
- * replacement, eval id, submitted_at.  Replaces the claim (keeping its TTL)
- * if it is still this one, and tracks the eval for completion. */
-static const char replace_script[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
-    "redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')\n"
-    "redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])\n"
-    "return 1\n";
-
-/* KEYS: route key, legacy in-flight zset.  ARGV: record, TTL, eval id,
- * submitted_at.  Writes a held record unless one is there (another proxy,
- * or a claim that did reach Redis); tracks it when the record is this one. */
-static const char flush_script[] =
-    "redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])\n"
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end\n"
-    "return 1\n";
-
 records *records_new(proxy *p)
 {
     records *rs = calloc(1, sizeof(*rs));
     if (!rs) return NULL;
     rs->p = p;
-    rclient_script_init(&submit_new_sha, submit_new_script);
-    rclient_script_init(&claim_sha, claim_script);
     rs->cap = (size_t)p->cfg.route_pending_max;
     if (rs->cap && !(rs->held = calloc(rs->cap, sizeof(held)))) {
         free(rs);
@@ -218,7 +151,7 @@ static void on_script(struct redisReply *reply, const char *err, void *arg)
     free(c);
 }
 
-static int run_script(records *rs, const rclient_script *script, int argc, const char **argv, const size_t *lens,
+static int run_script(records *rs, rclient_script *script, int argc, const char **argv, const size_t *lens,
                       rec_cb cb, void *arg)
 {
     script_call *c = malloc(sizeof(*c));
@@ -288,7 +221,7 @@ int records_submit_new(records *rs, const submission *sub, const char *record, d
         argv[n] = args[i];
         lens[n++] = alens[i];
     }
-    int rc = run_script(rs, &submit_new_sha, n, argv, lens, cb, arg);
+    int rc = run_script(rs, &pscript_submit_new, n, argv, lens, cb, arg);
     if (rc != 0) snprintf(err, 256, "redis not connected");
     jw_free(&msg);
     return rc;
@@ -344,17 +277,17 @@ int records_claim(records *rs, const char *eval_id, const char *record, rec_cb c
     const char *argv[] = {"1", route_key, record, ttl, deadline};
     size_t lens[5];
     for (int i = 0; i < 5; i++) lens[i] = strlen(argv[i]);
-    return run_script(rs, &claim_sha, 5, argv, lens, cb, arg);
+    return run_script(rs, &pscript_claim, 5, argv, lens, cb, arg);
 }
 
 void records_release(records *rs, const char *eval_id, const char *record)
 {
     char route_key[ROUTE_KEY_MAX];
     records_key(eval_id, route_key);
-    const char *argv[] = {"EVAL", release_script, "1", route_key, record};
-    size_t lens[5];
-    for (int i = 0; i < 5; i++) lens[i] = strlen(argv[i]);
-    rclient_send(rs->p->broker, 5, argv, lens);
+    const char *argv[] = {"1", route_key, record};
+    size_t lens[3];
+    for (int i = 0; i < 3; i++) lens[i] = strlen(argv[i]);
+    (void)!rclient_eval(rs->p->broker, &pscript_release, rclient_noop, NULL, 3, argv, lens);
 }
 
 /* ---------- records held while Redis is away ---------- */
@@ -448,13 +381,13 @@ static int send_flush(records *rs, const char *eval_id, char *record, double sub
     records_key(eval_id, route_key);
     snprintf(ttl, sizeof(ttl), "%lld", rs->p->cfg.route_record_ttl_s);
     snprintf(at, sizeof(at), "%.6f", submitted_at);
-    const char *argv[] = {"EVAL", flush_script, "2", route_key, INFLIGHT_LEGACY, record, ttl, eval_id, at};
-    const char *rargv[] = {"EVAL", release_script, "1", route_key, record};
-    size_t lens[9];
-    int argc = release ? 5 : 9;
+    const char *argv[] = {"2", route_key, INFLIGHT_LEGACY, record, ttl, eval_id, at};
+    const char *rargv[] = {"1", route_key, record};
+    size_t lens[7];
+    int argc = release ? 3 : 7;
     const char **v = release ? rargv : argv;
     for (int i = 0; i < argc; i++) lens[i] = strlen(v[i]);
-    if (rclient_command(rs->p->broker, on_flushed, c, argc, v, lens) != 0) {
+    if (rclient_eval(rs->p->broker, release ? &pscript_release : &pscript_flush, on_flushed, c, argc, v, lens) != 0) {
         free(c);
         return -1;
     }
@@ -504,10 +437,10 @@ void records_replace_legacy(records *rs, const char *eval_id, const char *record
         char route_key[ROUTE_KEY_MAX], at[32];
         records_key(eval_id, route_key);
         snprintf(at, sizeof(at), "%.6f", submitted_at);
-        const char *argv[] = {"EVAL", replace_script, "2", route_key, INFLIGHT_LEGACY, record, unconfirmed, eval_id, at};
-        size_t lens[9];
-        for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
-        if (rclient_command(rs->p->broker, rclient_noop, NULL, 9, argv, lens) == 0) return;
+        const char *argv[] = {"2", route_key, INFLIGHT_LEGACY, record, unconfirmed, eval_id, at};
+        size_t lens[7];
+        for (int i = 0; i < 7; i++) lens[i] = strlen(argv[i]);
+        if (rclient_eval(rs->p->broker, &pscript_replace, rclient_noop, NULL, 7, argv, lens) == 0) return;
     }
     hold(rs, eval_id, unconfirmed, submitted_at);
 }

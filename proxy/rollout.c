@@ -15,7 +15,9 @@
 #include "list_api.h"
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "util.h"
+#include "pscripts.h"
 
 #define POLL_MS 1000
 #define REASON_MAX 500
@@ -30,27 +32,6 @@ struct rollout {
     long long version;
 };
 
-/* KEYS: state, history.  ARGV: start state (when Redis holds none), patch,
- * now, by, reason, channel, history length, expected version ('' = any).
- * {1, new state} or {0, current state} when the version moved. */
-static const char update_script[] =
-    "local raw = redis.call('GET', KEYS[1])\n"
-    "local cur = cjson.decode(raw or ARGV[1])\n"
-    "if ARGV[8] ~= '' and tostring(cur.version or 0) ~= ARGV[8] then return {0, raw or ARGV[1]} end\n"
-    "local new = {}\n"
-    "for k, v in pairs(cur) do new[k] = v end\n"
-    "for k, v in pairs(cjson.decode(ARGV[2])) do new[k] = v end\n"
-    "new.version = (cur.version or 0) + 1\n"
-    "new.updated_at = tonumber(ARGV[3])\n"
-    "new.updated_by = ARGV[4]\n"
-    "new.reason = ARGV[5]\n"
-    "local out = cjson.encode(new)\n"
-    "redis.call('SET', KEYS[1], out)\n"
-    "redis.call('LPUSH', KEYS[2], cjson.encode({at = new.updated_at, by = ARGV[4], reason = ARGV[5],\n"
-    "  version = new.version, from = cur, to = new}))\n"
-    "redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)\n"
-    "redis.call('PUBLISH', ARGV[6], out)\n"
-    "return {1, out}\n";
 
 /* ---------- the state in force ---------- */
 
@@ -273,11 +254,11 @@ int rollout_update(rollout *ro, json_t *patch, const char *by, const char *reaso
         snprintf(hist, sizeof(hist), "%d", ROLLOUT_HISTORY_MAX);
         if (expected >= 0) snprintf(exp, sizeof(exp), "%lld", expected);
         *c = (update_call){ro, cb, arg};
-        const char *argv[] = {"EVAL", update_script, "2", ROLLOUT_KEY, ROLLOUT_HISTORY, start_text, patch_text,
+        const char *argv[] = {"2", ROLLOUT_KEY, ROLLOUT_HISTORY, start_text, patch_text,
                               now, by, reason ? reason : "", ROLLOUT_CHANNEL, hist, exp};
-        size_t lens[13];
-        for (int i = 0; i < 13; i++) lens[i] = strlen(argv[i]);
-        rc = rclient_command(p->broker, on_updated, c, 13, argv, lens);
+        size_t lens[11];
+        for (int i = 0; i < 11; i++) lens[i] = strlen(argv[i]);
+        rc = rclient_eval(p->broker, &pscript_rollout_update, on_updated, c, 11, argv, lens);
     }
     if (rc != 0) free(c);
     json_decref(start);

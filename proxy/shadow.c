@@ -14,28 +14,11 @@
 #include "log.h"
 #include "pserver.h"
 #include "util.h"
+#include "pscripts.h"
 
 #define SHADOW_PRIORITY 9
 
-/* KEYS: shadow hash, queue list, in-flight set.  ARGV: message, eval id,
- * now, TTL.  Nothing when this eval already has a shadow. */
-static const char start_script[] =
-    "if redis.call('HSETNX', KEYS[1], 'submitted_at', ARGV[3]) == 0 then return 0 end\n"
-    "redis.call('EXPIRE', KEYS[1], ARGV[4])\n"
-    "redis.call('LPUSH', KEYS[2], ARGV[1])\n"
-    "redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])\n"
-    "return 1\n";
 
-/* KEYS: shadow hash.  ARGV: side, verdict JSON.  nil: no shadow (or
- * compared already); 0: waiting for the other side; {legacy, new} when
- * this report completed the pair (the hash is gone then). */
-static const char report_script[] =
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return false end\n"
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-    "local l = redis.call('HGET', KEYS[1], 'legacy')\n"
-    "local n = redis.call('HGET', KEYS[1], 'new')\n"
-    "if l and n then redis.call('DEL', KEYS[1]) return {l, n} end\n"
-    "return 0\n";
 
 bool shadow_draw(const proxy *p)
 {
@@ -66,12 +49,12 @@ void shadow_start(proxy *p, const submission *sub)
     }
     snprintf(now, sizeof(now), "%.6f", util_now());
     snprintf(ttl, sizeof(ttl), "%lld", p->cfg.route_record_ttl_s);
-    const char *argv[] = {"EVAL", start_script, "3", key, qkey, INFLIGHT_SHADOW, msg, sub->eval_id, now, ttl};
-    size_t lens[10];
-    for (int i = 0; i < 10; i++) lens[i] = strlen(argv[i]);
-    lens[4] = qlen;
-    lens[6] = mlen;
-    rclient_send(p->broker, 10, argv, lens);
+    const char *argv[] = {"3", key, qkey, INFLIGHT_SHADOW, msg, sub->eval_id, now, ttl};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
+    lens[2] = qlen;
+    lens[4] = mlen;
+    (void)!rclient_eval(p->broker, &pscript_shadow_start, rclient_noop, NULL, 8, argv, lens);
     free(msg);
 }
 
@@ -193,10 +176,10 @@ static void report(proxy *p, const char *eval_id, const char *side, json_t *verd
         rc->p = p;
         snprintf(rc->eval_id, sizeof(rc->eval_id), "%s", eval_id);
         snprintf(key, sizeof(key), SHADOW_KEY_PREFIX "%s", eval_id);
-        const char *argv[] = {"EVAL", report_script, "1", key, side, text};
-        size_t lens[6];
-        for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
-        if (rclient_command(p->broker, on_reported, rc, 6, argv, lens) != 0) free(rc);
+        const char *argv[] = {"1", key, side, text};
+        size_t lens[4];
+        for (int i = 0; i < 4; i++) lens[i] = strlen(argv[i]);
+        if (rclient_eval(p->broker, &pscript_shadow_report, on_reported, rc, 4, argv, lens) != 0) free(rc);
     }
     free(text);
 }

@@ -14,15 +14,17 @@
 #include "evstatus.h"
 #include "jsafe.h"
 #include "celery.h"
+#include "keys.h"
 #include "pserver.h"
+#include "reply.h"
 #include "rbatch.h"
 #include "rollout.h"
 #include "shadow.h"
 #include "util.h"
 
 #define MAXB 24 /* histogram counts kept per snapshot (buckets + Inf) */
-#define DLQ_INDEX "turnout:dlq"
-#define DLQ_ENTRY_PREFIX "turnout:dlq:entry:"
+#define DLQ_INDEX KEY_DLQ_INDEX
+#define DLQ_ENTRY_PREFIX KEY_DLQ_ENTRY_PREFIX
 #define DLQ_NEWEST 5
 #define HISTORY_SHOWN 10
 

@@ -15,6 +15,7 @@
 #include "keys.h"
 #include "log.h"
 #include "pserver.h"
+#include "reply.h"
 #include "rbatch.h"
 #include "records.h"
 #include "results.h"
@@ -23,7 +24,7 @@
 #define RUNNING_PREFIX KEY_RUNNING_PREFIX
 #define SCHEDULE_IDS KEY_SCHEDULE_IDS
 #define SCHEDULE KEY_SCHEDULE
-#define DLQ_INDEX "turnout:dlq"
+#define DLQ_INDEX KEY_DLQ_INDEX
 #define KEY_MAX (SUB_MAX_EVAL_ID + 96)
 
 bool status_api_match(const char *path, const char **id, size_t *len)
@@ -447,7 +448,7 @@ void status_api_queue(proxy *p, struct evhttp_request *req, double t0)
         size_t lens[] = {4, n};
         if (rbatch_add(b, p->broker, 2, argv, lens) < 0) break;
     }
-    const char *hl[] = {"HLEN", "unacked"}, *zs[] = {"ZCARD", SCHEDULE}, *zd[] = {"ZCARD", DLQ_INDEX};
+    const char *hl[] = {"HLEN", KEY_UNACKED}, *zs[] = {"ZCARD", SCHEDULE}, *zd[] = {"ZCARD", DLQ_INDEX};
     size_t hll[] = {4, 7}, zsl[] = {5, sizeof(SCHEDULE) - 1}, zdl[] = {5, sizeof(DLQ_INDEX) - 1};
     if (rbatch_add(b, p->broker, 2, hl, hll) >= 0 && rbatch_add(b, p->broker, 2, zs, zsl) >= 0)
         (void)rbatch_add(b, p->broker, 2, zd, zdl);

@@ -25,6 +25,8 @@ LAYERS = {
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+# a function declared at top level of a header (not static inline, not a typedef)
+PROTO = re.compile(r'^(?!static|typedef|extern|#|\s|/|\*|struct \w+ \{|enum|union)[A-Za-z_][\w \*]*?\b(\w+)\(', re.M)
 
 
 def sources():
@@ -42,6 +44,14 @@ def main():
                 return 1
             where[f.name] = folder
     bad = []
+    # the module graph is by file stem: a header's functions must be defined
+    # in the .c of the same name, or the graph would not see that module
+    for folder, f in sources():
+        if f.suffix == ".h" and folder.startswith("proxy") and not f.with_suffix(".c").exists():
+            m = PROTO.search(f.read_text())
+            if m:
+                bad.append(f"{f.relative_to(ROOT)} declares {m.group(1)}() but there is no "
+                           f"{f.with_suffix('.c').name}: name the header after the file that defines it")
     graph = {}  # proxy module stem -> stems it includes
     for folder, f in sources():
         rel = f.relative_to(ROOT)

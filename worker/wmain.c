@@ -15,6 +15,7 @@
 #include "celery.h"
 #include "daemon.h"
 #include "jsonw.h"
+#include "keys.h"
 #include "log.h"
 #include "results.h"
 #include "util.h"

@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
+#include "keys.h"
 #include "log.h"
 #include "util.h"
 #include "wcore.h"
@@ -16,7 +17,6 @@
 
 #define CAPACITY_TIMEOUT_MS 2000
 #define DOWN_FOR_S 5.0
-#define REVOKED_TTL "86400"
 #define HEARTBEAT_TTL "30"
 
 static const double job_every_s[WJ_COUNT] = {
@@ -335,10 +335,10 @@ static void persist_revoke(worker *w, const char *tid, bool terminate)
     char key[340], val[128];
     /* an id the worker would never run has no marker (and would not fit) */
     if (!celery_task_id_ok(tid, strlen(tid))) return;
-    snprintf(key, sizeof(key), "turnout:revoked:%s", tid);
+    snprintf(key, sizeof(key), KEY_REVOKED_PREFIX "%s", tid);
     snprintf(val, sizeof(val), "{\"terminate\":%s,\"at\":%.3f,\"by\":\"pidbox\"}", terminate ? "true" : "false",
              util_now());
-    const char *a[6] = {"SET", key, val, "EX", REVOKED_TTL, "NX"};
+    const char *a[6] = {"SET", key, val, "EX", KEY_REVOKED_TTL_S_TEXT, "NX"};
     size_t l[6];
     for (int i = 0; i < 6; i++) l[i] = strlen(a[i]);
     rclient_send(w->rc, 6, a, l);
@@ -402,6 +402,6 @@ int maint_subscribe(worker *w)
 {
     char pidbox[64];
     snprintf(pidbox, sizeof(pidbox), "/%d.celery.pidbox", rclient_db(w->rc));
-    if (rclient_subscribe(w->sub, "turnout:revoke", on_turnout_revoke, w) != 0) return -1;
+    if (rclient_subscribe(w->sub, KEY_REVOKE_CHANNEL, on_turnout_revoke, w) != 0) return -1;
     return rclient_subscribe(w->sub, pidbox, on_pidbox, w);
 }

@@ -1,15 +1,16 @@
 #include "wscripts.h"
 
 #include "results.h"
+#include "keys.h"
 
 /* Shared Lua helpers: the kombu list name for a queue and priority (steps
  * 0,3,6,9; separator 0x06 0x16), and the restore of one unacked entry the
  * way kombu restores it (RPUSH to the bare queue, so it is taken next). */
 #define LUA_HELPERS                                                                         \
     "local function restore(tag)\n"                                                         \
-    "  local p = redis.call('HGET', 'unacked', tag)\n"                                       \
-    "  redis.call('ZREM', 'unacked_index', tag)\n"                                           \
-    "  redis.call('HDEL', 'unacked', tag)\n"                                                 \
+    "  local p = redis.call('HGET', '" KEY_UNACKED "', tag)\n"                                       \
+    "  redis.call('ZREM', '" KEY_UNACKED_INDEX "', tag)\n"                                           \
+    "  redis.call('HDEL', '" KEY_UNACKED "', tag)\n"                                                 \
     "  if not p then return 0 end\n"                                                         \
     "  local ok, e = pcall(cjson.decode, p)\n"                                               \
     "  if not ok or type(e) ~= 'table' then return 0 end\n"                                  \
@@ -42,7 +43,7 @@ const char wscript_take[] =
     "  local e = (start + i) % nexec\n"
     "  local cap = tonumber(ARGV[7 + e])\n"
     "  if cap > 0 then\n"
-    "    local k = 'turnout:pool:slots:' .. e\n"
+    "    local k = '" KEY_POOL_SLOTS_PREFIX "' .. e\n"
     "    redis.call('ZREMRANGEBYSCORE', k, '-inf', now)\n"
     "    if redis.call('ZCARD', k) < cap then chosen = e break end\n"
     "  end\n"
@@ -57,10 +58,10 @@ const char wscript_take[] =
     /* unacked holds JSON: a message that does not even look like an object
      * is kept as a JSON string, as a malformed one is below */
     "    if string.sub(m, 1, 1) ~= '{' or string.sub(m, -1) ~= '}' then stored = cjson.encode(m) end\n"
-    "    redis.call('ZADD', 'unacked_index', now, tag)\n"
-    "    redis.call('HSET', 'unacked', tag, '[' .. stored .. ',\"\",' .. cjson.encode(ARGV[6 + nexec + i]) .. ']')\n"
+    "    redis.call('ZADD', '" KEY_UNACKED_INDEX "', now, tag)\n"
+    "    redis.call('HSET', '" KEY_UNACKED "', tag, '[' .. stored .. ',\"\",' .. cjson.encode(ARGV[6 + nexec + i]) .. ']')\n"
     "    redis.call('SADD', ARGV[3], tag)\n"
-    "    redis.call('ZADD', 'turnout:pool:slots:' .. chosen, ARGV[2], tag)\n"
+    "    redis.call('ZADD', '" KEY_POOL_SLOTS_PREFIX "' .. chosen, ARGV[2], tag)\n"
     "    local tid = string.match(m, '[{,]%s*\"id\"%s*:%s*\"([^\"\\\\]*)\"')\n"
     "    return {i, string.sub(m, 1, 4096), tag, chosen, tid or false, false, false, #m}\n"
     "  end\n"
@@ -80,16 +81,16 @@ const char wscript_take[] =
     "      stored = cjson.encode(m)\n"
     "    end\n"
     "    if not tag then tag = 'turnout-malformed-' .. ARGV[4] end\n"
-    "    redis.call('ZADD', 'unacked_index', now, tag)\n"
-    "    redis.call('HSET', 'unacked', tag, '[' .. stored .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')\n"
+    "    redis.call('ZADD', '" KEY_UNACKED_INDEX "', now, tag)\n"
+    "    redis.call('HSET', '" KEY_UNACKED "', tag, '[' .. stored .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')\n"
     "    redis.call('SADD', ARGV[3], tag)\n"
-    "    redis.call('ZADD', 'turnout:pool:slots:' .. chosen, ARGV[2], tag)\n"
+    "    redis.call('ZADD', '" KEY_POOL_SLOTS_PREFIX "' .. chosen, ARGV[2], tag)\n"
     "    local tid, res, rev = false, false, false\n"
     "    if ok and type(env) == 'table' and type(env.headers) == 'table' and type(env.headers.id) == 'string' then\n"
     "      tid = env.headers.id\n"
     "      local rprefix = ARGV[7 + nexec + #KEYS]\n"
     "      if rprefix and rprefix ~= '' then res = redis.call('GET', rprefix .. tid) end\n"
-    "      rev = redis.call('GET', 'turnout:revoked:' .. tid)\n"
+    "      rev = redis.call('GET', '" KEY_REVOKED_PREFIX "' .. tid)\n"
     "    end\n"
     "    return {i, m, tag, chosen, tid, res, rev, 0}\n"
     "  end\n"
@@ -99,8 +100,8 @@ const char wscript_take[] =
 const char wscript_finish[] =
     RESULTS_LUA_WRITE_FN
     "local written = write_result(KEYS[1], ARGV[1], ARGV[2])\n"
-    "redis.call('ZREM', 'unacked_index', ARGV[3])\n"
-    "redis.call('HDEL', 'unacked', ARGV[3])\n"
+    "redis.call('ZREM', '" KEY_UNACKED_INDEX "', ARGV[3])\n"
+    "redis.call('HDEL', '" KEY_UNACKED "', ARGV[3])\n"
     "redis.call('SREM', ARGV[4], ARGV[3])\n"
     "redis.call('ZREM', ARGV[5], ARGV[3])\n"
     "redis.call('DEL', ARGV[6])\n"
@@ -112,7 +113,7 @@ const char wscript_restore_tags[] =
     "local nexec = tonumber(ARGV[1])\n"
     "for _, tag in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
     "  n = n + restore(tag)\n"
-    "  for e = 0, nexec - 1 do redis.call('ZREM', 'turnout:pool:slots:' .. e, tag) end\n"
+    "  for e = 0, nexec - 1 do redis.call('ZREM', '" KEY_POOL_SLOTS_PREFIX "' .. e, tag) end\n"
     "end\n"
     "redis.call('DEL', KEYS[1])\n"
     "return n\n";
@@ -121,14 +122,14 @@ const char wscript_give_back[] =
     LUA_HELPERS
     "local n = restore(ARGV[1])\n"
     "redis.call('SREM', KEYS[1], ARGV[1])\n"
-    "for e = 0, tonumber(ARGV[2]) - 1 do redis.call('ZREM', 'turnout:pool:slots:' .. e, ARGV[1]) end\n"
+    "for e = 0, tonumber(ARGV[2]) - 1 do redis.call('ZREM', '" KEY_POOL_SLOTS_PREFIX "' .. e, ARGV[1]) end\n"
     "return n\n";
 
 const char wscript_restore_expired[] =
     LUA_HELPERS
     "if not redis.call('SET', 'unacked_mutex', ARGV[1], 'PX', ARGV[2], 'NX') then return -1 end\n"
     "local n = 0\n"
-    "for _, tag in ipairs(redis.call('ZRANGEBYSCORE', 'unacked_index', '-inf', ARGV[3], 'LIMIT', 0, 1000)) do\n"
+    "for _, tag in ipairs(redis.call('ZRANGEBYSCORE', '" KEY_UNACKED_INDEX "', '-inf', ARGV[3], 'LIMIT', 0, 1000)) do\n"
     "  n = n + restore(tag)\n"
     "end\n"
     "if redis.call('GET', 'unacked_mutex') == ARGV[1] then redis.call('DEL', 'unacked_mutex') end\n"
@@ -136,16 +137,16 @@ const char wscript_restore_expired[] =
 
 const char wscript_move_due[] =
     "local moved, dropped, revoked = 0, 0, {}\n"
-    "local due = redis.call('ZRANGEBYSCORE', 'turnout:schedule', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))\n"
+    "local due = redis.call('ZRANGEBYSCORE', '" KEY_SCHEDULE "', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))\n"
     "for _, m in ipairs(due) do\n"
-    "  redis.call('ZREM', 'turnout:schedule', m)\n"
+    "  redis.call('ZREM', '" KEY_SCHEDULE "', m)\n"
     "  local ok, env = pcall(cjson.decode, m)\n"
     "  if ok and type(env) == 'table' and type(env.headers) == 'table' and type(env.properties) == 'table' then\n"
     "    local tid = env.headers.id\n"
     "    if type(tid) == 'string' then\n"
-    "      if redis.call('HGET', 'turnout:schedule:ids', tid) == m then redis.call('HDEL', 'turnout:schedule:ids', tid) end\n"
+    "      if redis.call('HGET', '" KEY_SCHEDULE_IDS "', tid) == m then redis.call('HDEL', '" KEY_SCHEDULE_IDS "', tid) end\n"
     "    end\n"
-    "    if type(tid) == 'string' and redis.call('EXISTS', 'turnout:revoked:' .. tid) == 1 then\n"
+    "    if type(tid) == 'string' and redis.call('EXISTS', '" KEY_REVOKED_PREFIX "' .. tid) == 1 then\n"
     "      dropped = dropped + 1\n"
     "      revoked[#revoked + 1] = tid\n"
     "    else\n"
@@ -172,18 +173,18 @@ const char wscript_move_due[] =
 
 const char wscript_dlq_prune[] =
     "local n = 0\n"
-    "for _, tid in ipairs(redis.call('ZRANGEBYSCORE', 'turnout:dlq', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do\n"
-    "  local e = redis.call('GET', 'turnout:dlq:entry:' .. tid)\n"
+    "for _, tid in ipairs(redis.call('ZRANGEBYSCORE', '" KEY_DLQ_INDEX "', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do\n"
+    "  local e = redis.call('GET', '" KEY_DLQ_ENTRY_PREFIX "' .. tid)\n"
     "  if e then\n"
     "    local ok, d = pcall(cjson.decode, e)\n"
     "    if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
-    "      if redis.call('HINCRBY', 'turnout:dlq:classes', d.exception_class, -1) <= 0 then\n"
-    "        redis.call('HDEL', 'turnout:dlq:classes', d.exception_class)\n"
+    "      if redis.call('HINCRBY', '" KEY_DLQ_CLASSES "', d.exception_class, -1) <= 0 then\n"
+    "        redis.call('HDEL', '" KEY_DLQ_CLASSES "', d.exception_class)\n"
     "      end\n"
     "    end\n"
     "  end\n"
-    "  redis.call('DEL', 'turnout:dlq:entry:' .. tid)\n"
-    "  redis.call('ZREM', 'turnout:dlq', tid)\n"
+    "  redis.call('DEL', '" KEY_DLQ_ENTRY_PREFIX "' .. tid)\n"
+    "  redis.call('ZREM', '" KEY_DLQ_INDEX "', tid)\n"
     "  n = n + 1\n"
     "end\n"
     "return n\n";

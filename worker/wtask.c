@@ -43,7 +43,6 @@
  * be built. */
 #define DLQ_ORIG_ID_MAX 1024
 #define DLQ_RAW_HEAD_MAX 4096
-#define REVOKED_TTL_S 86400
 #define STORAGE_TIMEOUT_MS 5000
 
 enum stage { ST_CHECKING, ST_RUNNING, ST_FINISHING };
@@ -304,10 +303,10 @@ static void to_finishing(task *t)
 static size_t ack_cmds(task *t, cmd *c, char *slot_key, size_t slot_len, char *running_key, size_t rlen)
 {
     worker *w = t->w;
-    snprintf(slot_key, slot_len, "turnout:pool:slots:%zu", t->exec);
+    snprintf(slot_key, slot_len, KEY_POOL_SLOTS_PREFIX "%zu", t->exec);
     snprintf(running_key, rlen, KEY_RUNNING_PREFIX "%s", t->task_id);
-    cmd_set(&c[0], 3, "ZREM", "unacked_index", t->tag);
-    cmd_set(&c[1], 3, "HDEL", "unacked", t->tag);
+    cmd_set(&c[0], 3, "ZREM", KEY_UNACKED_INDEX, t->tag);
+    cmd_set(&c[1], 3, "HDEL", KEY_UNACKED, t->tag);
     cmd_set(&c[2], 3, "SREM", w->tagset_key, t->tag);
     cmd_set(&c[3], 3, "ZREM", slot_key, t->tag);
     cmd_set(&c[4], 2, "DEL", running_key);
@@ -484,7 +483,7 @@ static void write_final(task *t)
         }
         if (!t->released) { /* the executor slot now, not at the ack: the next take may come first */
             char slot_key[64];
-            snprintf(slot_key, sizeof(slot_key), "turnout:pool:slots:%zu", t->exec);
+            snprintf(slot_key, sizeof(slot_key), KEY_POOL_SLOTS_PREFIX "%zu", t->exec);
             const char *z[3] = {"ZREM", slot_key, t->tag};
             size_t zl[3] = {4, strlen(slot_key), strlen(t->tag)};
             rclient_send(w->rc, 3, z, zl);
@@ -495,7 +494,7 @@ static void write_final(task *t)
     static rclient_script finish_script;
     if (!finish_script.text) rclient_script_init(&finish_script, wscript_finish);
     char slot_key[64], running_key[340];
-    snprintf(slot_key, sizeof(slot_key), "turnout:pool:slots:%zu", t->exec);
+    snprintf(slot_key, sizeof(slot_key), KEY_POOL_SLOTS_PREFIX "%zu", t->exec);
     snprintf(running_key, sizeof(running_key), KEY_RUNNING_PREFIX "%s", t->task_id);
     size_t k = RESULTS_WRITE_ARGC;
     argv[k++] = t->tag;
@@ -584,13 +583,13 @@ static const char dlq_add_script[] =
     "if old then\n"
     "  local ok, d = pcall(cjson.decode, old)\n"
     "  if ok and type(d) == 'table' and type(d.exception_class) == 'string' then\n"
-    "    if redis.call('HINCRBY', 'turnout:dlq:classes', d.exception_class, -1) <= 0 then\n"
-    "      redis.call('HDEL', 'turnout:dlq:classes', d.exception_class) end\n"
+    "    if redis.call('HINCRBY', '" KEY_DLQ_CLASSES "', d.exception_class, -1) <= 0 then\n"
+    "      redis.call('HDEL', '" KEY_DLQ_CLASSES "', d.exception_class) end\n"
     "  end\n"
     "end\n"
     "redis.call('SET', KEYS[1], ARGV[1])\n"
-    "redis.call('ZADD', 'turnout:dlq', ARGV[2], ARGV[3])\n"
-    "redis.call('HINCRBY', 'turnout:dlq:classes', ARGV[4], 1)\n"
+    "redis.call('ZADD', '" KEY_DLQ_INDEX "', ARGV[2], ARGV[3])\n"
+    "redis.call('HINCRBY', '" KEY_DLQ_CLASSES "', ARGV[4], 1)\n"
     "return 1\n";
 
 static double first_failure(const task *t, double now)
@@ -687,7 +686,7 @@ static void dead_letter(task *t, const char *reason, const char *policy, const c
         entry_len = dlq_entry_minimal(t, reason, exc_class, message, now, minimal, sizeof(minimal));
     }
     char key[64 + CELERY_TASK_ID_MAX], score[32];
-    snprintf(key, sizeof(key), "turnout:dlq:entry:%s", t->task_id);
+    snprintf(key, sizeof(key), KEY_DLQ_ENTRY_PREFIX "%s", t->task_id);
     snprintf(score, sizeof(score), "%.6f", now);
     cmd extra[1];
     cmd_set(&extra[0], 8, "EVAL", dlq_add_script, "1", key, entry ? entry : minimal, score, t->task_id, exc_class);
@@ -1336,7 +1335,7 @@ void task_start(worker *w, const char *raw, size_t len, const char *tag, size_t 
     /* Both in one round. */
     char key[340], rkey[340];
     result_key(t, key, sizeof(key));
-    snprintf(rkey, sizeof(rkey), "turnout:revoked:%s", t->task_id);
+    snprintf(rkey, sizeof(rkey), KEY_REVOKED_PREFIX "%s", t->task_id);
     const char *get1[2] = {"GET", key}, *get2[2] = {"GET", rkey};
     size_t l1[2] = {3, strlen(key)}, l2[2] = {3, strlen(rkey)};
     t->checks_left = 3;
@@ -1395,7 +1394,7 @@ void task_tick_all(worker *w)
     snprintf(now, sizeof(now), "%.6f", util_now());
     for (task *t = w->tasks; t; t = t->next) {
         /* Keep long runs from being restored by others (visibility timeout). */
-        const char *z[5] = {"ZADD", "unacked_index", "XX", now, t->tag};
+        const char *z[5] = {"ZADD", KEY_UNACKED_INDEX, "XX", now, t->tag};
         size_t zl[5] = {4, 13, 2, strlen(now), strlen(t->tag)};
         rclient_send(w->rc, 5, z, zl);
         if (t->stage != ST_RUNNING || t->revoked) continue;
@@ -1405,7 +1404,7 @@ void task_tick_all(worker *w)
         if (!mp) continue;
         mp->w = w;
         memcpy(mp->task_id, t->task_id, idlen + 1);
-        snprintf(key, sizeof(key), "turnout:revoked:%s", t->task_id);
+        snprintf(key, sizeof(key), KEY_REVOKED_PREFIX "%s", t->task_id);
         const char *g[2] = {"GET", key};
         size_t gl[2] = {3, strlen(key)};
         if (rclient_command(w->rc, on_marker_polled, mp, 2, g, gl) != 0) free(mp);

@@ -179,7 +179,7 @@ static rq_call *new_call(legacy_rq *rq, const char *eval_id, legacy_cb cb, void 
 
 /* Sends the script; when Redis is away the answer is "unreachable", from
  * the loop (never inside the call). */
-static bool send_script(rq_call *c, const rclient_script *s, rclient_cb done, int argc, const char **argv, const size_t *lens)
+static bool send_script(rq_call *c, rclient_script *s, rclient_cb done, int argc, const char **argv, const size_t *lens)
 {
     if (rclient_eval(c->rq->rc, s, done, c, argc, argv, lens) == 0) return true;
     struct timeval now = {0, 0};

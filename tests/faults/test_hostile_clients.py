@@ -268,7 +268,7 @@ def test_oversized_headers_refused_and_proxy_keeps_serving(shape, proxy_factory)
     p = proxy_factory()
     port = port_of(p)
     baseline = settle_fds(p)
-    size = 70 * 1024   # over the proxy's 64 KiB (MAX_HEADERS_BYTES in proxy/server.c)
+    size = 70 * 1024   # over the proxy's 64 KiB (MAX_HEADERS_BYTES in proxy/proxy.c)
     if shape == "one_huge_header":
         req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
     elif shape == "many_headers":
@@ -305,7 +305,7 @@ def test_body_over_max_body_bytes_is_json_413_counted(proxy_factory):
 @pytest.mark.parametrize("framing", ["content_length", "chunked"])
 def test_body_far_over_the_ceiling_is_refused_and_proxy_keeps_serving(framing, proxy_factory):
     """Far over MAX_BODY_BYTES and over evhttp's own ceiling (MAX_BODY_BYTES +
-    1 MiB, proxy/server.c): closed or 413, and nothing else breaks."""
+    1 MiB, proxy/proxy.c): closed or 413, and nothing else breaks."""
     p = proxy_factory(MAX_BODY_BYTES=1024)
     port = port_of(p)
     baseline = settle_fds(p)

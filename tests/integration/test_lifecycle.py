@@ -441,3 +441,36 @@ def test_scripts_survive_a_script_flush(proxy_factory, redis_server):
     assert p.submit(eval_id="sha-2").json()["duplicate"] is True
     assert sum(redis_server.queue_lengths()) == 2
     r.close()
+
+
+def test_every_script_goes_by_sha_once_known(proxy_factory, redis_server):
+    """The first call of a script on a connection sends its text (which loads
+    it, and keeps its place among pipelined commands); every later call goes
+    by SHA1.  Repeated submissions on both paths, rollout changes and cancels
+    add EVALSHA calls only."""
+    r = redis_server.client()
+    token = "sha-admin-token"
+    p = proxy_factory(CELERY_ENABLED=True, CELERY_PERCENTAGE=0.5, ADMIN_TOKEN=token)
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def calls():
+        st = r.info("commandstats")
+        return (st.get("cmdstat_eval", {}).get("calls", 0), st.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    def round_(n):
+        for i in range(10):
+            assert p.submit(eval_id=f"sha-{n}-{i}").status_code == 202
+        for pct in (0.25, 0.5):
+            resp = p.session.put(p.url("/admin/rollout"), data=json.dumps({"percentage": pct, "reason": "sha"}),
+                                 headers=auth, timeout=10)
+            assert resp.status_code == 200, resp.text
+        for i in range(10):
+            assert p.post(f"/api/eval/sha-{n}-{i}/cancel").status_code in (200, 409)
+
+    round_(0)  # every script this exercises is known on every connection now
+    e0, s0 = calls()
+    round_(1)
+    e1, s1 = calls()
+    assert e1 == e0, f"{e1 - e0} scripts sent as text again"
+    assert s1 - s0 >= 12, f"only {s1 - s0} calls by SHA1"
+    r.close()

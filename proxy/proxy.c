@@ -1,5 +1,6 @@
 #include "proxy.h"
 #include "pserver.h"
+#include "reply.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -42,194 +43,12 @@
 #include "submission.h"
 #include "util.h"
 
-#define STICKY_HEADER "X-Turnout-Sticky-Key"
-#define STICKY_MAX 256
 #define MAX_HEADERS_BYTES (64 * 1024)
 #define EVHTTP_BODY_CEILING_EXTRA (1024 * 1024) /* evhttp's own HTML 413 starts above this */
 #define DEPTH_POLL_S 2
 #define PASSTHROUGH_MAX_RESPONSE (64 * 1024 * 1024)
 
-/* ---------- replies and bookkeeping ---------- */
-
-/* Moves the request's share of turnout_in_flight_requests to `path`
- * (NOT_WAITING: the request waits on no backend any more). */
-void px_hold_in_flight(preq *r, enum route_path path)
-{
-    if (r->waiting_on != NOT_WAITING) {
-        size_t c = r->waiting_on;
-        metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), -1);
-    }
-    r->waiting_on = path;
-    if (path != NOT_WAITING) {
-        size_t c = path;
-        metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), 1);
-    }
-}
-
-void px_count_reject(proxy *p, enum pm_reject why)
-{
-    size_t c = why;
-    metrics_add(p->m.rejected, metrics_at(p->m.rejected, &c), 1);
-}
-
-void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why)
-{
-    size_t c[2] = {path, why};
-    metrics_add(p->m.upstream_errors, metrics_at(p->m.upstream_errors, c), 1);
-}
-
-int px_legacy_failed(proxy *p, const legacy_result *res, const char **code)
-{
-    enum pm_upstream why;
-    int status = 502;
-    *code = "legacy_error";
-    switch (res->outcome) {
-    case LEGACY_TIMEOUT:
-        why = UP_TIMEOUT;
-        status = 504;
-        *code = "legacy_timeout";
-        break;
-    case LEGACY_UNREACHABLE: why = UP_CONNECT; break;
-    case LEGACY_BAD_STATUS:
-    case LEGACY_NOT_FOUND:
-    case LEGACY_CONFLICT: why = UP_BAD_STATUS; break;
-    default: why = UP_BAD_REPLY; break; /* an unreadable answer, or the call could not start */
-    }
-    px_count_upstream_error(p, PATH_LEGACY, why);
-    return status;
-}
-
-void px_in_flight_add(proxy *p, enum route_path path, int delta)
-{
-    size_t c = path;
-    metrics_add(p->m.in_flight, metrics_at(p->m.in_flight, &c), delta);
-}
-
-void px_count_decision(proxy *p, enum route_path path, enum route_reason reason)
-{
-    size_t c[2] = {path, reason};
-    metrics_add(p->m.routing_decisions, metrics_at(p->m.routing_decisions, c), 1);
-}
-
-static void after_reply(proxy *p, enum pm_route route, enum route_path path, int status, double t0)
-{
-    pmetrics_request(&p->m, route, path, status, util_monotonic() - t0);
-}
-
-/* The last replies are still in their connections' output buffers when
- * pending reaches 0: give them a moment on loopback-fast links to leave. */
-#define DRAIN_FLUSH_US 200000
-
-static void maybe_finish_drain(proxy *p)
-{
-    if (p->draining && p->pending == 0) {
-        struct timeval flush = {0, DRAIN_FLUSH_US};
-        event_base_loopexit(p->base, &flush);
-    }
-}
-
-static void preq_free(preq *r)
-{
-    proxy *p = r->p;
-    px_hold_in_flight(r, NOT_WAITING);
-    submission_free(&r->sub);
-    free(r);
-    p->pending--;
-    maybe_finish_drain(p);
-}
-
-void px_finish_error(preq *r, int status, const char *code, const char *msg, int retry_after)
-{
-    conns_reply_out(r->p->conns, r->req);
-    util_reply_error(r->req, status, code, msg, retry_after);
-    after_reply(r->p, r->route, r->path, status, r->t0);
-    preq_free(r);
-}
-
-void px_finish_json(preq *r, int status, json_t *body)
-{
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    if (!text) {
-        px_count_reject(r->p, RJ_OOM);
-        px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        return;
-    }
-    conns_reply_out(r->p->conns, r->req);
-    util_reply_json(r->req, status, text, strlen(text));
-    free(text);
-    after_reply(r->p, r->route, r->path, status, r->t0);
-    preq_free(r);
-}
-
-void px_finish_text(preq *r, int status, const char *json, size_t len)
-{
-    if (!json) {
-        px_count_reject(r->p, RJ_OOM);
-        px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        return;
-    }
-    conns_reply_out(r->p->conns, r->req);
-    util_reply_json(r->req, status, json, len);
-    after_reply(r->p, r->route, r->path, status, r->t0);
-    preq_free(r);
-}
-
-preq *px_req_new(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
-{
-    preq *r = calloc(1, sizeof(*r));
-    if (!r) return NULL;
-    r->p = p;
-    r->req = req;
-    r->route = route;
-    r->path = PATH_NONE;
-    r->waiting_on = NOT_WAITING;
-    r->t0 = t0;
-    p->pending++;
-    return r;
-}
-
-/* 405 with Allow and how to call it; counted (reason "method"). */
-void px_reply_method_not_allowed(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
-                                 const char *allow, const char *usage)
-{
-    px_count_reject(p, RJ_METHOD);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
-    px_reply_error(p, req, route, t0, 405, "method_not_allowed", usage, 0);
-}
-
-/* A reply that needs no backend. */
-void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, double t0,
-                            int status, const char *code, const char *msg, int retry_after)
-{
-    conns_reply_out(p->conns, req);
-    util_reply_error(req, status, code, msg, retry_after);
-    after_reply(p, route, PATH_NONE, status, t0);
-}
-
-void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,
-                   json_t *body)
-{
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    if (!text) {
-        px_count_reject(p, RJ_OOM);
-        px_reply_error(p, req, route, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        return;
-    }
-    conns_reply_out(p->conns, req);
-    util_reply_json(req, status, text, strlen(text));
-    free(text);
-    after_reply(p, route, PATH_NONE, status, t0);
-}
-
 /* ---------- POST /api/eval ---------- */
-
-static bool is_json_content_type(const char *ct)
-{
-    if (!ct) return true; /* no header: we still expect JSON */
-    while (*ct == ' ') ct++;
-    size_t n = strcspn(ct, "; ");
-    return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
-}
 
 static void on_submitted(const dispatch_result *res, void *arg)
 {
@@ -243,56 +62,6 @@ static void on_submitted(const dispatch_result *res, void *arg)
         evhttp_add_header(out, "Retry-After", n);
     }
     px_finish_text(r, res->status, res->body, res->body_len);
-}
-
-void px_reply_oom(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, preq *r)
-{
-    px_count_reject(p, RJ_OOM);
-    if (r) px_finish_error(r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-    else px_reply_error(p, req, route, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-}
-
-bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
-{
-    if (p->pending < (size_t)p->cfg.max_in_flight) return false;
-    px_count_reject(p, RJ_OVERLOAD);
-    px_reply_error(p, req, route, t0, 503, "overloaded",
-                   "too many requests are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
-    return true;
-}
-
-bool px_accept_json_post(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, const char *usage,
-                         const char **sticky)
-{
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    size_t len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
-    char msg[320];
-
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        px_reply_method_not_allowed(p, req, route, t0, "POST", usage);
-        return false;
-    }
-    if (!is_json_content_type(evhttp_find_header(in, "Content-Type"))) {
-        px_count_reject(p, RJ_MEDIA_TYPE);
-        px_reply_error(p, req, route, t0, 415, "unsupported_media_type",
-                        "send the body as JSON with the header Content-Type: application/json", 0);
-        return false;
-    }
-    if (len > (size_t)p->cfg.max_body_bytes) {
-        px_count_reject(p, RJ_TOO_LARGE);
-        snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
-                 p->cfg.max_body_bytes);
-        px_reply_error(p, req, route, t0, 413, "body_too_large", msg, 0);
-        return false;
-    }
-    *sticky = evhttp_find_header(in, STICKY_HEADER);
-    if (*sticky && (strlen(*sticky) == 0 || strlen(*sticky) > STICKY_MAX)) {
-        px_count_reject(p, RJ_INVALID_FIELD);
-        snprintf(msg, sizeof(msg), "header %s must be 1 to %d characters", STICKY_HEADER, STICKY_MAX);
-        px_reply_error(p, req, route, t0, 422, "invalid_header", msg, 0);
-        return false;
-    }
-    return !px_refuse_overload(p, req, route, t0);
 }
 
 static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
@@ -382,7 +151,7 @@ static void handle_metrics(proxy *p, struct evhttp_request *req, double t0)
                       "text/plain; version=0.0.4; charset=utf-8");
     conns_reply_out(p->conns, req);
     evhttp_send_reply(req, 200, "OK", NULL);
-    after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
+    px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
 }
 
 /* ---------- pass-through ---------- */
@@ -475,8 +244,8 @@ static void on_passthrough_done(const httpc_response *resp, void *arg)
     int status = (int)resp->status;
     conns_reply_out(p->conns, r->req);
     evhttp_send_reply(r->req, status, util_reason(status), NULL);
-    after_reply(p, r->route, PATH_NONE, status, r->t0);
-    preq_free(r);
+    px_count_reply(p, r->route, PATH_NONE, status, r->t0);
+    px_req_free(r);
 }
 
 static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
@@ -589,7 +358,7 @@ static void handle_dashboard(proxy *p, struct evhttp_request *req, double t0)
     evbuffer_add_reference(evhttp_request_get_output_buffer(req), dashboard_page, dashboard_page_len, NULL, NULL);
     conns_reply_out(p->conns, req);
     evhttp_send_reply(req, 200, "OK", NULL);
-    after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
+    px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
 }
 
 /* ---------- dispatch ---------- */
@@ -611,7 +380,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         static const char ok[] = "{\"status\":\"ok\"}";
         conns_reply_out(p->conns, req);
         util_reply_json(req, 200, ok, sizeof(ok) - 1);
-        after_reply(p, RT_PROBE, PATH_NONE, 200, t0);
+        px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
     } else if (strcmp(path, "/readyz") == 0) {
         handle_readyz(p, req, t0);
     } else if (strcmp(path, "/metrics") == 0) {
@@ -929,7 +698,7 @@ void proxy_drain(proxy *p)
     p->drain_timer = evtimer_new(p->base, on_drain_deadline, p);
     struct timeval grace = {(time_t)p->cfg.shutdown_grace_s, 0};
     if (p->drain_timer) evtimer_add(p->drain_timer, &grace);
-    maybe_finish_drain(p);
+    px_maybe_finish_drain(p);
 }
 
 /* What a reload changes in a running proxy; every other setting needs a
