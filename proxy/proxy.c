@@ -28,6 +28,7 @@
 #include "completion.h"
 #include "dispatch.h"
 #include "dlq_api.h"
+#include "endpoints.h"
 #include "records.h"
 #include "rollout.h"
 #include "shadow.h"
@@ -363,6 +364,65 @@ static void handle_dashboard(proxy *p, struct evhttp_request *req, double t0)
 
 /* ---------- dispatch ---------- */
 
+/* ---------- the endpoints ---------- */
+
+static void handle_healthz(proxy *p, struct evhttp_request *req, double t0)
+{
+    static const char ok[] = "{\"status\":\"ok\"}";
+    conns_reply_out(p->conns, req);
+    util_reply_json(req, 200, ok, sizeof(ok) - 1);
+    px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
+}
+
+/* handlers that do not read the path */
+#define BY_ROUTE(fn)                                                                         \
+    static void fn##_ep(proxy *p, struct evhttp_request *req, const char *path, double t0) \
+    {                                                                                        \
+        (void)path;                                                                          \
+        fn(p, req, t0);                                                                      \
+    }
+BY_ROUTE(handle_submit)
+BY_ROUTE(handle_healthz)
+BY_ROUTE(handle_readyz)
+BY_ROUTE(handle_metrics)
+BY_ROUTE(batch_api_handle)
+BY_ROUTE(status_api_queue)
+BY_ROUTE(stats_api_handle)
+BY_ROUTE(handle_dashboard)
+#undef BY_ROUTE
+
+/* Every endpoint the proxy answers itself (endpoints.h: order does not
+ * matter); any other path goes to UPSTREAM_API_URL. */
+static const endpoint endpoint_table[] = {
+    {"/api/eval", RT_SUBMIT, handle_submit_ep},
+    {"/api/eval-batch", RT_BATCH, batch_api_handle_ep},
+    {"/api/eval-status/*", RT_STATUS, status_api_handle},
+    {"/api/eval/*", RT_STATUS, status_api_handle},
+    {"/api/eval/*/cancel", RT_CANCEL, cancel_api_handle},
+    {"/api/queue-status", RT_STATUS, status_api_queue_ep},
+    {"/api/stats", RT_PROBE, stats_api_handle_ep},
+    {"/api/dlq/", RT_DLQ, dlq_api_handle},
+    {"/api/dlq/*", RT_DLQ, dlq_api_handle},
+    {"/admin/rollout", RT_ADMIN, rollout_api_handle},
+    {"/admin/rollout/history", RT_ADMIN, rollout_api_handle},
+    {"/admin/canary", RT_ADMIN, canary_api_handle},
+    {"/admin/canary/", RT_ADMIN, canary_api_handle},
+    {"/admin/canary/*", RT_ADMIN, canary_api_handle},
+    {"/admin/shadow/mismatches", RT_ADMIN, shadow_api_handle},
+    {"/healthz", RT_PROBE, handle_healthz_ep},
+    {"/readyz", RT_PROBE, handle_readyz_ep},
+    {"/metrics", RT_PROBE, handle_metrics_ep},
+    {"/dashboard", RT_PROBE, handle_dashboard_ep},
+    {"/dashboard/", RT_PROBE, handle_dashboard_ep},
+};
+#define NENDPOINTS (sizeof(endpoint_table) / sizeof(endpoint_table[0]))
+
+const endpoint *proxy_endpoints(size_t *n)
+{
+    *n = NENDPOINTS;
+    return endpoint_table;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     proxy *p = arg;
@@ -374,37 +434,9 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (p->draining)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
 
-    if (strcmp(path, "/api/eval") == 0) {
-        handle_submit(p, req, t0);
-    } else if (strcmp(path, "/healthz") == 0) {
-        static const char ok[] = "{\"status\":\"ok\"}";
-        conns_reply_out(p->conns, req);
-        util_reply_json(req, 200, ok, sizeof(ok) - 1);
-        px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
-    } else if (strcmp(path, "/readyz") == 0) {
-        handle_readyz(p, req, t0);
-    } else if (strcmp(path, "/metrics") == 0) {
-        handle_metrics(p, req, t0);
-    } else if (strcmp(path, "/api/eval-batch") == 0) {
-        batch_api_handle(p, req, t0);
-    } else if (strcmp(path, "/api/queue-status") == 0) {
-        status_api_queue(p, req, t0);
-    } else if (status_api_match(path, NULL, NULL)) {
-        status_api_handle(p, req, path, t0);
-    } else if (strcmp(path, "/admin/rollout") == 0 || strcmp(path, "/admin/rollout/history") == 0) {
-        rollout_api_handle(p, req, path, t0);
-    } else if (strcmp(path, "/api/stats") == 0) {
-        stats_api_handle(p, req, t0);
-    } else if (strcmp(path, "/dashboard") == 0 || strcmp(path, "/dashboard/") == 0) {
-        handle_dashboard(p, req, t0);
-    } else if (strcmp(path, "/admin/shadow/mismatches") == 0) {
-        shadow_api_handle(p, req, path, t0);
-    } else if (strcmp(path, "/admin/canary") == 0 || strncmp(path, "/admin/canary/", 14) == 0) {
-        canary_api_handle(p, req, path, t0);
-    } else if (strncmp(path, "/api/dlq/", 9) == 0) {
-        dlq_api_handle(p, req, path, t0);
-    } else if (cancel_api_match(path, NULL, NULL)) {
-        cancel_api_handle(p, req, path, t0);
+    const endpoint *e = endpoints_match(endpoint_table, NENDPOINTS, path);
+    if (e) {
+        e->handler(p, req, path, t0);
     } else if (p->cfg.upstream_url[0]) {
         handle_passthrough(p, req, t0);
     } else {
@@ -492,6 +524,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     p->base = base;
     p->cfg = *settings;
     memset(settings, 0, sizeof(*settings));
+    if (endpoints_check(endpoint_table, NENDPOINTS, err) != 0) goto err; /* a build's mistake: never serve it */
     if (pmetrics_init(&p->m, p->cfg.queue) != 0) {
         snprintf(err, 256, "out of memory creating metrics");
         goto err;

@@ -3,6 +3,8 @@
 #ifndef TURNOUT_PROXY_H
 #define TURNOUT_PROXY_H
 
+#include <stddef.h>
+
 #include "pconfig.h"
 
 struct event_base;
@@ -23,5 +25,9 @@ void proxy_drain(proxy *p);
 void proxy_reload(proxy *p);
 
 void proxy_free(proxy *p);
+
+/* The endpoint table (endpoints.h), for its checks. */
+struct endpoint;
+const struct endpoint *proxy_endpoints(size_t *n);
 
 #endif
