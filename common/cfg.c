@@ -326,7 +326,7 @@ static void put_md_cell(FILE *out, const char *s)
 
 void cfg_print_markdown(const cfg_option *table, size_t n, FILE *out)
 {
-    fprintf(out, "| variable | default | allowed | meaning |\n|---|---|---|---|\n");
+    fprintf(out, "| variable | default | allowed | on SIGHUP | meaning |\n|---|---|---|---|---|\n");
     for (size_t i = 0; i < n; i++) {
         const cfg_option *o = &table[i];
         char bounds[160];
@@ -341,7 +341,7 @@ void cfg_print_markdown(const cfg_option *table, size_t n, FILE *out)
         }
         fputs(" | ", out);
         put_md_cell(out, bounds);
-        fputs(" | ", out);
+        fputs(o->live ? " | live | " : " | restart | ", out);
         put_md_cell(out, o->help);
         fputs(" |\n", out);
     }
@@ -726,6 +726,34 @@ int cfg_warn_unknown_env(const char *program, FILE *out)
         count++;
     }
     return count;
+}
+
+static void swap_value(const cfg_option *o, void *a, void *b)
+{
+    char *pa = (char *)a + o->offset, *pb = (char *)b + o->offset;
+    size_t size = o->type == CFG_BOOL ? sizeof(bool)
+                  : o->type == CFG_INT ? sizeof(long long)
+                  : o->type == CFG_FRACTION ? sizeof(double)
+                  : sizeof(char *);
+    char tmp[sizeof(long long) > sizeof(char *) ? sizeof(long long) : sizeof(char *)];
+    memcpy(tmp, pa, size);
+    memcpy(pa, pb, size);
+    memcpy(pb, tmp, size);
+}
+
+int cfg_reload_take(const cfg_option *table, size_t n, void *running, void *fresh, char *restart, size_t restart_size)
+{
+    int named = 0;
+    for (size_t i = 0; i < n; i++) {
+        const cfg_option *o = &table[i];
+        if (o->live) {
+            swap_value(o, running, fresh);
+        } else if (!cfg_same(o, running, fresh)) {
+            cfg_append_error(restart, restart_size, "%s%s", restart[0] ? "," : "", o->name);
+            named++;
+        }
+    }
+    return named;
 }
 
 bool cfg_same(const cfg_option *o, const void *a, const void *b)

@@ -30,6 +30,7 @@ typedef struct cfg_option {
     const char *choices; /* ENUM values or URL schemes, "|" separated */
     size_t offset;       /* offsetof(settings struct, field) */
     const char *help;    /* one line: meaning, unit */
+    bool live;           /* a reload (SIGHUP) takes a new value at once; else it needs a restart */
 } cfg_option;
 
 /* Looks a name up; returns NULL when unset.  Borrowed result. */
@@ -53,6 +54,12 @@ int cfg_parse(const cfg_option *table, size_t n, void *out, cfg_lookup_fn lookup
 
 /* True when option o holds the same value in the settings structs a and b
  * (for reloads: which settings a new file changes). */
+/* A reload: every live option of `table` moves from `fresh` into `running`
+ * (the old value goes to fresh, to be freed with it); every other one
+ * keeps its running value, and its name is appended to `restart`
+ * (comma-separated) when fresh differs.  Returns how many were named. */
+int cfg_reload_take(const cfg_option *table, size_t n, void *running, void *fresh, char *restart, size_t restart_size);
+
 bool cfg_same(const cfg_option *o, const void *a, const void *b);
 
 /* Frees the owned strings of a settings struct filled by cfg_load. */

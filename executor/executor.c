@@ -62,23 +62,23 @@ typedef struct settings {
 
 static const cfg_option options[] = {
     {"EXECUTOR_LISTEN", CFG_ADDR, "127.0.0.1:8083", 0, 0, NULL, offsetof(settings, listen),
-     "address:port to serve the executor protocol on (loopback by default)"},
+     "address:port to serve the executor protocol on (loopback by default)", false},
     {"EXECUTOR_MAX_CONCURRENT", CFG_INT, "2", 1, 256, NULL, offsetof(settings, max_concurrent),
-     "evaluations running at once; beyond it POST /execute answers 503 with Retry-After"},
+     "evaluations running at once; beyond it POST /execute answers 503 with Retry-After", false},
     {"EXECUTOR_ID", CFG_STRING, "", 0, 200, NULL, offsetof(settings, executor_id),
-     "name reported as executor_id; empty: executor@<hostname>:<port>"},
+     "name reported as executor_id; empty: executor@<hostname>:<port>", false},
     {"EXECUTOR_MEMORY_MB", CFG_INT, "512", 32, 1048576, NULL, offsetof(settings, memory_mb),
-     "address-space limit of one run (RLIMIT_AS), MiB"},
+     "address-space limit of one run (RLIMIT_AS), MiB", true},
     {"EXECUTOR_FILE_MB", CFG_INT, "16", 0, 1048576, NULL, offsetof(settings, file_mb),
-     "largest file one run may write (RLIMIT_FSIZE), MiB"},
+     "largest file one run may write (RLIMIT_FSIZE), MiB", true},
     {"EXECUTOR_MAX_PROCS", CFG_INT, "64", 1, 1000000, NULL, offsetof(settings, max_procs),
-     "processes per uid while a run forks (RLIMIT_NPROC; not enforced for root)"},
+     "processes per uid while a run forks (RLIMIT_NPROC; not enforced for root)", true},
     {"EXECUTOR_OUTPUT_LIMIT", CFG_INT, "1048576", 1, 268435456, NULL, offsetof(settings, output_limit),
-     "bytes of stdout and of stderr kept per run; the rest is dropped and marked [output truncated]"},
+     "bytes of stdout and of stderr kept per run; the rest is dropped and marked [output truncated]", true},
     {"LOG_LEVEL", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", offsetof(settings, log_level),
-     "lowest level logged"},
+     "lowest level logged", true},
     {"LOG_FORMAT", CFG_ENUM, "logfmt", 0, 0, "logfmt|json", offsetof(settings, log_format),
-     "log line format"},
+     "log line format", true},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -647,11 +647,11 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         cfg_free(options, NOPTIONS, &fresh);
         return;
     }
-    if (strcmp(fresh.listen, ex->cfg.listen) != 0 || fresh.max_concurrent != ex->cfg.max_concurrent ||
-        strcmp(fresh.executor_id ? fresh.executor_id : "", ex->cfg.executor_id ? ex->cfg.executor_id : "") != 0)
-        LOG_WARN("EXECUTOR_LISTEN, EXECUTOR_MAX_CONCURRENT and EXECUTOR_ID change only on restart; kept");
-    cfg_free(options, NOPTIONS, &ex->cfg);
-    ex->cfg = fresh;
+    /* the options marked live change now; the listener, the slots and the id stay */
+    char restart[256] = "";
+    cfg_reload_take(options, NOPTIONS, &ex->cfg, &fresh, restart, sizeof(restart));
+    cfg_free(options, NOPTIONS, &fresh);
+    if (restart[0]) LOG_WARN("reload: these settings change only on restart; kept as they run", "settings", restart);
     exec_limits limits = limits_of(&ex->cfg);
     exec_ctx_set_limits(ex->runs, &limits);
     if (log_setup(ex->cfg.log_level, ex->cfg.log_format, PROGRAM) != 0) LOG_WARN("bad log settings ignored");

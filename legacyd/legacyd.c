@@ -60,19 +60,19 @@ typedef struct settings {
 
 static const cfg_option options[] = {
     {"LEGACYD_LISTEN", CFG_ADDR, "127.0.0.1:8081", 0, 0, NULL, offsetof(settings, listen),
-     "address:port to serve the legacy Queue Service on (loopback by default)"},
+     "address:port to serve the legacy Queue Service on (loopback by default)", false},
     {"EXECUTOR_SERVICE_URL", CFG_LIST, "", 0, 0, NULL, offsetof(settings, executors),
-     "comma list of executor base URLs (http:// or https://), used round-robin; empty: tasks wait for an external worker (GET /tasks/next)"},
+     "comma list of executor base URLs (http:// or https://), used round-robin; empty: tasks wait for an external worker (GET /tasks/next)", true},
     {"LEGACYD_CONCURRENCY", CFG_INT, "2", 1, 1024, NULL, offsetof(settings, concurrency),
-     "executor calls in flight at once"},
+     "executor calls in flight at once", true},
     {"LEGACYD_MAX_QUEUE", CFG_INT, "100000", 1, 10000000, NULL, offsetof(settings, max_queue),
-     "queued tasks accepted; beyond it POST /tasks answers 503 with Retry-After"},
+     "queued tasks accepted; beyond it POST /tasks answers 503 with Retry-After", true},
     {"LEGACYD_RESULT_TTL_S", CFG_INT, "3600", 1, 2592000, NULL, offsetof(settings, result_ttl_s),
-     "seconds a finished task's result stays readable at GET /tasks/{id}"},
+     "seconds a finished task's result stays readable at GET /tasks/{id}", true},
     {"LOG_LEVEL", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", offsetof(settings, log_level),
-     "lowest level logged"},
+     "lowest level logged", true},
     {"LOG_FORMAT", CFG_ENUM, "logfmt", 0, 0, "logfmt|json", offsetof(settings, log_format),
-     "log line format"},
+     "log line format", true},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -981,19 +981,16 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         cfg_free(options, NOPTIONS, &fresh);
         return;
     }
-    if (strcmp(fresh.listen, ld->cfg.listen) != 0)
-        LOG_WARN("LEGACYD_LISTEN cannot change on reload; restart to move", "listen", ld->cfg.listen);
     if (executors_set(ld, fresh.executors) != 0) {
         LOG_ERROR("reload refused: out of memory");
         cfg_free(options, NOPTIONS, &fresh);
         return;
     }
-    /* Keep the bound address; everything else takes the new values. */
-    char *tmp = fresh.listen;
-    fresh.listen = ld->cfg.listen;
-    ld->cfg.listen = tmp;
-    cfg_free(options, NOPTIONS, &ld->cfg);
-    ld->cfg = fresh;
+    /* the options marked live change now; LEGACYD_LISTEN keeps its bound address */
+    char restart[256] = "";
+    cfg_reload_take(options, NOPTIONS, &ld->cfg, &fresh, restart, sizeof(restart));
+    cfg_free(options, NOPTIONS, &fresh);
+    if (restart[0]) LOG_WARN("reload: these settings change only on restart; kept as they run", "settings", restart);
     if (log_setup(ld->cfg.log_level, ld->cfg.log_format, PROGRAM) != 0)
         LOG_WARN("bad log settings ignored");
     arm_prune_timer(ld);

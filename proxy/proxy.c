@@ -737,19 +737,6 @@ void proxy_drain(proxy *p)
 /* What a reload changes in a running proxy; every other setting needs a
  * restart (sockets, connections, TLS, timers sized at start-up) and a
  * changed value is named in the log and kept as it runs. */
-static const char *const live_settings[] = {
-    "CELERY_ENABLED", "CELERY_PERCENTAGE", "FORCE_LEGACY_QUEUE", "ROUTING_MODE", "ROLLOUT_SALT",
-    "FALLBACK_TO_LEGACY", "MAX_IN_FLIGHT", "ALLOWED_LANGUAGES", "ADMIN_TOKEN", "LOG_LEVEL", "LOG_FORMAT",
-    "ACCEPT_UNCHECKED_EVAL_IDS", "CELERY_QUEUE_MAX_DEPTH", "TURNOUT_ENV_FILE",
-};
-
-static bool is_live(const char *name)
-{
-    for (size_t i = 0; i < sizeof(live_settings) / sizeof(live_settings[0]); i++)
-        if (strcmp(live_settings[i], name) == 0) return true;
-    return false;
-}
-
 void proxy_reload(proxy *p)
 {
     if (!p->cfg.env_file[0]) {
@@ -766,29 +753,10 @@ void proxy_reload(proxy *p)
         pconfig_free(&fresh);
         return;
     }
+    /* the settings marked live in pconfig_table change now; the rest are kept and named */
     char restart[1024] = "";
-    for (size_t i = 0; i < pconfig_count; i++) {
-        const cfg_option *o = &pconfig_table[i];
-        if (!is_live(o->name) && !cfg_same(o, &fresh, &p->cfg))
-            cfg_append_error(restart, sizeof(restart), "%s%s", restart[0] ? "," : "", o->name);
-    }
+    cfg_reload_take(pconfig_table, pconfig_count, &p->cfg, &fresh, restart, sizeof(restart));
     if (restart[0]) LOG_WARN("reload: these settings change only on restart; kept as they run", "settings", restart);
-    p->cfg.celery_enabled = fresh.celery_enabled;
-    p->cfg.celery_percentage = fresh.celery_percentage;
-    p->cfg.force_legacy = fresh.force_legacy;
-    p->cfg.fallback_to_legacy = fresh.fallback_to_legacy;
-    p->cfg.max_in_flight = fresh.max_in_flight;
-    p->cfg.accept_unchecked_eval_ids = fresh.accept_unchecked_eval_ids;
-    p->cfg.queue_max_depth = fresh.queue_max_depth;
-    char *swap;
-#define SWAP(field) (swap = p->cfg.field, p->cfg.field = fresh.field, fresh.field = swap)
-    SWAP(routing_mode);
-    SWAP(rollout_salt);
-    SWAP(allowed_languages);
-    SWAP(admin_token);
-    SWAP(log_level);
-    SWAP(log_format);
-#undef SWAP
     log_setup(p->cfg.log_level, p->cfg.log_format, NULL);
     pconfig_free(&fresh);
     apply_route_state(p);

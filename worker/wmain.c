@@ -341,9 +341,10 @@ static int settings_read(worker_settings *s, char *errs, size_t size)
     return wconfig_read(s, getenv("TURNOUT_ENV_FILE"), errs, size);
 }
 
-/* Takes what may change live from a fresh read of the settings; what
- * needs a restart (connections, queue keys, listener, executors, name) is
- * kept and named.  A file with any problem changes nothing. */
+/* Takes what may change live from a fresh read of the settings (the
+ * table's live flag); what needs a restart (connections, queue keys,
+ * listener, executors, name) is kept and named.  A file with any problem
+ * changes nothing. */
 static void reload(worker *w)
 {
     const char *path = getenv("TURNOUT_ENV_FILE");
@@ -360,30 +361,10 @@ static void reload(worker *w)
         metrics_add(w->m.reloads, 1, 1);
         return;
     }
+    /* the settings marked live in wconfig_table change now; the rest are kept and named */
     char restart[512] = "";
-    char *swap;
-#define KEEP(field, name)                                                                                   \
-    do {                                                                                                    \
-        if (strcmp(fresh.field, w->cfg.field) != 0)                                                         \
-            cfg_append_error(restart, sizeof(restart), "%s%s", restart[0] ? "," : "", name);                \
-        swap = fresh.field, fresh.field = w->cfg.field, w->cfg.field = swap;                                \
-    } while (0)
-    KEEP(broker_url, "CELERY_BROKER_URL");
-    KEEP(result_backend, "CELERY_RESULT_BACKEND");
-    KEEP(queues, "CELERY_QUEUES");
-    KEEP(executors, "EXECUTOR_SERVICE_URL");
-    KEEP(metrics_listen, "WORKER_METRICS_LISTEN");
-    KEEP(name, "WORKER_NAME");
-    KEEP(env_file, "TURNOUT_ENV_FILE");
-#undef KEEP
-    if (fresh.redis_timeout_ms != w->cfg.redis_timeout_ms) {
-        cfg_append_error(restart, sizeof(restart), "%sREDIS_TIMEOUT_MS", restart[0] ? "," : "");
-        fresh.redis_timeout_ms = w->cfg.redis_timeout_ms;
-    }
-    /* the kept strings are now in w->cfg, the old live ones in fresh */
-    worker_settings old = w->cfg;
-    w->cfg = fresh;
-    wconfig_free(&old);
+    cfg_reload_take(wconfig_table, wconfig_count, &w->cfg, &fresh, restart, sizeof(restart));
+    wconfig_free(&fresh);
     if (log_setup(w->cfg.log_level, w->cfg.log_format, NULL) != 0) LOG_WARN("bad log settings ignored");
     if (restart[0])
         LOG_WARN("reload: these settings changed but need a restart; the running values are kept", "settings",
