@@ -385,7 +385,7 @@ static void on_looked_up(rbatch *b, void *arg)
         goto done;
     }
     if (path == PATH_LEGACY ||
-        (path == PATH_NONE && !status && running->type != REDIS_REPLY_STRING && sched->type != REDIS_REPLY_STRING)) {
+        (path == PATH_UNKNOWN && !status && running->type != REDIS_REPLY_STRING && sched->type != REDIS_REPLY_STRING)) {
         /* routed to legacy, or not known to the new path: the legacy
          * Queue Service decides (and says 404 for an id nobody knows) */
         px_hold_in_flight(op->r, NOT_WAITING);

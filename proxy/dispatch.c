@@ -137,7 +137,7 @@ static void on_duplicate_status(const char *status, void *arg)
     d->dup_record = NULL;
     hold(d, NOT_WAITING);
     enum route_path path = records_path(rec);
-    if (path == PATH_NONE) path = PATH_LEGACY; /* a record of an older shape: say where it most likely is */
+    if (path == PATH_UNKNOWN) path = PATH_LEGACY; /* a record of an older shape: say where it most likely is */
     size_t c = path;
     metrics_add(d->p->m.duplicates, metrics_at(d->p->m.duplicates, &c), 1);
     char created[32] = "";

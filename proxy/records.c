@@ -104,7 +104,7 @@ enum route_path records_path(json_t *rec)
     const char *path = json_string_value(json_object_get(rec, "path"));
     if (path && strcmp(path, "new") == 0) return PATH_NEW;
     if (path && strcmp(path, "legacy") == 0) return PATH_LEGACY;
-    return PATH_NONE;
+    return PATH_UNKNOWN;
 }
 
 /* ---------- scripts with a reply ---------- */

@@ -58,7 +58,8 @@ char *records_build(const submission *sub, enum route_path path, const route_dec
 /* A stored record, parsed; NULL when it is not a record. */
 json_t *records_parse(const char *text, size_t len);
 
-/* The path a parsed record names (PATH_NONE when it names none). */
+/* The path a parsed record names: PATH_UNKNOWN for none (no record, or an
+ * older shape). */
 enum route_path records_path(json_t *rec);
 
 void records_key(const char *eval_id, char key[ROUTE_KEY_MAX]);

@@ -10,6 +10,12 @@ enum route_path { PATH_LEGACY = 0, PATH_NEW, PATH_NONE, PATH_COUNT };
 enum route_reason { REASON_FORCED = 0, REASON_DISABLED, REASON_PERCENTAGE, REASON_FALLBACK, REASON_COUNT };
 
 extern const char *const route_path_names[PATH_COUNT];     /* legacy, new, none */
+
+/* A route_path is a label (metrics, replies): legacy, new, or none for what
+ * no path answered (refused, probes, the pass-through to the API).  What a
+ * route record says when it names no known path (no record, or one of an
+ * older shape) is PATH_UNKNOWN: never a label, never an index. */
+#define PATH_UNKNOWN PATH_COUNT
 extern const char *const route_reason_names[REASON_COUNT]; /* forced, disabled, percentage, fallback */
 
 #define ROUTE_BUCKETS 10000

@@ -280,7 +280,7 @@ static void on_looked_up(rbatch *b, void *arg)
     /* the output may hold NUL bytes: \u0000 is valid JSON */
     json_t *result = text ? json_loadb(text, len, JSON_ALLOW_NUL, NULL) : NULL;
     bool is_running = running->type == REDIS_REPLY_STRING, is_sched = sched->type == REDIS_REPLY_STRING;
-    if (path == PATH_LEGACY || (path == PATH_NONE && !result && !is_running && !is_sched)) {
+    if (path == PATH_LEGACY || (path == PATH_UNKNOWN && !result && !is_running && !is_sched)) {
         json_decref(result);
         rbatch_free(b);
         ask_legacy(op);

@@ -112,6 +112,10 @@ static void test_route_records(void)
     free(text);
     CHECK(records_parse("not json", 8) == NULL);
     CHECK(records_parse("{\"eval_id\":\"x\"}", 15) == NULL); /* no path: not a record */
+    CHECK_EQ_INT(records_path(NULL), PATH_UNKNOWN);                  /* no record: never a label */
+    json_t *odd = json_pack("{s:s}", "path", "elsewhere");
+    CHECK_EQ_INT(records_path(odd), PATH_UNKNOWN);
+    json_decref(odd);
     char key[ROUTE_KEY_MAX];
     records_key("ev-1", key);
     CHECK_STR(key, "turnout:route:ev-1");
