@@ -49,12 +49,7 @@ typedef struct dop {
     int clock_waits;         /* new path: looks spent waiting for a fresh connection's clock */
 } dop;
 
-static void hold(dop *d, enum route_path path)
-{
-    if (d->holding != NOT_WAITING) px_in_flight_add(d->p, d->holding, -1);
-    d->holding = path;
-    if (path != NOT_WAITING) px_in_flight_add(d->p, path, 1);
-}
+static void hold(dop *d, enum route_path path) { px_hold_move(d->p, &d->holding, path); }
 
 static void finish_text(dop *d, int status, enum route_path path, bool duplicate, const char *body, size_t len,
                         int retry_after)

@@ -22,20 +22,21 @@
 #define STICKY_HEADER "X-Turnout-Sticky-Key"
 #define STICKY_MAX 256
 
-/* Moves the request's share of turnout_in_flight_requests to `path`
- * (NOT_WAITING: the request waits on no backend any more). */
-void px_hold_in_flight(preq *r, enum route_path path)
+/* NOT_WAITING: the work waits on no backend any more. */
+void px_hold_move(proxy *p, enum route_path *held, enum route_path path)
 {
-    if (r->waiting_on != NOT_WAITING) {
-        size_t c = r->waiting_on;
-        metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), -1);
+    if (*held != NOT_WAITING) {
+        size_t c = *held;
+        metrics_add(p->m.in_flight, metrics_at(p->m.in_flight, &c), -1);
     }
-    r->waiting_on = path;
+    *held = path;
     if (path != NOT_WAITING) {
         size_t c = path;
-        metrics_add(r->p->m.in_flight, metrics_at(r->p->m.in_flight, &c), 1);
+        metrics_add(p->m.in_flight, metrics_at(p->m.in_flight, &c), 1);
     }
 }
+
+void px_hold_in_flight(preq *r, enum route_path path) { px_hold_move(r->p, &r->waiting_on, path); }
 
 void px_count_reject(proxy *p, enum pm_reject why)
 {
@@ -68,12 +69,6 @@ int px_legacy_failed(proxy *p, const legacy_result *res, const char **code)
     }
     px_count_upstream_error(p, PATH_LEGACY, why);
     return status;
-}
-
-void px_in_flight_add(proxy *p, enum route_path path, int delta)
-{
-    size_t c = path;
-    metrics_add(p->m.in_flight, metrics_at(p->m.in_flight, &c), delta);
 }
 
 void px_count_decision(proxy *p, enum route_path path, enum route_reason reason)

@@ -46,7 +46,11 @@ void px_reply_error(proxy *p, struct evhttp_request *req, enum pm_route route, d
                     const char *code, const char *msg, int retry_after);
 void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, int status,
                    json_t *body);
-/* Moves the request's share of turnout_in_flight_requests to `path`. */
+/* The one way turnout_in_flight_requests moves: a share held on *held
+ * (NOT_WAITING: none) goes to `path`.  px_hold_in_flight is it for a
+ * request record; work not tied to one record (a dispatch) keeps its own
+ * `held`. */
+void px_hold_move(proxy *p, enum route_path *held, enum route_path path);
 void px_hold_in_flight(preq *r, enum route_path path);
 void px_count_reject(proxy *p, enum pm_reject why);
 /* 503 out_of_memory + Retry-After, through `r` when there is one. */
@@ -65,8 +69,6 @@ bool px_refuse_overload(proxy *p, struct evhttp_request *req, enum pm_route rout
 bool px_accept_json_post(proxy *p, struct evhttp_request *req, enum pm_route route, double t0, const char *usage,
                          const char **sticky);
 void px_count_decision(proxy *p, enum route_path path, enum route_reason reason);
-/* Adds delta to turnout_in_flight_requests{path} (for work not tied to one preq). */
-void px_in_flight_add(proxy *p, enum route_path path, int delta);
 void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why);
 /* The one mapping of a failed legacy call (any backend): counts it in
  * turnout_upstream_errors_total{path="legacy"} and gives the HTTP status
