@@ -91,7 +91,8 @@ static void on_reply(struct redisReply *reply, const char *err, void *arg)
     finish_one(b);
 }
 
-int rbatch_add(rbatch *b, rclient *rc, int argc, const char **argv, const size_t *argvlen)
+/* One command (script NULL) or script call into the next slot. */
+static int add(rbatch *b, rclient *rc, rclient_script *script, int argc, const char **argv, const size_t *argvlen)
 {
     if (b->n >= RBATCH_MAX) {
         if (!b->error) b->error = "too many commands in one batch";
@@ -100,7 +101,10 @@ int rbatch_add(rbatch *b, rclient *rc, int argc, const char **argv, const size_t
     int i = b->n;
     b->slots[i].b = b;
     b->slots[i].index = i;
-    if (!rc || rclient_command(rc, on_reply, &b->slots[i], argc, argv, argvlen) != 0) {
+    int sent = !rc ? -1
+               : script ? rclient_eval(rc, script, on_reply, &b->slots[i], argc, argv, argvlen)
+                        : rclient_command(rc, on_reply, &b->slots[i], argc, argv, argvlen);
+    if (sent != 0) {
         if (!b->error) b->error = "redis not connected";
         return -1;
     }
@@ -109,23 +113,15 @@ int rbatch_add(rbatch *b, rclient *rc, int argc, const char **argv, const size_t
     return i;
 }
 
+int rbatch_add(rbatch *b, rclient *rc, int argc, const char **argv, const size_t *argvlen)
+{
+    return add(b, rc, NULL, argc, argv, argvlen);
+}
+
 int rbatch_add_eval(rbatch *b, rclient *rc, rclient_script *script, int argc, const char **argv,
                     const size_t *argvlen)
 {
-    if (b->n >= RBATCH_MAX) {
-        if (!b->error) b->error = "too many commands in one batch";
-        return -1;
-    }
-    int i = b->n;
-    b->slots[i].b = b;
-    b->slots[i].index = i;
-    if (!rc || rclient_eval(rc, script, on_reply, &b->slots[i], argc, argv, argvlen) != 0) {
-        if (!b->error) b->error = "redis not connected";
-        return -1;
-    }
-    b->n++;
-    b->outstanding++;
-    return i;
+    return add(b, rc, script, argc, argv, argvlen);
 }
 
 void rbatch_run(rbatch *b) { finish_one(b); }
