@@ -29,6 +29,9 @@
 #include "dispatch.h"
 #include "dlq_api.h"
 #include "endpoints.h"
+#include "health_api.h"
+#include "passthrough.h"
+#include "submit_api.h"
 #include "records.h"
 #include "rollout.h"
 #include "shadow.h"
@@ -47,332 +50,8 @@
 #define MAX_HEADERS_BYTES (64 * 1024)
 #define EVHTTP_BODY_CEILING_EXTRA (1024 * 1024) /* evhttp's own HTML 413 starts above this */
 #define DEPTH_POLL_S 2
-#define PASSTHROUGH_MAX_RESPONSE (64 * 1024 * 1024)
-
-/* ---------- POST /api/eval ---------- */
-
-static void on_submitted(const dispatch_result *res, void *arg)
-{
-    preq *r = arg;
-    r->path = res->path;
-    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
-    if (res->path != PATH_NONE) evhttp_add_header(out, "X-Turnout-Path", route_path_names[res->path]);
-    if (res->retry_after > 0) {
-        char n[16];
-        snprintf(n, sizeof(n), "%d", res->retry_after);
-        evhttp_add_header(out, "Retry-After", n);
-    }
-    px_finish_text(r, res->status, res->body, res->body_len);
-}
-
-static void handle_submit(proxy *p, struct evhttp_request *req, double t0)
-{
-    struct evbuffer *body = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(body);
-    const char *sticky = NULL;
-    if (!px_accept_json_post(p, req, RT_SUBMIT, t0, "use POST /api/eval with a JSON body", &sticky)) return;
-    preq *r = px_req_new(p, req, RT_SUBMIT, t0);
-    if (!r) {
-        px_count_reject(p, RJ_OOM);
-        px_reply_error(p, req, RT_SUBMIT, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        return;
-    }
-    sub_error serr;
-    const char *text = len ? (const char *)evbuffer_pullup(body, -1) : "";
-    if (submission_parse(text, len, &p->cfg, &r->sub, &serr) != 0) {
-        px_count_reject(p, serr.status == 400 ? RJ_BAD_JSON : RJ_INVALID_FIELD);
-        px_finish_error(r, serr.status, serr.code, serr.message, 0);
-        return;
-    }
-    dispatch_start(p, &r->sub, sticky, on_submitted, r);
-}
-
-/* ---------- /healthz, /readyz, /metrics ---------- */
-
-static void readyz_done(preq *r)
-{
-    if (--r->checks_left > 0) return;
-    bool ok = r->redis_ok && r->legacy_ok;
-    json_t *o = json_pack("{s:s, s:s, s:s}", "status", ok ? "ready" : "not_ready", "redis",
-                          r->redis_ok ? "up" : "down", "legacy", r->legacy_ok ? "up" : "down");
-    if (o && !ok) {
-        json_t *down = json_array();
-        if (!r->redis_ok) json_array_append_new(down, json_string("redis"));
-        if (!r->legacy_ok) json_array_append_new(down, json_string("legacy"));
-        json_object_set_new(o, "down", down);
-    }
-    px_finish_json(r, ok ? 200 : 503, o);
-    json_decref(o);
-}
-
-static void on_ready_redis(struct redisReply *reply, const char *err, void *arg)
-{
-    preq *r = arg;
-    (void)err;
-    r->redis_ok = reply && reply->type == REDIS_REPLY_STATUS;
-    readyz_done(r);
-}
-
-static void on_ready_legacy(const legacy_result *res, void *arg)
-{
-    preq *r = arg;
-    r->legacy_ok = res->outcome == LEGACY_OK;
-    readyz_done(r);
-}
-
-static void handle_readyz(proxy *p, struct evhttp_request *req, double t0)
-{
-    preq *r = px_req_new(p, req, RT_PROBE, t0);
-    if (!r) {
-        px_reply_error(p, req, RT_PROBE, t0, 503, "out_of_memory", "the proxy is short of memory", 1);
-        return;
-    }
-    r->checks_left = 3; /* two checks + this function's own hold */
-    static const char *ping[] = {"PING"};
-    static const size_t pinglen[] = {4};
-    if (rclient_command(p->broker, on_ready_redis, r, 1, ping, pinglen) != 0) {
-        r->redis_ok = false;
-        r->checks_left--;
-    }
-    if (!legacy_health(p->legacy, on_ready_legacy, r)) {
-        r->legacy_ok = false;
-        r->checks_left--;
-    }
-    readyz_done(r);
-}
-
-static void handle_metrics(proxy *p, struct evhttp_request *req, double t0)
-{
-    struct evbuffer *out = evhttp_request_get_output_buffer(req);
-    if (metrics_render(p->m.reg, out) != 0) {
-        px_reply_error(p, req, RT_PROBE, t0, 503, "out_of_memory", "could not render metrics", 1);
-        return;
-    }
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "text/plain; version=0.0.4; charset=utf-8");
-    conns_reply_out(p->conns, req);
-    evhttp_send_reply(req, 200, "OK", NULL);
-    px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
-}
-
-/* ---------- pass-through ---------- */
-
-static const char *method_name(enum evhttp_cmd_type t)
-{
-    switch (t) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
-    }
-    return "GET";
-}
-
-/* Connection-level headers (RFC 9110 §7.6.1) and those curl/evhttp set. */
-static bool hop_by_hop(const char *name)
-{
-    static const char *const skip[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                       "trailer", "transfer-encoding", "upgrade", "host",
-                                       "content-length", "expect", "proxy-authorization",
-                                       "proxy-authenticate"};
-    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
-        if (strcasecmp(name, skip[i]) == 0) return true;
-    return false;
-}
-
-/* RFC 9110 §5.6.2 token characters: what a header name is made of. */
-static bool token_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
-/* A request header that cannot be forwarded as it is (a name that is not
- * a token, e.g. with a space, or a value with CR or LF): 400 naming it,
- * instead of letting the upstream call fail.  true when it answered. */
-static bool refuse_bad_header(proxy *p, struct evhttp_request *req, double t0, const struct evkeyval *kv)
-{
-    const char *what = NULL;
-    if (!kv->key[0]) what = "an empty name";
-    for (const char *q = kv->key; !what && *q; q++)
-        if (!token_char((unsigned char)*q)) what = "a name that is not an HTTP token";
-    if (!what && strpbrk(kv->value, "\r\n")) what = "a line break in its value";
-    if (!what) return false;
-    char msg[320];
-    util_snprintf(msg, sizeof(msg),
-                  "request header \"%.*s\" has %s (names are letters, digits and !#$%%&'*+-.^_`|~); fix or drop it",
-                  UTF8_CUT(kv->key, 100), what);
-    px_count_reject(p, RJ_INVALID_FIELD);
-    px_reply_error(p, req, RT_PASSTHROUGH, t0, 400, "invalid_header", msg, 0);
-    return true;
-}
-
-static void on_passthrough_done(const httpc_response *resp, void *arg)
-{
-    preq *r = arg;
-    proxy *p = r->p;
-    px_hold_in_flight(r, NOT_WAITING);
-    if (resp->error != HTTPC_OK) {
-        bool timeout = resp->error == HTTPC_ETIMEOUT;
-        px_count_upstream_error(p, PATH_NONE, timeout ? UP_TIMEOUT : UP_CONNECT);
-        char msg[320];
-        util_snprintf(msg, sizeof(msg), "the upstream API (UPSTREAM_API_URL) %s: %s",
-                 timeout ? "did not answer in time" : "failed", resp->errmsg ? resp->errmsg : "error");
-        px_finish_error(r, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_error", msg, 0);
-        return;
-    }
-    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
-    for (size_t i = 0; i < resp->nheaders; i++) {
-        const char *line = resp->headers[i];
-        const char *colon = strchr(line, ':');
-        if (!colon || colon == line) continue;
-        char name[256];
-        size_t n = (size_t)(colon - line);
-        if (n >= sizeof(name)) continue;
-        memcpy(name, line, n);
-        name[n] = '\0';
-        if (hop_by_hop(name)) continue;
-        const char *v = colon + 1;
-        while (*v == ' ' || *v == '\t') v++;
-        evhttp_add_header(out, name, v);
-    }
-    evbuffer_add(evhttp_request_get_output_buffer(r->req), resp->body, resp->body_len);
-    int status = (int)resp->status;
-    conns_reply_out(p->conns, r->req);
-    evhttp_send_reply(r->req, status, util_reason(status), NULL);
-    px_count_reply(p, r->route, PATH_NONE, status, r->t0);
-    px_req_free(r);
-}
-
-static void handle_passthrough(proxy *p, struct evhttp_request *req, double t0)
-{
-    struct evbuffer *body = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(body);
-    char msg[320];
-    if (len > (size_t)p->cfg.max_body_bytes) {
-        px_count_reject(p, RJ_TOO_LARGE);
-        snprintf(msg, sizeof(msg), "the body is %zu bytes; at most %lld are accepted (MAX_BODY_BYTES)", len,
-                 p->cfg.max_body_bytes);
-        px_reply_error(p, req, RT_PASSTHROUGH, t0, 413, "body_too_large", msg, 0);
-        return;
-    }
-    if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        px_count_reject(p, RJ_OVERLOAD);
-        px_reply_error(p, req, RT_PASSTHROUGH, t0, 503, "overloaded", "too many requests in flight; retry shortly", 1);
-        return;
-    }
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-        if (refuse_bad_header(p, req, t0, kv)) return;
-    const char *uri = evhttp_request_get_uri(req);
-    size_t ulen = strlen(p->cfg.upstream_url);
-    while (ulen > 0 && p->cfg.upstream_url[ulen - 1] == '/') ulen--;
-    char *url = malloc(ulen + strlen(uri) + 2);
-    /* headers: input headers minus hop-by-hop, plus X-Forwarded-For, NULL end */
-    size_t nh = 0;
-    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) nh++;
-    char **hdrs = calloc(nh + 2, sizeof(char *));
-    preq *r = url && hdrs ? px_req_new(p, req, RT_PASSTHROUGH, t0) : NULL;
-    size_t k = 0;
-    if (!r) goto oom;
-    sprintf(url, "%.*s%s%s", (int)ulen, p->cfg.upstream_url, uri[0] == '/' ? "" : "/", uri);
-    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (hop_by_hop(kv->key)) continue;
-        if (asprintf(&hdrs[k], "%s: %s", kv->key, kv->value) < 0) {
-            hdrs[k] = NULL;
-            goto oom_r;
-        }
-        k++;
-    }
-    char *peer = NULL;
-    ev_uint16_t port;
-    evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &port);
-    if (peer && asprintf(&hdrs[k], "X-Forwarded-For: %s", peer) >= 0) k++;
-    else hdrs[k] = NULL;
-
-    httpc_opts o = {
-        .method = method_name(evhttp_request_get_command(req)),
-        .url = url,
-        .body = len ? (const char *)evbuffer_pullup(body, -1) : NULL,
-        .body_len = len,
-        .headers = (const char *const *)hdrs,
-        .timeout_ms = p->cfg.upstream_timeout_ms,
-        .max_response_bytes = PASSTHROUGH_MAX_RESPONSE,
-        .want_headers = true,
-    };
-    char err[256];
-    px_hold_in_flight(r, PATH_NONE);
-    if (!httpc_start(p->hc, &o, on_passthrough_done, r, err)) {
-        /* the headers were checked: what is left is memory, or a call
-         * httpc would not make (say so, not "out of memory") */
-        if (strcmp(err, "out of memory") == 0) goto oom_r;
-        for (size_t i = 0; i < k; i++) free(hdrs[i]);
-        free(hdrs);
-        free(url);
-        px_hold_in_flight(r, NOT_WAITING);
-        px_count_upstream_error(p, PATH_NONE, UP_CONNECT);
-        util_snprintf(msg, sizeof(msg), "the upstream call (UPSTREAM_API_URL) could not start: %s", err);
-        px_finish_error(r, 502, "upstream_error", msg, 0);
-        return;
-    }
-    for (size_t i = 0; i < k; i++) free(hdrs[i]);
-    free(hdrs);
-    free(url);
-    return;
-oom_r:
-    px_count_reject(p, RJ_OOM);
-    for (size_t i = 0; i < k; i++) free(hdrs[i]);
-    free(hdrs);
-    free(url);
-    px_finish_error(r, 503, "out_of_memory", "the proxy could not start the upstream call; retry shortly", 1);
-    return;
-oom:
-    free(hdrs);
-    free(url);
-    px_count_reject(p, RJ_OOM);
-    px_reply_error(p, req, RT_PASSTHROUGH, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-}
-
-/* ---------- the built-in page ---------- */
-
-extern const unsigned char dashboard_page[]; /* build/gen/dashboard_page.c */
-extern const size_t dashboard_page_len;
-
-static void handle_dashboard(proxy *p, struct evhttp_request *req, double t0)
-{
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET && evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
-        px_reply_method_not_allowed(p, req, RT_PROBE, t0, "GET", "use GET /dashboard");
-        return;
-    }
-    evhttp_add_header(out, "Content-Type", "text/html; charset=utf-8");
-    evhttp_add_header(out, "Cache-Control", "no-cache");
-    /* everything is in the page itself: nothing else may load */
-    evhttp_add_header(out, "Content-Security-Policy",
-                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:");
-    evhttp_add_header(out, "X-Content-Type-Options", "nosniff");
-    evbuffer_add_reference(evhttp_request_get_output_buffer(req), dashboard_page, dashboard_page_len, NULL, NULL);
-    conns_reply_out(p->conns, req);
-    evhttp_send_reply(req, 200, "OK", NULL);
-    px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
-}
-
-/* ---------- dispatch ---------- */
 
 /* ---------- the endpoints ---------- */
-
-static void handle_healthz(proxy *p, struct evhttp_request *req, double t0)
-{
-    static const char ok[] = "{\"status\":\"ok\"}";
-    conns_reply_out(p->conns, req);
-    util_reply_json(req, 200, ok, sizeof(ok) - 1);
-    px_count_reply(p, RT_PROBE, PATH_NONE, 200, t0);
-}
 
 /* handlers that do not read the path */
 #define BY_ROUTE(fn)                                                                         \
@@ -381,20 +60,20 @@ static void handle_healthz(proxy *p, struct evhttp_request *req, double t0)
         (void)path;                                                                          \
         fn(p, req, t0);                                                                      \
     }
-BY_ROUTE(handle_submit)
-BY_ROUTE(handle_healthz)
-BY_ROUTE(handle_readyz)
-BY_ROUTE(handle_metrics)
+BY_ROUTE(submit_api_handle)
+BY_ROUTE(health_api_healthz)
+BY_ROUTE(health_api_readyz)
+BY_ROUTE(health_api_metrics)
 BY_ROUTE(batch_api_handle)
 BY_ROUTE(status_api_queue)
 BY_ROUTE(stats_api_handle)
-BY_ROUTE(handle_dashboard)
+BY_ROUTE(health_api_dashboard)
 #undef BY_ROUTE
 
 /* Every endpoint the proxy answers itself (endpoints.h: order does not
  * matter); any other path goes to UPSTREAM_API_URL. */
 static const endpoint endpoint_table[] = {
-    {"/api/eval", RT_SUBMIT, handle_submit_ep},
+    {"/api/eval", RT_SUBMIT, submit_api_handle_ep},
     {"/api/eval-batch", RT_BATCH, batch_api_handle_ep},
     {"/api/eval-status/*", RT_STATUS, status_api_handle},
     {"/api/eval/*", RT_STATUS, status_api_handle},
@@ -409,11 +88,11 @@ static const endpoint endpoint_table[] = {
     {"/admin/canary/", RT_ADMIN, canary_api_handle},
     {"/admin/canary/*", RT_ADMIN, canary_api_handle},
     {"/admin/shadow/mismatches", RT_ADMIN, shadow_api_handle},
-    {"/healthz", RT_PROBE, handle_healthz_ep},
-    {"/readyz", RT_PROBE, handle_readyz_ep},
-    {"/metrics", RT_PROBE, handle_metrics_ep},
-    {"/dashboard", RT_PROBE, handle_dashboard_ep},
-    {"/dashboard/", RT_PROBE, handle_dashboard_ep},
+    {"/healthz", RT_PROBE, health_api_healthz_ep},
+    {"/readyz", RT_PROBE, health_api_readyz_ep},
+    {"/metrics", RT_PROBE, health_api_metrics_ep},
+    {"/dashboard", RT_PROBE, health_api_dashboard_ep},
+    {"/dashboard/", RT_PROBE, health_api_dashboard_ep},
 };
 #define NENDPOINTS (sizeof(endpoint_table) / sizeof(endpoint_table[0]))
 
@@ -438,7 +117,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (e) {
         e->handler(p, req, path, t0);
     } else if (p->cfg.upstream_url[0]) {
-        handle_passthrough(p, req, t0);
+        passthrough_handle(p, req, t0);
     } else {
         px_reply_error(p, req, RT_PASSTHROUGH, t0, 404, "not_found",
                         "no such endpoint; set UPSTREAM_API_URL to pass other paths through to the API", 0);
