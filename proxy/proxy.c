@@ -71,7 +71,8 @@ BY_ROUTE(health_api_dashboard)
 #undef BY_ROUTE
 
 /* Every endpoint the proxy answers itself (endpoints.h: order does not
- * matter); any other path goes to UPSTREAM_API_URL. */
+ * matter for the answer, only for speed: submissions first); any other
+ * path goes to UPSTREAM_API_URL. */
 static const endpoint endpoint_table[] = {
     {"/api/eval", RT_SUBMIT, submit_api_handle_ep},
     {"/api/eval-batch", RT_BATCH, batch_api_handle_ep},

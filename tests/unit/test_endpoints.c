@@ -31,6 +31,8 @@ static void test_matching_rules(void)
         CHECK_STR(who(t, 3, "/x/1/cancel"), "/x/*/cancel");
         CHECK_STR(who(t, 3, "/x/a/b/cancel"), "/x/*/cancel");
         CHECK_STR(who(t, 3, "/x/cancel"), "/x/*");        /* '*' is at least one character */
+        CHECK_STR(who(t, 3, "/x/*"), "/x/*");             /* a literal '*' is a character like any */
+        CHECK_STR(who(t, 3, "/x/*/cancel"), "/x/*/cancel");
         CHECK_STR(who(t, 3, "/x/"), "(pass-through)");
         CHECK_STR(who(t, 3, "/xy"), "(pass-through)");
         CHECK_STR(who(t, 3, "/"), "(pass-through)");
