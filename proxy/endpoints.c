@@ -3,12 +3,11 @@
 #include <stdio.h>
 #include <string.h>
 
-/* -1: no match; else the number of literal characters (exact: SIZE_MAX). */
-static long long score(const char *pattern, const char *path)
+/* How well the '*' pattern (its '*' at `star`) fits path[n]: -1 not at
+ * all, else its number of literal characters. */
+static long long score(const char *pattern, const char *star, const char *path, size_t n)
 {
-    const char *star = strchr(pattern, '*');
-    if (!star) return strcmp(pattern, path) == 0 ? (long long)1 << 40 : -1;
-    size_t pre = (size_t)(star - pattern), suf = strlen(star + 1), n = strlen(path);
+    size_t pre = (size_t)(star - pattern), suf = strlen(star + 1);
     if (n < pre + suf + 1) return -1; /* '*' stands for at least one character */
     if (strncmp(path, pattern, pre) != 0 || strcmp(path + n - suf, star + 1) != 0) return -1;
     return (long long)(pre + suf);
@@ -23,8 +22,10 @@ const endpoint *endpoints_match(const endpoint *table, size_t n, const char *pat
         if (strcmp(table[i].pattern, path) == 0) return &table[i];
     const endpoint *best = NULL;
     long long best_score = -1;
+    size_t len = strlen(path);
     for (size_t i = 0; i < n; i++) {
-        long long s = score(table[i].pattern, path);
+        const char *star = strchr(table[i].pattern, '*');
+        long long s = star ? score(table[i].pattern, star, path, len) : -1;
         if (s > best_score) {
             best = &table[i];
             best_score = s;
