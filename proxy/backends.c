@@ -6,16 +6,16 @@
 #include "legacy_http.h"
 #include "legacy_rq.h"
 
-static legacy_backend *make_http(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256])
+static backend *make_http(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256])
 {
     (void)base;
-    legacy_backend *b = legacy_http_new(hc, cfg->legacy_url, (long)cfg->legacy_timeout_ms,
+    backend *b = legacy_http_new(hc, cfg->legacy_url, (long)cfg->legacy_timeout_ms,
                                         (size_t)cfg->legacy_max_reply_bytes);
     if (!b) snprintf(err, 256, "out of memory");
     return b;
 }
 
-static legacy_backend *make_rq(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256])
+static backend *make_rq(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256])
 {
     (void)hc;
     legacy_rq_opts o = {.url = cfg->legacy_rq_url,
@@ -30,13 +30,13 @@ static legacy_backend *make_rq(const proxy_settings *cfg, struct event_base *bas
 
 static const struct {
     const char *name; /* LEGACY_BACKEND's value */
-    legacy_backend *(*make)(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256]);
+    backend *(*make)(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256]);
 } legacy_backends[] = {
     {"http", make_http},
     {"rq", make_rq},
 };
 
-legacy_backend *backends_legacy_new(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256])
+backend *backends_legacy_new(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256])
 {
     for (size_t i = 0; i < sizeof(legacy_backends) / sizeof(legacy_backends[0]); i++)
         if (strcmp(legacy_backends[i].name, cfg->legacy_backend) == 0) return legacy_backends[i].make(cfg, base, hc, err);

@@ -6,7 +6,7 @@
 #define TURNOUT_BACKENDS_H
 
 #include "httpc.h"
-#include "legacy_backend.h"
+#include "backend.h"
 #include "pconfig.h"
 
 struct event_base;
@@ -14,6 +14,6 @@ struct event_base;
 /* The backend cfg->legacy_backend names, on `base` (the shared HTTP client
  * `hc` for those that speak HTTP); borrowed settings must outlive it.
  * NULL with err (unknown name, out of memory, bad URL). */
-legacy_backend *backends_legacy_new(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256]);
+backend *backends_legacy_new(const proxy_settings *cfg, struct event_base *base, httpc *hc, char err[256]);
 
 #endif

@@ -256,10 +256,10 @@ done:
 
 static void legacy_get(cancel_op *op);
 
-static void legacy_failed(cancel_op *op, const legacy_result *res)
+static void legacy_failed(cancel_op *op, const bk_result *res)
 {
     const char *code;
-    int status = px_legacy_failed(op->r->p, res, &code);
+    int status = px_backend_failed(op->r->p, PATH_LEGACY, res, &code);
     px_finish_error(op->r, status, code, res->detail, 0);
     op_free(op);
 }
@@ -285,11 +285,11 @@ static void legacy_not_found(cancel_op *op)
     op_free(op);
 }
 
-static void on_legacy_deleted(const legacy_result *res, void *arg)
+static void on_legacy_deleted(const bk_result *res, void *arg)
 {
     cancel_op *op = arg;
     px_hold_in_flight(op->r, NOT_WAITING);
-    if (res->outcome == LEGACY_OK) {
+    if (res->outcome == BK_OK) {
         const char *prev = op->stopping ? "running" : "queued";
         LOG_INFO("cancelled", "eval_id", op->eval_id, "path", "legacy", "previous_status", prev);
         json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "eval_id", op->eval_id, "previous_status", prev, "cancelled",
@@ -298,7 +298,7 @@ static void on_legacy_deleted(const legacy_result *res, void *arg)
                                            : "removed from the legacy queue; it will not run");
         if (!o) op_finish_oom(op);
         else op_finish_json(op, 200, o);
-    } else if (res->outcome == LEGACY_CONFLICT || res->outcome == LEGACY_NOT_FOUND) {
+    } else if (res->outcome == BK_CONFLICT || res->outcome == BK_NOT_FOUND) {
         /* it started or ended in between: say what it is now */
         legacy_get(op);
     } else {
@@ -306,30 +306,30 @@ static void on_legacy_deleted(const legacy_result *res, void *arg)
     }
 }
 
-static void on_legacy_task(const legacy_result *res, void *arg)
+static void on_legacy_task(const bk_result *res, void *arg)
 {
     cancel_op *op = arg;
     px_hold_in_flight(op->r, NOT_WAITING);
-    if (res->outcome == LEGACY_NOT_FOUND) {
+    if (res->outcome == BK_NOT_FOUND) {
         legacy_not_found(op);
         return;
     }
-    if (res->outcome != LEGACY_OK) {
+    if (res->outcome != BK_OK) {
         legacy_failed(op, res);
         return;
     }
-    const char *status = legacy_normalized_status(res->doc);
+    const char *status = bk_normalized_status(res->doc);
     if (status && strcmp(status, "queued") == 0 && !op->deleted_once) {
         op->deleted_once = true;
         px_hold_in_flight(op->r, PATH_LEGACY);
-        if (!legacy_cancel_task(op->r->p->legacy, op->eval_id, false, on_legacy_deleted, op)) op_finish_oom(op);
+        if (!bk_cancel_task(op->r->p->paths[PATH_LEGACY], op->eval_id, false, on_legacy_deleted, op)) op_finish_oom(op);
         return;
     }
-    bool can_stop = legacy_can_terminate(op->r->p->legacy);
+    bool can_stop = bk_can_terminate(op->r->p->paths[PATH_LEGACY]);
     if (status && strcmp(status, "running") == 0 && op->terminate && can_stop && !op->stopping) {
         op->stopping = true; /* once: a second refusal is answered as it stands */
         px_hold_in_flight(op->r, PATH_LEGACY);
-        if (!legacy_cancel_task(op->r->p->legacy, op->eval_id, true, on_legacy_deleted, op)) op_finish_oom(op);
+        if (!bk_cancel_task(op->r->p->paths[PATH_LEGACY], op->eval_id, true, on_legacy_deleted, op)) op_finish_oom(op);
         return;
     }
     if (status && strcmp(status, "running") == 0) {
@@ -357,7 +357,7 @@ static void legacy_get(cancel_op *op)
 {
     op->r->path = PATH_LEGACY;
     px_hold_in_flight(op->r, PATH_LEGACY);
-    if (!legacy_get_task(op->r->p->legacy, op->eval_id, on_legacy_task, op)) op_finish_oom(op);
+    if (!bk_get_task(op->r->p->paths[PATH_LEGACY], op->eval_id, on_legacy_task, op)) op_finish_oom(op);
 }
 
 static void on_looked_up(rbatch *b, void *arg)

@@ -228,9 +228,9 @@ typedef struct legacy_poll {
 /* A legacy eval whose reply could not be read: finished as failed (with
  * the reason) when it is too large, which will not change, or after
  * LEGACY_BAD_POLLS_MAX unreadable replies in a row. */
-static void legacy_unreadable(completion *c, const char *eval_id, const legacy_result *res)
+static void legacy_unreadable(completion *c, const char *eval_id, const bk_result *res)
 {
-    char why[LEGACY_DETAIL_MAX + 160];
+    char why[BK_DETAIL_MAX + 160];
     json_int_t n = json_integer_value(json_object_get(c->legacy_bad, eval_id)) + 1;
     if (res->too_large) {
         util_snprintf(why, sizeof(why),
@@ -250,17 +250,17 @@ static void legacy_unreadable(completion *c, const char *eval_id, const legacy_r
               why);
 }
 
-static void on_legacy_task(const legacy_result *res, void *arg)
+static void on_legacy_task(const bk_result *res, void *arg)
 {
     legacy_poll *lp = arg;
     completion *c = lp->c;
     c->legacy_calls--;
-    const char *status = res->outcome == LEGACY_OK ? legacy_normalized_status(res->doc) : NULL;
-    bool unreadable = legacy_reply_unreadable(res);
+    const char *status = res->outcome == BK_OK ? bk_normalized_status(res->doc) : NULL;
+    bool unreadable = bk_reply_unreadable(res);
     if (!unreadable) json_object_del(c->legacy_bad, lp->eval_id);
     if (unreadable) {
         legacy_unreadable(c, lp->eval_id, res);
-    } else if (res->outcome == LEGACY_OK) {
+    } else if (res->outcome == BK_OK) {
         int outcome = evstatus_outcome(status);
         if (outcome >= 0) {
             count(c, PATH_LEGACY, lp->eval_id, outcome,
@@ -268,7 +268,7 @@ static void on_legacy_task(const legacy_result *res, void *arg)
                   evclass_legacy(res->doc), evclass_run_seconds(res->doc, 0));
             shadow_report_legacy(c->p, lp->eval_id, res->doc); /* nothing unless it has a shadow */
         }
-    } else if (res->outcome == LEGACY_NOT_FOUND) {
+    } else if (res->outcome == BK_NOT_FOUND) {
         /* the Queue Service forgot it (restarted, or its results expired) */
         LOG_WARN("legacy eval no longer known to the Queue Service; its completion is not measured", "eval_id",
                  lp->eval_id);
@@ -305,7 +305,7 @@ static void on_page(struct redisReply *reply, const char *err, void *arg)
             if (!lp) break;
             lp->c = c;
             snprintf(lp->eval_id, sizeof(lp->eval_id), "%s", pg->ids[i]);
-            if (legacy_get_task(c->p->legacy, lp->eval_id, on_legacy_task, lp)) c->legacy_calls++;
+            if (bk_get_task(c->p->paths[PATH_LEGACY], lp->eval_id, on_legacy_task, lp)) c->legacy_calls++;
             else free(lp);
         }
         page_free(pg);

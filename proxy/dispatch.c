@@ -17,16 +17,27 @@
 #include "shadow.h"
 #include "util.h"
 
-/* A Redis command sent with no reply back (timeout, lost connection) may
+/* Every path is a backend (backend.h); the dispatcher knows them only by
+ * their properties.  A path that writes_record takes the route record and
+ * the job in one step; any other gets the record claimed first, and the
+ * claim is kept (confirmed), released (the call failed and did nothing)
+ * or kept marked unconfirmed (it may have acted).
+ *
+ * A Redis command sent with no reply back (timeout, lost connection) may
  * or may not have acted.  Such a submission is settled before it goes
  * anywhere else: once the command's deadline has passed in Redis's own
  * clock (so it can no longer act), the route record is read back.  Ours:
  * it is queued there; none: it never ran and never will, so the next path
  * is safe.  When Redis does not answer within SETTLE_TIMEOUTS command
  * timeouts the client gets a 503 and nothing is sent anywhere else. */
-enum settle_kind { SETTLE_NONE, SETTLE_NEW, SETTLE_CLAIM };
+enum settle_kind { SETTLE_NONE, SETTLE_SUBMIT, SETTLE_CLAIM };
 #define SETTLE_TIMEOUTS 1
 #define SETTLE_RETRY_S 0.1
+
+/* Where a path's submissions go when it cannot take them (with
+ * FALLBACK_TO_LEGACY on, and not while draining); PATH_NONE: nowhere, its
+ * own error is the answer. */
+static const enum route_path fallback_of[PATH_NONE] = {[PATH_LEGACY] = PATH_NONE, [PATH_NEW] = PATH_LEGACY};
 
 typedef struct dop {
     proxy *p;
@@ -36,18 +47,22 @@ typedef struct dop {
     void *arg;
     enum route_path holding; /* share of turnout_in_flight_requests, or NOT_WAITING */
     char *record;            /* the route record this submission writes */
-    char *new_record;        /* new path: the record its script carried (to know it again) */
+    bk_job job;              /* what the path's backend is given (borrows sub and record) */
     double submitted_at;
-    bool claimed;            /* legacy: the record is in Redis, ours */
+    bool claimed;            /* the record was claimed in Redis, and is ours */
     enum settle_kind settling;
     double sent_at;          /* monotonic: the last route record command went out */
     double settle_until;     /* monotonic: settling gives up (0: not settling yet) */
     struct event *timer;
-    char why[256];           /* why the new path did not take it */
+    char why[256];           /* why the path did not take it */
+    int fail_status;         /* and the HTTP status and error code that says so */
+    const char *fail_code;
     json_t *dup_record;      /* a duplicate's stored record, while its state is looked up */
-    bool resending;          /* an unconfirmed legacy record: sent to legacy once more */
-    int clock_waits;         /* new path: looks spent waiting for a fresh connection's clock */
+    bool resending;          /* an unconfirmed record: sent to its path once more */
 } dop;
+
+static backend *path_of(const dop *d) { return d->p->paths[d->dec.path]; }
+static bool writes_record(const dop *d) { return path_of(d)->ops->writes_record; }
 
 static void hold(dop *d, enum route_path path) { px_hold_move(d->p, &d->holding, path); }
 
@@ -59,7 +74,6 @@ static void finish_text(dop *d, int status, enum route_path path, bool duplicate
     d->cb(&res, d->arg);
     submission_free(&d->sub);
     free(d->record);
-    free(d->new_record);
     json_decref(d->dup_record);
     if (d->timer) event_free(d->timer);
     free(d);
@@ -94,10 +108,19 @@ static void finish_error(dop *d, int status, enum route_path path, const char *c
     jw_free(&w);
 }
 
-/* The reply every accepted submission gets, written without a tree. */
-static void finish_queued(dop *d, enum route_path path, long long position)
+static void finish_oom(dop *d, const char *msg)
 {
+    px_count_reject(d->p, RJ_OOM);
+    px_count_decision(d->p, PATH_NONE, d->dec.reason);
+    finish_error(d, 503, PATH_NONE, "out_of_memory", msg, 1);
+}
+
+/* The reply every accepted submission gets, written without a tree. */
+static void finish_queued(dop *d, long long position)
+{
+    enum route_path path = d->dec.path;
     px_count_decision(d->p, path, d->dec.reason);
+    LOG_DEBUG("submission queued", "eval_id", d->sub.eval_id, "path", route_path_names[path]);
     char stack[512];
     jsonw w;
     jw_init(&w, stack, sizeof(stack));
@@ -154,27 +177,31 @@ static void on_duplicate_status(const char *status, void *arg)
     finish(d, 202, path, true, o, 0);
 }
 
-static void call_legacy(dop *d);
+static void submit(dop *d);
 
 /* `existing` is borrowed for the call. */
 static void finish_duplicate(dop *d, const char *existing)
 {
     json_t *rec = records_parse(existing, strlen(existing));
-    if (records_is_unconfirmed(rec) && !d->resending) {
-        /* an earlier legacy call of this eval_id failed in a way that may
-         * have queued it: legacy again (a 409 says it has it), nothing else */
+    enum route_path path = records_path(rec);
+    if (records_is_unconfirmed(rec) && !d->resending && path != PATH_UNKNOWN) {
+        /* an earlier call of this eval_id failed in a way that may have
+         * queued it: its path again (which refuses a second copy), nothing
+         * else */
         char *copy = strdup(existing);
         json_t *at = json_object_get(rec, "submitted_at");
         double first_at = json_is_number(at) ? json_number_value(at) : d->submitted_at;
         json_decref(rec);
         if (copy) {
-            LOG_INFO("resubmission of an unconfirmed legacy eval: sent to legacy again", "eval_id", d->sub.eval_id);
+            LOG_INFO("resubmission of an unconfirmed eval: sent to its path again", "eval_id", d->sub.eval_id,
+                     "path", route_path_names[path]);
             free(d->record);
             d->record = copy;
             d->submitted_at = first_at;
             d->resending = true;
             d->claimed = true;
-            call_legacy(d);
+            d->dec.path = path;
+            submit(d);
             return;
         }
         rec = records_parse(existing, strlen(existing));
@@ -182,14 +209,14 @@ static void finish_duplicate(dop *d, const char *existing)
     json_decref(d->dup_record);
     d->dup_record = rec;
     if (!d->dup_record) d->dup_record = json_object();
-    hold(d, records_path(d->dup_record) == PATH_NEW ? PATH_NEW : PATH_LEGACY);
+    hold(d, path == PATH_UNKNOWN ? PATH_LEGACY : path);
     evlookup_status(d->p, d->sub.eval_id, d->dup_record, on_duplicate_status, d);
 }
 
-/* ---------- legacy ---------- */
+/* ---------- a path that does not write the record: the claim ---------- */
 
-/* Legacy took it (or has it): the record is final and tracked. */
-static void confirm_legacy(dop *d)
+/* The path took it (or has it): the claim is final and tracked. */
+static void confirm_claim(dop *d)
 {
     if (!d->resending) {
         records_confirm_legacy(d->p->records, d->sub.eval_id, d->record, d->submitted_at, d->claimed);
@@ -200,77 +227,6 @@ static void confirm_legacy(dop *d)
         records_replace_legacy(d->p->records, d->sub.eval_id, d->record, confirmed, d->submitted_at, d->claimed);
         free(d->record);
         d->record = confirmed;
-    }
-}
-
-/* A submission the path could not take: a system error of that path,
- * whether it then fell back or not. */
-static void count_submit_error(proxy *p, enum route_path path)
-{
-    size_t k[2] = {path, EV_SYS_SUBMIT};
-    metrics_add(p->m.system_errors, metrics_at(p->m.system_errors, k), 1);
-    canary_submit_error(p->canary, path);
-}
-
-static void on_legacy(const legacy_result *res, void *arg)
-{
-    dop *d = arg;
-    proxy *p = d->p;
-    switch (res->outcome) {
-    case LEGACY_OK:
-        confirm_legacy(d);
-        if (shadow_draw(p)) shadow_start(p, &d->sub); /* fire and forget: never delays this reply */
-        LOG_DEBUG("submission queued", "eval_id", d->sub.eval_id, "path", "legacy");
-        finish_queued(d, PATH_LEGACY, res->position);
-        return;
-    case LEGACY_CONFLICT:
-        /* The Queue Service has this eval id and we had no record of it
-         * (expired, or submitted around the proxy), or only an unconfirmed
-         * one: it is there, so this is a duplicate, and from now on the
-         * record says so. */
-        confirm_legacy(d);
-        d->resending = true; /* answered as it stands, never sent again */
-        finish_duplicate(d, d->record);
-        return;
-    default: break;
-    }
-    px_count_decision(p, PATH_LEGACY, d->dec.reason);
-    count_submit_error(p, PATH_LEGACY);
-    LOG_WARN("legacy path failed", "eval_id", d->sub.eval_id, "error", res->detail, "maybe_queued",
-             res->maybe_done ? "true" : "false");
-    const char *code;
-    int status = px_legacy_failed(p, res, &code);
-    char *marked = res->maybe_done ? records_mark_unconfirmed(d->record, true) : NULL;
-    if (marked) {
-        /* It may be queued there all the same: the record stays (marked),
-         * so a resubmission goes to legacy again, which refuses a second
-         * copy, and never to the new path as well. */
-        if (!d->resending)
-            records_replace_legacy(p->records, d->sub.eval_id, d->record, marked, d->submitted_at, d->claimed);
-        free(marked);
-        char msg[600];
-        util_snprintf(msg, sizeof(msg),
-                      "%s; it may have been queued there all the same. Resubmitting the same eval_id (\"%s\") is "
-                      "safe: it goes to the legacy Queue Service again, which does not take a second copy",
-                      res->detail, d->sub.eval_id);
-        finish_error(d, status, PATH_LEGACY, code, msg, 0);
-        return;
-    }
-    if (d->claimed && !d->resending) records_release(p->records, d->sub.eval_id, d->record);
-    finish_error(d, status, PATH_LEGACY, code, res->detail, 0);
-}
-
-static void call_legacy(dop *d)
-{
-    const submission *s = &d->sub;
-    hold(d, PATH_LEGACY);
-    legacy_job job = {s->eval_id, s->code, s->code_len, s->language, s->engine, s->timeout, s->priority,
-                      s->priority_name};
-    if (!legacy_submit(d->p->legacy, &job, on_legacy, d)) {
-        if (d->claimed) records_release(d->p->records, d->sub.eval_id, d->record);
-        px_count_reject(d->p, RJ_OOM);
-        px_count_decision(d->p, PATH_NONE, d->dec.reason);
-        finish_error(d, 503, PATH_NONE, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
     }
 }
 
@@ -317,10 +273,10 @@ static void claim_unavailable(dop *d, const char *why)
         return;
     }
     if (d->sub.eval_id_given) metrics_add(d->p->m.unchecked_submissions, 0, 1);
-    LOG_WARN("route record not claimed; the legacy call goes ahead and the record is held", "eval_id",
-             d->sub.eval_id, "error", why);
+    LOG_WARN("route record not claimed; the call goes ahead and the record is held", "eval_id", d->sub.eval_id,
+             "path", route_path_names[d->dec.path], "error", why);
     d->claimed = false;
-    call_legacy(d);
+    submit(d);
 }
 
 static void settle_start(dop *d, enum settle_kind kind);
@@ -330,12 +286,10 @@ static void on_claimed(const rec_result *res, void *arg)
     dop *d = arg;
     hold(d, NOT_WAITING);
     switch (res->outcome) {
-    case REC_DUPLICATE:
-        finish_duplicate(d, res->existing);
-        return;
+    case REC_DUPLICATE: finish_duplicate(d, res->existing); return;
     case REC_WRITTEN:
         d->claimed = true;
-        call_legacy(d);
+        submit(d);
         return;
     case REC_FAILED:
         if (res->lost && must_check(d)) {
@@ -346,25 +300,23 @@ static void on_claimed(const rec_result *res, void *arg)
             /* a fresh eval_id (or availability chosen): whatever the claim
              * did, it can only have written this very record */
             if (d->sub.eval_id_given) metrics_add(d->p->m.unchecked_submissions, 0, 1);
-            LOG_WARN("route record claim unanswered; the legacy call goes ahead and the record is held", "eval_id",
+            LOG_WARN("route record claim unanswered; the call goes ahead and the record is held", "eval_id",
                      d->sub.eval_id, "error", res->err ? res->err : "redis error");
             d->claimed = false;
-            call_legacy(d);
+            submit(d);
             return;
         }
         claim_unavailable(d, res->err ? res->err : "redis error");
         return;
     case REC_EXPIRED:
     case REC_FULL:
-    case REC_ABSENT:
-        claim_unavailable(d, res->err ? res->err : "redis error");
-        return;
+    case REC_ABSENT: claim_unavailable(d, res->err ? res->err : "redis error"); return;
     }
 }
 
 static void claim(dop *d)
 {
-    hold(d, PATH_LEGACY);
+    hold(d, d->dec.path);
     d->sent_at = util_monotonic();
     if (records_claim(d->p->records, d->sub.eval_id, d->record, on_claimed, d) != 0) {
         hold(d, NOT_WAITING);
@@ -372,42 +324,146 @@ static void claim(dop *d)
     }
 }
 
-static void go_legacy(dop *d)
+/* ---------- a path, and the next one ---------- */
+
+static void try_path(dop *d);
+
+/* A submission the path could not take: a system error of that path,
+ * whether it then fell back or not. */
+static void count_submit_error(proxy *p, enum route_path path)
 {
-    free(d->record);
-    d->record = records_build(&d->sub, PATH_LEGACY, &d->dec, d->submitted_at);
-    if (!d->record) {
-        px_count_reject(d->p, RJ_OOM);
-        px_count_decision(d->p, PATH_NONE, d->dec.reason);
-        finish_error(d, 503, PATH_NONE, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        return;
-    }
-    claim(d);
+    size_t k[2] = {path, EV_SYS_SUBMIT};
+    metrics_add(p->m.system_errors, metrics_at(p->m.system_errors, k), 1);
+    canary_submit_error(p->canary, path);
 }
 
-/* ---------- new ---------- */
-
-/* The new path could not take it: legacy when allowed, else 503. */
-static void new_failed(dop *d, const char *why)
+/* The path did not take it and did nothing: the next path when there is
+ * one and falling back is allowed; else its own error (a path with no
+ * next), or 503 (a next path exists, falling back is off). */
+static void path_refused(dop *d)
 {
     proxy *p = d->p;
-    bool fallback = p->cfg.fallback_to_legacy && !p->draining;
-    count_submit_error(p, PATH_NEW);
-    LOG_WARN("new path refused submission", "eval_id", d->sub.eval_id, "error", why, "fallback",
-             fallback ? "legacy" : "none");
-    if (fallback) {
+    enum route_path path = d->dec.path, next = fallback_of[path];
+    bool allowed = next != PATH_NONE && p->cfg.fallback_to_legacy && !p->draining;
+    count_submit_error(p, path);
+    LOG_WARN("path refused submission", "eval_id", d->sub.eval_id, "path", route_path_names[path], "error", d->why,
+             "fallback", allowed ? route_path_names[next] : "none");
+    if (allowed) {
+        d->dec.path = next;
         d->dec.reason = REASON_FALLBACK;
-        go_legacy(d);
+        d->resending = false;
+        try_path(d);
+        return;
+    }
+    if (next == PATH_NONE) {
+        px_count_decision(p, path, d->dec.reason);
+        finish_error(d, d->fail_status, path, d->fail_code, d->why, d->fail_status == 503 ? 1 : 0);
         return;
     }
     px_count_decision(p, PATH_NONE, d->dec.reason);
     px_count_reject(p, RJ_NO_PATH);
     char msg[400];
     util_snprintf(msg, sizeof(msg),
-                  "the new queue cannot take submissions right now (%s) and FALLBACK_TO_LEGACY is off; retry after "
+                  "the %s queue cannot take submissions right now (%s) and FALLBACK_TO_LEGACY is off; retry after "
                   "the Retry-After delay",
-                  why);
+                  route_path_names[path], d->why);
     finish_error(d, 503, PATH_NONE, "no_path_available", msg, 1);
+}
+
+/* It may be queued there all the same: the claim stays, marked, so that a
+ * resubmission goes to the same path again, which refuses a second copy,
+ * and never to another path as well. */
+static void keep_unconfirmed(dop *d, const char *detail)
+{
+    proxy *p = d->p;
+    count_submit_error(p, d->dec.path);
+    char *marked = records_mark_unconfirmed(d->record, true);
+    if (!marked) {
+        if (d->claimed && !d->resending) records_release(p->records, d->sub.eval_id, d->record);
+        px_count_decision(p, d->dec.path, d->dec.reason);
+        finish_error(d, d->fail_status, d->dec.path, d->fail_code, detail, 0);
+        return;
+    }
+    if (!d->resending)
+        records_replace_legacy(p->records, d->sub.eval_id, d->record, marked, d->submitted_at, d->claimed);
+    free(marked);
+    px_count_decision(p, d->dec.path, d->dec.reason);
+    char msg[600];
+    util_snprintf(msg, sizeof(msg),
+                  "%s; it may have been queued there all the same. Resubmitting the same eval_id (\"%s\") is "
+                  "safe: it goes to the %s queue again, which does not take a second copy",
+                  detail, d->sub.eval_id, route_path_names[d->dec.path]);
+    finish_error(d, d->fail_status, d->dec.path, d->fail_code, msg, 0);
+}
+
+static void on_submitted(const bk_result *res, void *arg)
+{
+    dop *d = arg;
+    proxy *p = d->p;
+    enum route_path path = d->dec.path;
+    hold(d, NOT_WAITING);
+    if (res->outcome == BK_OK) {
+        if (!writes_record(d)) confirm_claim(d);
+        shadow_mirror(p, path, &d->sub); /* fire and forget: never delays this reply */
+        finish_queued(d, res->position);
+        return;
+    }
+    if (res->outcome == BK_CONFLICT && writes_record(d) && res->existing) {
+        finish_duplicate(d, res->existing);
+        return;
+    }
+    if (res->outcome == BK_CONFLICT && !writes_record(d)) {
+        /* The path has this eval id and we had no record of it (expired,
+         * or submitted around the proxy), or only an unconfirmed one: it
+         * is there, so this is a duplicate, and from now on the record
+         * says so. */
+        confirm_claim(d);
+        d->resending = true; /* answered as it stands, never sent again */
+        finish_duplicate(d, d->record);
+        return;
+    }
+    d->fail_status = px_backend_failed(p, path, res, &d->fail_code);
+    util_snprintf(d->why, sizeof(d->why), "%s", res->detail ? res->detail : "the path failed");
+    LOG_WARN("path failed", "eval_id", d->sub.eval_id, "path", route_path_names[path], "error", d->why,
+             "maybe_queued", res->maybe_done ? "true" : "false");
+    if (res->maybe_done && writes_record(d)) {
+        settle_start(d, SETTLE_SUBMIT); /* find out before going anywhere else */
+        return;
+    }
+    if (res->maybe_done) {
+        keep_unconfirmed(d, d->why);
+        return;
+    }
+    if (d->claimed && !d->resending) records_release(p->records, d->sub.eval_id, d->record);
+    d->claimed = false;
+    path_refused(d);
+}
+
+/* The record is in place (or claimed, or held): the path's backend. */
+static void submit(dop *d)
+{
+    const submission *s = &d->sub;
+    hold(d, d->dec.path);
+    d->job = (bk_job){s->eval_id, s->code,    s->code_len, s->language,    s->engine,
+                      s->timeout, s->priority, s->priority_name, d->record, d->submitted_at};
+    d->sent_at = util_monotonic();
+    if (!bk_submit(path_of(d), &d->job, on_submitted, d)) {
+        if (d->claimed && !d->resending) records_release(d->p->records, d->sub.eval_id, d->record);
+        finish_oom(d, "the proxy could not start the path's call; retry shortly");
+    }
+}
+
+static void try_path(dop *d)
+{
+    free(d->record);
+    d->record = records_build(&d->sub, d->dec.path, &d->dec, d->submitted_at);
+    d->claimed = false;
+    if (!d->record) {
+        finish_oom(d, "the proxy is short of memory; retry shortly");
+        return;
+    }
+    if (writes_record(d)) submit(d);
+    else claim(d);
 }
 
 /* ---------- settling a command that got no reply ---------- */
@@ -424,12 +480,10 @@ static void on_settle_timer(evutil_socket_t fd, short what, void *arg)
 static void settle_after(dop *d, double delay_s)
 {
     if (!d->timer && !(d->timer = evtimer_new(d->p->base, on_settle_timer, d))) {
-        px_count_reject(d->p, RJ_OOM);
-        px_count_decision(d->p, PATH_NONE, d->dec.reason);
-        finish_error(d, 503, PATH_NONE, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
+        finish_oom(d, "the proxy is short of memory; retry shortly");
         return;
     }
-    hold(d, d->settling == SETTLE_NEW ? PATH_NEW : PATH_LEGACY);
+    hold(d, d->dec.path);
     if (delay_s < 0) delay_s = 0;
     struct timeval tv = {(time_t)delay_s, (suseconds_t)((delay_s - (double)(time_t)delay_s) * 1e6)};
     evtimer_add(d->timer, &tv);
@@ -452,9 +506,9 @@ static void settle_give_up(dop *d)
     px_count_decision(p, PATH_NONE, d->dec.reason);
     snprintf(msg, sizeof(msg),
              "Redis stopped answering while it was taking this submission, and has not answered since, so whether "
-             "it was queued on the new path is not known; it was sent nowhere else. Resubmit with the same eval_id "
+             "it was queued on the %s path is not known; it was sent nowhere else. Resubmit with the same eval_id "
              "(\"%s\") after the Retry-After delay: the reply will say where it is",
-             d->sub.eval_id);
+             route_path_names[d->dec.path], d->sub.eval_id);
     LOG_WARN("submission outcome unknown: Redis did not answer in time", "eval_id", d->sub.eval_id);
     finish_error(d, 503, PATH_NONE, "outcome_unknown", msg, 1);
 }
@@ -470,24 +524,24 @@ static void on_settled(const rec_result *res, void *arg)
     enum settle_kind kind = d->settling;
     d->settling = SETTLE_NONE;
     bool found = res->outcome == REC_DUPLICATE;
-    if (kind == SETTLE_NEW) {
+    bool ours = found && strcmp(res->existing, d->record) == 0;
+    if (kind == SETTLE_SUBMIT) {
         size_t c = found ? PC_QUEUED : PC_NOT_QUEUED;
         metrics_add(d->p->m.outcome_checks, metrics_at(d->p->m.outcome_checks, &c), 1);
-        if (found && strcmp(res->existing, d->new_record) == 0) {
-            LOG_INFO("submission's reply was lost; Redis shows it queued on the new path", "eval_id",
-                     d->sub.eval_id);
-            finish_queued(d, PATH_NEW, -1);
+        if (ours) {
+            LOG_INFO("submission's reply was lost; Redis shows it queued", "eval_id", d->sub.eval_id);
+            finish_queued(d, -1);
         } else if (found) {
             finish_duplicate(d, res->existing);
         } else {
             LOG_INFO("submission's reply was lost; Redis shows it never ran there", "eval_id", d->sub.eval_id);
-            new_failed(d, d->why);
+            path_refused(d);
         }
         return;
     }
-    if (found && strcmp(res->existing, d->record) == 0) {
+    if (ours) {
         d->claimed = true;
-        call_legacy(d);
+        submit(d);
     } else if (found) {
         finish_duplicate(d, res->existing);
     } else {
@@ -508,7 +562,7 @@ static void settle_step(dop *d)
         settle_give_up(d);
         return;
     }
-    hold(d, d->settling == SETTLE_NEW ? PATH_NEW : PATH_LEGACY);
+    hold(d, d->dec.path);
     if (records_lookup(d->p->records, d->sub.eval_id, on_settled, d) != 0) settle_after(d, SETTLE_RETRY_S);
 }
 
@@ -522,80 +576,6 @@ static void settle_start(dop *d, enum settle_kind kind)
         d->settle_until = from + SETTLE_TIMEOUTS * timeout;
     }
     settle_step(d);
-}
-
-static void on_new(const rec_result *res, void *arg)
-{
-    dop *d = arg;
-    hold(d, NOT_WAITING);
-    switch (res->outcome) {
-    case REC_WRITTEN:
-        LOG_DEBUG("submission queued", "eval_id", d->sub.eval_id, "path", "new");
-        finish_queued(d, PATH_NEW, res->depth);
-        return;
-    case REC_DUPLICATE:
-        finish_duplicate(d, res->existing);
-        return;
-    case REC_FULL:
-        px_count_upstream_error(d->p, PATH_NEW, UP_QUEUE_FULL);
-        snprintf(d->why, sizeof(d->why), "the new queue holds %lld messages, its ceiling CELERY_QUEUE_MAX_DEPTH=%lld",
-                 res->depth, d->p->cfg.queue_max_depth);
-        new_failed(d, d->why);
-        return;
-    case REC_EXPIRED:
-        px_count_upstream_error(d->p, PATH_NEW, UP_TIMEOUT);
-        new_failed(d, res->err);
-        return;
-    case REC_ABSENT:
-    case REC_FAILED:
-        px_count_upstream_error(d->p, PATH_NEW, res->timeout ? UP_TIMEOUT : UP_REDIS_ERROR);
-        util_snprintf(d->why, sizeof(d->why), "%s", res->err ? res->err : "redis error");
-        if (res->lost) {
-            /* it may have been queued: find out before going anywhere else */
-            d->new_record = d->record;
-            d->record = NULL;
-            settle_start(d, SETTLE_NEW);
-            return;
-        }
-        new_failed(d, d->why);
-        return;
-    }
-}
-
-static void go_new(dop *d);
-
-/* A connection made a moment ago measures the server's clock before a
- * submission can be bounded in time (about a round trip): one that comes
- * in between waits for it rather than falling back. */
-#define CLOCK_WAIT_S 0.005
-#define CLOCK_WAITS 40
-
-static void on_clock_wait(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    go_new(arg);
-}
-
-static void go_new(dop *d)
-{
-    char err[256];
-    free(d->record);
-    d->record = records_build(&d->sub, PATH_NEW, &d->dec, d->submitted_at);
-    hold(d, PATH_NEW);
-    d->sent_at = util_monotonic();
-    if (!d->record) {
-        snprintf(err, sizeof(err), "out of memory");
-    } else if (records_submit_new(d->p->records, &d->sub, d->record, d->submitted_at, on_new, d, err) == 0) {
-        return;
-    } else if (rclient_clock_pending(d->p->broker) && d->clock_waits < CLOCK_WAITS) {
-        struct timeval tv = {0, (suseconds_t)(CLOCK_WAIT_S * 1e6)};
-        d->clock_waits++;
-        if (event_base_once(d->p->base, -1, EV_TIMEOUT, on_clock_wait, d, &tv) == 0) return;
-    }
-    hold(d, NOT_WAITING);
-    px_count_upstream_error(d->p, PATH_NEW, UP_REDIS_DOWN);
-    new_failed(d, err);
 }
 
 void dispatch_start(proxy *p, submission *sub, const char *sticky_key, dispatch_cb cb, void *arg)
@@ -619,6 +599,5 @@ void dispatch_start(proxy *p, submission *sub, const char *sticky_key, dispatch_
     d->submitted_at = util_now();
     const char *key = sticky_key ? sticky_key : d->sub.eval_id;
     d->dec = route_decide(&p->route, key, strlen(key));
-    if (d->dec.path == PATH_NEW) go_new(d);
-    else go_legacy(d);
+    try_path(d);
 }

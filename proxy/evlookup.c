@@ -27,9 +27,9 @@ static void done(lookup *l, const char *status)
     free(l);
 }
 
-static void on_legacy(const legacy_result *res, void *arg)
+static void on_legacy(const bk_result *res, void *arg)
 {
-    done(arg, res->outcome == LEGACY_OK ? legacy_normalized_status(res->doc) : NULL);
+    done(arg, res->outcome == BK_OK ? bk_normalized_status(res->doc) : NULL);
 }
 
 static void on_new(rbatch *b, void *arg)
@@ -72,7 +72,7 @@ void evlookup_status(proxy *p, const char *eval_id, json_t *record, evlookup_cb 
     l->cb = cb;
     l->arg = arg;
     if (records_path(record) != PATH_NEW) {
-        if (!legacy_get_task(p->legacy, eval_id, on_legacy, l)) done(l, NULL);
+        if (!bk_get_task(p->paths[PATH_LEGACY], eval_id, on_legacy, l)) done(l, NULL);
         return;
     }
     rbatch *b = rbatch_new(on_new, l);

@@ -13,7 +13,7 @@
 #include <jansson.h>
 
 #include "conns.h"
-#include "legacy_backend.h"
+#include "backend.h"
 #include "metrics.h"
 #include "pserver.h"
 #include "rclient.h"
@@ -44,10 +44,10 @@ static void on_ready_redis(struct redisReply *reply, const char *err, void *arg)
     readyz_done(r);
 }
 
-static void on_ready_legacy(const legacy_result *res, void *arg)
+static void on_ready_legacy(const bk_result *res, void *arg)
 {
     preq *r = arg;
-    r->legacy_ok = res->outcome == LEGACY_OK;
+    r->legacy_ok = res->outcome == BK_OK;
     readyz_done(r);
 }
 
@@ -65,7 +65,7 @@ void health_api_readyz(proxy *p, struct evhttp_request *req, double t0)
         r->redis_ok = false;
         r->checks_left--;
     }
-    if (!legacy_health(p->legacy, on_ready_legacy, r)) {
+    if (!bk_health(p->paths[PATH_LEGACY], on_ready_legacy, r)) {
         r->legacy_ok = false;
         r->checks_left--;
     }

@@ -39,6 +39,7 @@
 #include "status_api.h"
 #include "httpc.h"
 #include "backends.h"
+#include "celery_redis.h"
 #include "log.h"
 #include "pmetrics.h"
 #include "producer.h"
@@ -239,7 +240,8 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     }
     p->hc = httpc_new(base, err);
     if (!p->hc) goto err;
-    if (!(p->legacy = backends_legacy_new(&p->cfg, base, p->hc, err))) goto err;
+    if (!(p->paths[PATH_LEGACY] = backends_legacy_new(&p->cfg, base, p->hc, err))) goto err;
+    p->paths[PATH_NEW] = celery_redis_new(p);
     p->prod = producer_new(p->cfg.queue, p->cfg.task_name);
     p->records = records_new(p);
     if (p->records && !(p->completion = completion_new(p, err))) goto err;
@@ -253,7 +255,7 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     p->http = evhttp_new(base);
     p->conns = conns_new(base, (size_t)p->cfg.max_client_connections, (long)p->cfg.client_request_timeout_s,
                          p->m.rejected);
-    if (!p->legacy || !p->prod || !p->records || !p->depth_timer || !p->http || !p->conns) {
+    if (!p->paths[PATH_NEW] || !p->prod || !p->records || !p->depth_timer || !p->http || !p->conns) {
         snprintf(err, 256, "out of memory");
         goto err;
     }
@@ -470,7 +472,7 @@ void proxy_free(proxy *p)
     if (listener_owner == p) listener_owner = NULL;
     producer_free(p->prod);
     records_free(p->records);
-    legacy_backend_free(p->legacy);
+    for (int i = 0; i < PATH_NONE; i++) backend_free(p->paths[i]);
     pmetrics_free(&p->m);
     pconfig_free(&p->cfg);
     if (p->tls) SSL_CTX_free(p->tls);

@@ -10,7 +10,7 @@
 
 #include "rclient.h"
 
-/* submit_new (records): the new path's submission in one step: the route
+/* submit_new (celery_redis): the new path's submission in one step: the route
  * record, the message on its priority list and the in-flight entry.
  * KEYS: route key, queue list, in-flight zset, then every priority list of
  * the queue.  ARGV: record, TTL, message, eval id, submitted_at, deadline,

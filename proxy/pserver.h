@@ -11,7 +11,7 @@
 
 #include "conns.h"
 #include "httpc.h"
-#include "legacy_backend.h"
+#include "backend.h"
 #include "pconfig.h"
 #include "pmetrics.h"
 #include "producer.h"
@@ -36,7 +36,10 @@ struct proxy {
     route_state route;
     rclient *broker;
     httpc *hc;
-    legacy_backend *legacy; /* the legacy queue, whatever it speaks (LEGACY_BACKEND) */
+    /* each path behind the backend interface: paths[PATH_NEW] the Celery
+     * queue (celery_redis), paths[PATH_LEGACY] the legacy queue, whatever
+     * it speaks (LEGACY_BACKEND) */
+    backend *paths[PATH_NONE];
     producer *prod;
     size_t pending;  /* requests waiting on a backend */
     bool draining;

@@ -7,7 +7,6 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
-#include "celery.h"
 #include "jsonw.h"
 #include "log.h"
 #include "pserver.h"
@@ -163,68 +162,6 @@ static int run_script(records *rs, rclient_script *script, int argc, const char 
         return -1;
     }
     return 0;
-}
-
-int records_submit_new(records *rs, const submission *sub, const char *record, double submitted_at,
-                       rec_cb cb, void *arg, char err[256])
-{
-    proxy *p = rs->p;
-    if (!rclient_is_up(p->broker)) {
-        snprintf(err, 256, "redis not connected");
-        return -1;
-    }
-    char queue_key[256], route_key[ROUTE_KEY_MAX], ttl[24], at[32];
-    size_t qlen = celery_queue_key(p->cfg.queue, sub->priority, queue_key, sizeof(queue_key));
-    if (!qlen) {
-        snprintf(err, 256, "queue name too long");
-        return -1;
-    }
-    /* the message is built on the stack (rclient copies it) unless it is big */
-    char msg_stack[4096];
-    jsonw msg;
-    jw_init(&msg, msg_stack, sizeof(msg_stack));
-    if (producer_encode_into(p->prod, sub, &msg, err) != 0) {
-        jw_free(&msg);
-        return -1;
-    }
-    char deadline[24], max_depth[24], lists[CELERY_NSTEPS][256];
-    size_t dl_len = rclient_deadline(p->broker, deadline);
-    if (!dl_len) {
-        /* just connected, its clock not sampled yet: the submission cannot
-         * be bounded in time, so it is not sent at all */
-        jw_free(&msg);
-        snprintf(err, 256, "redis connected but its clock not measured yet");
-        return -1;
-    }
-    records_key(sub->eval_id, route_key);
-    size_t ttl_len = util_format_ll(p->cfg.route_record_ttl_s, ttl);
-    size_t at_len = util_format_fixed(submitted_at, 6, at);
-    size_t md_len = util_format_ll(p->cfg.queue_max_depth, max_depth);
-    const char *argv[8 + CELERY_NSTEPS + 7];
-    size_t lens[8 + CELERY_NSTEPS + 7];
-    int n = 0;
-    argv[n] = "7";
-    lens[n++] = 1;
-    argv[n] = route_key;
-    lens[n++] = strlen(route_key);
-    argv[n] = queue_key;
-    lens[n++] = qlen;
-    argv[n] = INFLIGHT_NEW;
-    lens[n++] = sizeof(INFLIGHT_NEW) - 1;
-    for (int i = 0; i < CELERY_NSTEPS; i++) {
-        argv[n] = lists[i];
-        lens[n++] = celery_queue_key(p->cfg.queue, celery_priority_steps[i], lists[i], sizeof(lists[i]));
-    }
-    const char *args[] = {record, ttl, jw_text(&msg), sub->eval_id, at, deadline, max_depth};
-    size_t alens[] = {strlen(record), ttl_len, jw_len(&msg), strlen(sub->eval_id), at_len, dl_len, md_len};
-    for (int i = 0; i < 7; i++) {
-        argv[n] = args[i];
-        lens[n++] = alens[i];
-    }
-    int rc = run_script(rs, &pscript_submit_new, n, argv, lens, cb, arg);
-    if (rc != 0) snprintf(err, 256, "redis not connected");
-    jw_free(&msg);
-    return rc;
 }
 
 typedef struct lookup_call {

@@ -64,11 +64,6 @@ enum route_path records_path(json_t *rec);
 
 void records_key(const char *eval_id, char key[ROUTE_KEY_MAX]);
 
-/* New path: record (if absent) + LPUSH of the Celery message + in-flight
- * entry, atomically.  0: cb will be called once; -1: not sent (err). */
-int records_submit_new(records *rs, const submission *sub, const char *record, double submitted_at,
-                       rec_cb cb, void *arg, char err[256]) __attribute__((warn_unused_result));
-
 /* Legacy path, before the Queue Service call: the record, if absent (or
  * already this very record: a retried claim).  0: cb will be called once;
  * -1: not sent (Redis away, or its clock not measured yet). */

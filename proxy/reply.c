@@ -15,7 +15,7 @@
 #include <jansson.h>
 
 #include "conns.h"
-#include "legacy_backend.h"
+#include "backend.h"
 #include "pserver.h"
 #include "util.h"
 
@@ -50,25 +50,25 @@ void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream wh
     metrics_add(p->m.upstream_errors, metrics_at(p->m.upstream_errors, c), 1);
 }
 
-int px_legacy_failed(proxy *p, const legacy_result *res, const char **code)
+enum pm_upstream px_upstream_reason(enum bk_outcome o)
 {
-    enum pm_upstream why;
-    int status = 502;
-    *code = "legacy_error";
-    switch (res->outcome) {
-    case LEGACY_TIMEOUT:
-        why = UP_TIMEOUT;
-        status = 504;
-        *code = "legacy_timeout";
-        break;
-    case LEGACY_UNREACHABLE: why = UP_CONNECT; break;
-    case LEGACY_BAD_STATUS:
-    case LEGACY_NOT_FOUND:
-    case LEGACY_CONFLICT: why = UP_BAD_STATUS; break;
-    default: why = UP_BAD_REPLY; break; /* an unreadable answer, or the call could not start */
+    switch (o) {
+    case BK_TIMEOUT: return UP_TIMEOUT;
+    case BK_UNREACHABLE: return UP_CONNECT;
+    case BK_BAD_STATUS:
+    case BK_NOT_FOUND:
+    case BK_CONFLICT: return UP_BAD_STATUS;
+    case BK_DOWN: return UP_REDIS_DOWN;
+    case BK_REFUSED: return UP_REDIS_ERROR;
+    case BK_FULL: return UP_QUEUE_FULL;
+    default: return UP_BAD_REPLY; /* an unreadable answer, or the call could not start */
     }
-    px_count_upstream_error(p, PATH_LEGACY, why);
-    return status;
+}
+
+int px_backend_failed(proxy *p, enum route_path path, const bk_result *res, const char **code)
+{
+    px_count_upstream_error(p, path, px_upstream_reason(res->outcome));
+    return bk_http_status(p->paths[path], res, code);
 }
 
 void px_count_decision(proxy *p, enum route_path path, enum route_reason reason)

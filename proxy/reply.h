@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "backend.h"
 #include "pmetrics.h"
 #include "router.h"
 #include "submission.h"
@@ -15,7 +16,7 @@
 struct evhttp_request;
 typedef struct proxy proxy;
 typedef struct json_t json_t;
-typedef struct legacy_result legacy_result;
+typedef struct bk_result bk_result;
 
 /* One request that waits on a backend.  Completed by finish() exactly once. */
 typedef struct preq {
@@ -70,10 +71,12 @@ bool px_accept_json_post(proxy *p, struct evhttp_request *req, enum pm_route rou
                          const char **sticky);
 void px_count_decision(proxy *p, enum route_path path, enum route_reason reason);
 void px_count_upstream_error(proxy *p, enum route_path path, enum pm_upstream why);
-/* The one mapping of a failed legacy call (any backend): counts it in
- * turnout_upstream_errors_total{path="legacy"} and gives the HTTP status
- * (504 for a timeout, else 502) and the error code to answer with. */
-int px_legacy_failed(proxy *p, const legacy_result *res, const char **code);
+/* The one mapping of a failed backend call, whatever the path: the
+ * turnout_upstream_errors_total reason of an outcome, and
+ * px_backend_failed, which counts it for `path` and gives the HTTP status
+ * and the error code to answer with (bk_http_status). */
+enum pm_upstream px_upstream_reason(enum bk_outcome o);
+int px_backend_failed(proxy *p, enum route_path path, const bk_result *res, const char **code);
 
 /* Frees a record whose reply the caller sent itself (pass-through: after
  * evhttp_send_reply and px_count_reply). */

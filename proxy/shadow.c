@@ -29,6 +29,11 @@ bool shadow_draw(const proxy *p)
     return (double)r / 4294967296.0 < p->cfg.shadow_percentage;
 }
 
+void shadow_mirror(proxy *p, enum route_path path, const submission *sub)
+{
+    if (path == PATH_LEGACY && shadow_draw(p)) shadow_start(p, sub);
+}
+
 void shadow_start(proxy *p, const submission *sub)
 {
     char tid[SUB_MAX_EVAL_ID + 16], key[SUB_MAX_EVAL_ID + 32], qkey[256], now[32], ttl[24], err[256];
@@ -186,7 +191,7 @@ static void report(proxy *p, const char *eval_id, const char *side, json_t *verd
 
 void shadow_report_legacy(proxy *p, const char *eval_id, json_t *task)
 {
-    const char *st = legacy_normalized_status(task);
+    const char *st = bk_normalized_status(task);
     json_t *v = json_pack("{s:s?, s:O?, s:O?}", "status", st, "output", json_object_get(task, "output"), "exit_code",
                           json_object_get(task, "exit_code"));
     report(p, eval_id, "legacy", v);

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 
+#include "router.h"
 #include "submission.h"
 
 typedef struct proxy proxy;
@@ -36,6 +37,9 @@ bool shadow_draw(const proxy *p);
 /* Enqueues the shadow task, fire and forget: it never delays or fails the
  * submission that asked for it. */
 void shadow_start(proxy *p, const submission *sub);
+/* A submission a path took: shadowed on the new path when it went to
+ * legacy and the SHADOW_PERCENTAGE draw says so. */
+void shadow_mirror(proxy *p, enum route_path path, const submission *sub);
 
 /* One side's verdict: side "legacy" with the Queue Service's task JSON, or
  * side "new" with the Celery result record of shadow-<eval_id>. */

@@ -123,7 +123,7 @@ static json_t *shape(const status_op *op, const char *status, const char *path)
 
 static void reply_legacy(status_op *op, json_t *task)
 {
-    const char *status = legacy_normalized_status(task);
+    const char *status = bk_normalized_status(task);
     if (!status) {
         px_count_upstream_error(op->r->p, PATH_LEGACY, UP_BAD_REPLY);
         op_error(op, 502, "legacy_error", "the legacy Queue Service answered with a status turnout does not know", 0);
@@ -145,14 +145,14 @@ static void reply_legacy(status_op *op, json_t *task)
     op_reply(op, 200, o);
 }
 
-static void on_legacy_task(const legacy_result *res, void *arg)
+static void on_legacy_task(const bk_result *res, void *arg)
 {
     status_op *op = arg;
     proxy *p = op->r->p;
     char msg[400];
     px_hold_in_flight(op->r, NOT_WAITING);
     const char *kept = json_string_value(json_object_get(op->record, "outcome"));
-    if (legacy_reply_unreadable(res) && (kept || res->too_large)) {
+    if (bk_reply_unreadable(res) && (kept || res->too_large)) {
         /* The result cannot be read: completion tracking finished the eval
          * as failed (the record says why), or will, as a reply too large
          * never gets smaller.  The status says so instead of a 502. */
@@ -177,11 +177,11 @@ static void on_legacy_task(const legacy_result *res, void *arg)
         return;
     }
     switch (res->outcome) {
-    case LEGACY_OK:
+    case BK_OK:
         op->r->path = PATH_LEGACY;
         reply_legacy(op, res->doc);
         return;
-    case LEGACY_NOT_FOUND:
+    case BK_NOT_FOUND:
         if (kept) {
             /* legacy forgot it; the record kept how it ended */
             op->r->path = PATH_LEGACY;
@@ -209,7 +209,7 @@ static void on_legacy_task(const legacy_result *res, void *arg)
         return;
     default: {
         const char *code;
-        int st = px_legacy_failed(p, res, &code);
+        int st = px_backend_failed(p, PATH_LEGACY, res, &code);
         op_error(op, st, code, res->detail, 0);
         return;
     }
@@ -219,7 +219,7 @@ static void on_legacy_task(const legacy_result *res, void *arg)
 static void ask_legacy(status_op *op)
 {
     px_hold_in_flight(op->r, PATH_LEGACY);
-    if (!legacy_get_task(op->r->p->legacy, op->eval_id, on_legacy_task, op)) {
+    if (!bk_get_task(op->r->p->paths[PATH_LEGACY], op->eval_id, on_legacy_task, op)) {
         px_count_reject(op->r->p, RJ_OOM);
         op_error(op, 503, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
     }
@@ -377,14 +377,14 @@ static void queue_done(queue_op *q)
     free(q);
 }
 
-static void on_queue_legacy(const legacy_result *res, void *arg)
+static void on_queue_legacy(const bk_result *res, void *arg)
 {
     queue_op *q = arg;
-    if (res->outcome == LEGACY_OK) {
+    if (res->outcome == BK_OK) {
         q->legacy = json_deep_copy(res->doc);
     } else {
         const char *code;
-        (void)px_legacy_failed(q->r->p, res, &code);
+        (void)px_backend_failed(q->r->p, PATH_LEGACY, res, &code);
         q->legacy = json_pack("{s:s, s:s}", "error", code, "message",
                               res->detail ? res->detail : "the legacy queue did not answer");
     }
@@ -437,7 +437,7 @@ void status_api_queue(proxy *p, struct evhttp_request *req, double t0)
     q->r = r;
     q->waiting = 3; /* legacy, new, this function */
     px_hold_in_flight(r, PATH_NONE);
-    if (!legacy_queue_status(p->legacy, on_queue_legacy, q)) {
+    if (!bk_queue_status(p->paths[PATH_LEGACY], on_queue_legacy, q)) {
         q->legacy = json_pack("{s:s, s:s}", "error", "out_of_memory", "message", "the legacy call could not start");
         q->waiting--;
     }

@@ -1,6 +1,6 @@
 #include "legacy_http.h"
 
-#include "legacy_backend.h"
+#include "backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +22,7 @@ struct legacy_client {
 };
 
 typedef struct call {
-    legacy_cb cb;
+    bk_cb cb;
     void *arg;
     enum legacy_call_kind kind;
 } call;
@@ -46,10 +46,10 @@ static legacy_client *legacy_client_new(httpc *h, const char *base_url, long tim
 static void legacy_client_free(void *lc) { free(lc); }
 
 void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const char *errmsg,
-                        long status, const char *body, size_t len, legacy_result *out,
-                        json_t **doc_out, char detail[LEGACY_DETAIL_MAX])
+                        long status, const char *body, size_t len, bk_result *out,
+                        json_t **doc_out, char detail[BK_DETAIL_MAX])
 {
-    legacy_result r = {LEGACY_OK, status, -1, NULL, NULL, false, false};
+    bk_result r = {BK_OK, status, -1, NULL, NULL, false, false, NULL};
     json_t *doc = NULL;
 
     /* The body is only trusted as JSON when the transfer completed; error
@@ -60,33 +60,33 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
     /* the request went out and no clear answer came back: it may have acted */
     r.maybe_done = transfer_error != HTTPC_OK && transfer_error != HTTPC_ECONNECT && transfer_error != HTTPC_ECANCELLED;
     if (transfer_error == HTTPC_ETIMEOUT) {
-        r.outcome = LEGACY_TIMEOUT;
+        r.outcome = BK_TIMEOUT;
         r.detail = "the legacy Queue Service did not answer in time";
     } else if (transfer_error == HTTPC_ETOOBIG) {
         /* it answered, with more than LEGACY_MAX_REPLY_BYTES */
-        r.outcome = LEGACY_BAD_REPLY;
+        r.outcome = BK_BAD_REPLY;
         r.too_large = true;
         r.detail = "the legacy Queue Service answered with a reply larger than LEGACY_MAX_REPLY_BYTES";
     } else if (transfer_error != HTTPC_OK) {
-        r.outcome = LEGACY_UNREACHABLE;
-        util_snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service is unreachable: %s",
+        r.outcome = BK_UNREACHABLE;
+        util_snprintf(detail, BK_DETAIL_MAX, "the legacy Queue Service is unreachable: %s",
                  errmsg ? errmsg : "transfer failed");
         r.detail = detail;
     } else if (status == 409) {
-        r.outcome = LEGACY_CONFLICT;
+        r.outcome = BK_CONFLICT;
         const char *msg = json_string_value(json_object_get(doc, "message"));
         r.detail = msg ? msg : "the legacy Queue Service already has this eval_id";
     } else if (status == 404 && kind == LEGACY_CALL_TASK) {
-        r.outcome = LEGACY_NOT_FOUND;
+        r.outcome = BK_NOT_FOUND;
         r.detail = "the legacy Queue Service does not know this eval_id";
     } else if (status < 200 || status > 299) {
-        r.outcome = LEGACY_BAD_STATUS;
+        r.outcome = BK_BAD_STATUS;
         const char *msg = json_string_value(json_object_get(doc, "message"));
-        snprintf(detail, LEGACY_DETAIL_MAX, "the legacy Queue Service answered %ld%s%.*s", status,
+        snprintf(detail, BK_DETAIL_MAX, "the legacy Queue Service answered %ld%s%.*s", status,
                  msg ? ": " : "", UTF8_CUT(msg ? msg : "", 200));
         r.detail = detail;
     } else if (kind != LEGACY_CALL_HEALTH && !json_is_object(doc)) {
-        r.outcome = LEGACY_BAD_REPLY;
+        r.outcome = BK_BAD_REPLY;
         r.maybe_done = true; /* a 2xx: it most likely did */
         r.detail = "the legacy Queue Service answered with something that is not a JSON object";
     } else if (kind == LEGACY_CALL_SUBMIT || kind == LEGACY_CALL_TASK) {
@@ -100,8 +100,8 @@ void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const ch
 static void on_done(const httpc_response *resp, void *arg)
 {
     call *c = arg;
-    legacy_result r;
-    char detail[LEGACY_DETAIL_MAX];
+    bk_result r;
+    char detail[BK_DETAIL_MAX];
     json_t *doc = NULL;
 
     legacy_parse_reply(c->kind, resp->error, resp->errmsg, resp->status, resp->body, resp->body_len,
@@ -112,7 +112,7 @@ static void on_done(const httpc_response *resp, void *arg)
 }
 
 static httpc_req *start(legacy_client *lc, const char *method, const char *url, const char *body,
-                        size_t len, enum legacy_call_kind kind, legacy_cb cb, void *arg)
+                        size_t len, enum legacy_call_kind kind, bk_cb cb, void *arg)
 {
     static const char *const headers[] = {"Content-Type: application/json",
                                           "Accept: application/json", NULL};
@@ -136,7 +136,7 @@ static httpc_req *start(legacy_client *lc, const char *method, const char *url, 
     return r;
 }
 
-static bool http_submit(void *impl, const legacy_job *j, legacy_cb cb, void *arg)
+static bool http_submit(void *impl, const bk_job *j, bk_cb cb, void *arg)
 {
     legacy_client *lc = impl;
     json_t *o = json_pack("{s:s, s:s#, s:s, s:s, s:i, s:s}", "eval_id", j->eval_id, "code", j->code, j->code_len,
@@ -149,40 +149,42 @@ static bool http_submit(void *impl, const legacy_job *j, legacy_cb cb, void *arg
     return r != NULL;
 }
 
-static bool http_health(void *impl, legacy_cb cb, void *arg)
+static bool http_health(void *impl, bk_cb cb, void *arg)
 {
     legacy_client *lc = impl;
     return start(lc, "GET", lc->health_url, NULL, 0, LEGACY_CALL_HEALTH, cb, arg) != NULL;
 }
 
-static bool task_call(legacy_client *lc, const char *method, const char *eval_id, legacy_cb cb, void *arg)
+static bool task_call(legacy_client *lc, const char *method, const char *eval_id, bk_cb cb, void *arg)
 {
     char url[1024 + 160];
     snprintf(url, sizeof(url), "%s/%s", lc->tasks_url, eval_id);
     return start(lc, method, url, NULL, 0, LEGACY_CALL_TASK, cb, arg) != NULL;
 }
 
-static bool http_get_task(void *impl, const char *eval_id, legacy_cb cb, void *arg)
+static bool http_get_task(void *impl, const char *eval_id, bk_cb cb, void *arg)
 {
     return task_call(impl, "GET", eval_id, cb, arg);
 }
 
 /* The protocol has no way to stop a running task: `terminate` changes
  * nothing, and a running task is a 409 as without it. */
-static bool http_cancel_task(void *impl, const char *eval_id, bool terminate, legacy_cb cb, void *arg)
+static bool http_cancel_task(void *impl, const char *eval_id, bool terminate, bk_cb cb, void *arg)
 {
     (void)terminate;
     return task_call(impl, "DELETE", eval_id, cb, arg);
 }
 
-static bool http_queue_status(void *impl, legacy_cb cb, void *arg)
+static bool http_queue_status(void *impl, bk_cb cb, void *arg)
 {
     legacy_client *lc = impl;
     return start(lc, "GET", lc->status_url, NULL, 0, LEGACY_CALL_TASK, cb, arg) != NULL;
 }
 
-static const legacy_backend_ops http_ops = {
+static const backend_ops http_ops = {
     .name = "http",
+    .error_code = "legacy_error",
+    .timeout_code = "legacy_timeout",
     .can_terminate = false,
     .submit = http_submit,
     .get_task = http_get_task,
@@ -192,8 +194,8 @@ static const legacy_backend_ops http_ops = {
     .destroy = legacy_client_free,
 };
 
-legacy_backend *legacy_http_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes)
+backend *legacy_http_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes)
 {
-    return legacy_backend_new(&http_ops, legacy_client_new(h, base_url, timeout_ms, max_reply_bytes));
+    return backend_new(&http_ops, legacy_client_new(h, base_url, timeout_ms, max_reply_bytes));
 }
 

@@ -1,13 +1,13 @@
 /* legacy_http — the HTTP Queue Service protocol of turnout-legacyd, the
  * proxy's side, over the shared asynchronous HTTP client: one
- * implementation of legacy_backend.h. */
+ * implementation of backend.h. */
 #ifndef TURNOUT_LEGACY_HTTP_H
 #define TURNOUT_LEGACY_HTTP_H
 
 #include <stddef.h>
 
 #include "httpc.h"
-#include "legacy_backend.h"
+#include "backend.h"
 
 /* Which protocol call a reply answers: it decides what a 404 means and
  * whether the body must be a JSON object.  GET /status is read like a task
@@ -26,12 +26,12 @@ enum legacy_call_kind {
  * out->detail points at `detail`, into *doc_out or at static text, so both
  * must outlive every use of *out. */
 void legacy_parse_reply(enum legacy_call_kind kind, int transfer_error, const char *errmsg,
-                        long status, const char *body, size_t len, legacy_result *out,
-                        json_t **doc_out, char detail[LEGACY_DETAIL_MAX]);
+                        long status, const char *body, size_t len, bk_result *out,
+                        json_t **doc_out, char detail[BK_DETAIL_MAX]);
 
 /* The HTTP Queue Service (turnout-legacyd's protocol).  Borrowed httpc and
  * base_url must outlive it.  A reply over max_reply_bytes is
- * LEGACY_BAD_REPLY with too_large set. */
-legacy_backend *legacy_http_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes);
+ * BK_BAD_REPLY with too_large set. */
+backend *legacy_http_new(httpc *h, const char *base_url, long timeout_ms, size_t max_reply_bytes);
 
 #endif

@@ -13,7 +13,7 @@
  * A task is read from the job hash and the newest entry of its result
  * stream rq:results:<id> (type 1 finished with return_value, 2 failed with
  * exc_string, 3 stopped), and given in the Queue Service protocol's words
- * (legacy_backend.h).  The function's return value is the executor's reply
+ * (backend.h).  The function's return value is the executor's reply
  * ({status, output, error, exit_code, duration_s}): its status is the
  * program's verdict; an RQ failure (an exception, RQ's own job timeout) is
  * outcome "error", a system error of the legacy path.
@@ -55,7 +55,7 @@ struct legacy_rq {
 
 typedef struct rq_call {
     legacy_rq *rq;
-    legacy_cb cb;
+    bk_cb cb;
     void *arg;
     char eval_id[160];
     bool submit;
@@ -131,10 +131,10 @@ static const char counts_text[] =
 
 /* ---------- answers ---------- */
 
-static void deliver(rq_call *c, enum legacy_outcome o, const char *detail, json_t *doc, long long position,
+static void deliver(rq_call *c, enum bk_outcome o, const char *detail, json_t *doc, long long position,
                     bool maybe_done)
 {
-    legacy_result r = {o, 0, position, detail, doc, false, maybe_done};
+    bk_result r = {o, 0, position, detail, doc, false, maybe_done, NULL};
     c->cb(&r, c->arg);
     free(c);
 }
@@ -142,17 +142,17 @@ static void deliver(rq_call *c, enum legacy_outcome o, const char *detail, json_
 /* The Redis side failed: the same outcomes as the HTTP service away. */
 static bool failed_reply(rq_call *c, redisReply *reply, const char *err)
 {
-    char detail[LEGACY_DETAIL_MAX];
+    char detail[BK_DETAIL_MAX];
     if (!reply) {
         bool timeout = err && strcmp(err, "timeout") == 0;
         util_snprintf(detail, sizeof(detail), "RQ's Redis (LEGACY_RQ_URL) %s: %s",
                       timeout ? "did not answer in time" : "is unreachable", err ? err : "no reply");
-        deliver(c, timeout ? LEGACY_TIMEOUT : LEGACY_UNREACHABLE, detail, NULL, -1, c->submit);
+        deliver(c, timeout ? BK_TIMEOUT : BK_UNREACHABLE, detail, NULL, -1, c->submit);
         return true;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
         util_snprintf(detail, sizeof(detail), "RQ's Redis refused the command: %.*s", UTF8_CUT(reply->str, 200));
-        deliver(c, LEGACY_BAD_STATUS, detail, NULL, -1, false);
+        deliver(c, BK_BAD_STATUS, detail, NULL, -1, false);
         return true;
     }
     return false;
@@ -163,10 +163,10 @@ static void on_later(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     rq_call *c = arg;
-    deliver(c, LEGACY_UNREACHABLE, "RQ's Redis (LEGACY_RQ_URL) is unreachable", NULL, -1, false);
+    deliver(c, BK_UNREACHABLE, "RQ's Redis (LEGACY_RQ_URL) is unreachable", NULL, -1, false);
 }
 
-static rq_call *new_call(legacy_rq *rq, const char *eval_id, legacy_cb cb, void *arg)
+static rq_call *new_call(legacy_rq *rq, const char *eval_id, bk_cb cb, void *arg)
 {
     rq_call *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
@@ -198,7 +198,7 @@ static void rq_time(double t, char out[40])
 }
 
 /* zlib(serializer((function, None, args, kwargs))), as Job.data; NULL on OOM. */
-static unsigned char *job_data(const legacy_rq *rq, const legacy_job *j, size_t *len)
+static unsigned char *job_data(const legacy_rq *rq, const bk_job *j, size_t *len)
 {
     json_t *t = json_pack("[s, n, [s, o, s], {s:i, s:s, s:i}]", rq->function, j->eval_id,
                           json_stringn(j->code, j->code_len), j->language, "timeout", j->timeout, "engine", j->engine,
@@ -268,7 +268,7 @@ static void append(char *out, size_t cap, size_t *at, const char *text)
 }
 
 /* What RQ's get_call_string makes of the call: what rq worker logs. */
-static void description(const legacy_rq *rq, const legacy_job *j, char *out, size_t cap)
+static void description(const legacy_rq *rq, const bk_job *j, char *out, size_t cap)
 {
     size_t at = 0;
     char tail[64];
@@ -291,18 +291,18 @@ static void on_enqueued(redisReply *reply, const char *err, void *arg)
     rq_call *c = arg;
     if (failed_reply(c, reply, err)) return;
     if (reply->type != REDIS_REPLY_INTEGER) {
-        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the enqueue with something unexpected", NULL, -1, true);
+        deliver(c, BK_BAD_REPLY, "RQ's Redis answered the enqueue with something unexpected", NULL, -1, true);
     } else if (reply->integer < 0) {
-        deliver(c, LEGACY_CONFLICT, "RQ already has a job with this eval_id", NULL, -1, false);
+        deliver(c, BK_CONFLICT, "RQ already has a job with this eval_id", NULL, -1, false);
     } else {
         json_t *doc = json_pack("{s:s, s:s, s:I}", "eval_id", c->eval_id, "status", "queued", "position",
                                 (json_int_t)reply->integer);
-        deliver(c, LEGACY_OK, NULL, doc, reply->integer, false);
+        deliver(c, BK_OK, NULL, doc, reply->integer, false);
         json_decref(doc);
     }
 }
 
-static bool rq_submit(void *impl, const legacy_job *j, legacy_cb cb, void *arg)
+static bool rq_submit(void *impl, const bk_job *j, bk_cb cb, void *arg)
 {
     legacy_rq *rq = impl;
     const char *queue = rq->queue[j->priority <= 2 ? 0 : j->priority <= 5 ? 1 : 2];
@@ -508,30 +508,30 @@ static void on_lookup(redisReply *reply, const char *err, void *arg)
     rq_call *c = arg;
     if (failed_reply(c, reply, err)) return;
     if (reply->type == REDIS_REPLY_NIL) {
-        deliver(c, LEGACY_NOT_FOUND, "RQ has no job with this eval_id", NULL, -1, false);
+        deliver(c, BK_NOT_FOUND, "RQ has no job with this eval_id", NULL, -1, false);
         return;
     }
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
-        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the job look-up with something unexpected", NULL, -1, false);
+        deliver(c, BK_BAD_REPLY, "RQ's Redis answered the job look-up with something unexpected", NULL, -1, false);
         return;
     }
     if (reply->element[3]->type == REDIS_REPLY_INTEGER && reply->element[3]->integer == 1) {
         /* as the HTTP client does with a reply over the limit: it will not
          * get smaller, so completion tracking finishes it at once */
-        legacy_result r = {LEGACY_BAD_REPLY, 0, -1,
-                           "the RQ job's result is larger than LEGACY_MAX_REPLY_BYTES", NULL, true, false};
+        bk_result r = {BK_BAD_REPLY, 0, -1,
+                           "the RQ job's result is larger than LEGACY_MAX_REPLY_BYTES", NULL, true, false, NULL};
         c->cb(&r, c->arg);
         free(c);
         return;
     }
     json_t *doc = task_doc(c->rq, c->eval_id, reply->element[0], reply->element[1], reply->element[2]);
     json_t *pos = json_object_get(doc, "position");
-    if (doc) deliver(c, LEGACY_OK, NULL, doc, json_is_integer(pos) ? (long long)json_integer_value(pos) : -1, false);
-    else deliver(c, LEGACY_INTERNAL, "out of memory reading the RQ job", NULL, -1, false);
+    if (doc) deliver(c, BK_OK, NULL, doc, json_is_integer(pos) ? (long long)json_integer_value(pos) : -1, false);
+    else deliver(c, BK_INTERNAL, "out of memory reading the RQ job", NULL, -1, false);
     json_decref(doc);
 }
 
-static bool rq_get_task(void *impl, const char *eval_id, legacy_cb cb, void *arg)
+static bool rq_get_task(void *impl, const char *eval_id, bk_cb cb, void *arg)
 {
     legacy_rq *rq = impl;
     rq_call *c = new_call(rq, eval_id, cb, arg);
@@ -556,21 +556,21 @@ static void on_cancelled(redisReply *reply, const char *err, void *arg)
                       ? reply->element[0]->integer
                       : -1;
     if (k == 0) {
-        deliver(c, LEGACY_NOT_FOUND, "RQ has no job with this eval_id", NULL, -1, false);
+        deliver(c, BK_NOT_FOUND, "RQ has no job with this eval_id", NULL, -1, false);
     } else if (k == 1 || k == 2) {
         json_t *doc = json_pack("{s:s, s:s}", "eval_id", c->eval_id, "status", k == 1 ? "cancelled" : "stopping");
-        deliver(c, LEGACY_OK, NULL, doc, -1, false);
+        deliver(c, BK_OK, NULL, doc, -1, false);
         json_decref(doc);
     } else if (k == 3 || k == 4) {
         json_t *doc = json_pack("{s:s, s:s}", "eval_id", c->eval_id, "error", k == 3 ? "running" : "finished");
-        deliver(c, LEGACY_CONFLICT, k == 3 ? "the RQ job is running" : "the RQ job has ended", doc, -1, false);
+        deliver(c, BK_CONFLICT, k == 3 ? "the RQ job is running" : "the RQ job has ended", doc, -1, false);
         json_decref(doc);
     } else {
-        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the cancel with something unexpected", NULL, -1, false);
+        deliver(c, BK_BAD_REPLY, "RQ's Redis answered the cancel with something unexpected", NULL, -1, false);
     }
 }
 
-static bool rq_cancel_task(void *impl, const char *eval_id, bool terminate, legacy_cb cb, void *arg)
+static bool rq_cancel_task(void *impl, const char *eval_id, bool terminate, bk_cb cb, void *arg)
 {
     legacy_rq *rq = impl;
     rq_call *c = new_call(rq, eval_id, cb, arg);
@@ -592,7 +592,7 @@ static void on_counts(redisReply *reply, const char *err, void *arg)
     rq_call *c = arg;
     if (failed_reply(c, reply, err)) return;
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 6) {
-        deliver(c, LEGACY_BAD_REPLY, "RQ's Redis answered the queue count with something unexpected", NULL, -1, false);
+        deliver(c, BK_BAD_REPLY, "RQ's Redis answered the queue count with something unexpected", NULL, -1, false);
         return;
     }
     long long queued = 0, running = 0;
@@ -608,11 +608,11 @@ static void on_counts(redisReply *reply, const char *err, void *arg)
     json_t *doc = json_pack("{s:I, s:I, s:I, s:I, s:o, s:o, s:s}", "queued", (json_int_t)queued, "processing",
                             (json_int_t)running, "queue_length", (json_int_t)queued, "total_tasks",
                             (json_int_t)(queued + running), "queues", queues, "started", started, "backend", "rq");
-    deliver(c, doc ? LEGACY_OK : LEGACY_INTERNAL, doc ? NULL : "out of memory", doc, -1, false);
+    deliver(c, doc ? BK_OK : BK_INTERNAL, doc ? NULL : "out of memory", doc, -1, false);
     json_decref(doc);
 }
 
-static bool rq_queue_status(void *impl, legacy_cb cb, void *arg)
+static bool rq_queue_status(void *impl, bk_cb cb, void *arg)
 {
     legacy_rq *rq = impl;
     rq_call *c = new_call(rq, NULL, cb, arg);
@@ -627,11 +627,11 @@ static void on_ping(redisReply *reply, const char *err, void *arg)
     rq_call *c = arg;
     if (failed_reply(c, reply, err)) return;
     json_t *doc = json_pack("{s:s}", "status", "ok");
-    deliver(c, LEGACY_OK, NULL, doc, -1, false);
+    deliver(c, BK_OK, NULL, doc, -1, false);
     json_decref(doc);
 }
 
-static bool rq_health(void *impl, legacy_cb cb, void *arg)
+static bool rq_health(void *impl, bk_cb cb, void *arg)
 {
     legacy_rq *rq = impl;
     rq_call *c = new_call(rq, NULL, cb, arg);
@@ -653,8 +653,10 @@ static void rq_destroy(void *impl)
     free(rq);
 }
 
-static const legacy_backend_ops rq_ops = {
+static const backend_ops rq_ops = {
     .name = "rq",
+    .error_code = "legacy_error",
+    .timeout_code = "legacy_timeout",
     .can_terminate = true,
     .submit = rq_submit,
     .get_task = rq_get_task,
@@ -664,7 +666,7 @@ static const legacy_backend_ops rq_ops = {
     .destroy = rq_destroy,
 };
 
-legacy_backend *legacy_rq_new(struct event_base *base, const legacy_rq_opts *o, char err[256])
+backend *legacy_rq_new(struct event_base *base, const legacy_rq_opts *o, char err[256])
 {
     static bool scripts;
     if (!scripts) {
@@ -701,7 +703,7 @@ legacy_backend *legacy_rq_new(struct event_base *base, const legacy_rq_opts *o, 
         free(rq);
         return NULL;
     }
-    legacy_backend *b = legacy_backend_new(&rq_ops, rq);
+    backend *b = backend_new(&rq_ops, rq);
     if (!b) snprintf(err, 256, "out of memory");
     return b;
 }

@@ -4,7 +4,7 @@
 
 #include <stdbool.h>
 
-#include "legacy_backend.h"
+#include "backend.h"
 
 struct event_base;
 
@@ -22,6 +22,6 @@ typedef struct legacy_rq_opts {
 
 /* Connects at once (and again whenever the connection drops).  NULL with
  * err on a bad URL or OOM. */
-legacy_backend *legacy_rq_new(struct event_base *base, const legacy_rq_opts *o, char err[256]);
+backend *legacy_rq_new(struct event_base *base, const legacy_rq_opts *o, char err[256]);
 
 #endif

@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void check_status(json_t *doc)
 {
     static const char *const known[] = {"queued", "running", "completed", "failed", "timeout", "cancelled"};
-    const char *st = legacy_normalized_status(doc);
+    const char *st = bk_normalized_status(doc);
     if (!st) return;
     bool ok = false;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) ok = ok || strcmp(st, known[i]) == 0;
@@ -58,22 +58,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *errmsg = terr != HTTPC_OK && !(head[1] & 0x08) ? "Connection refused" : NULL;
     long status = (long)(head[2] << 8 | head[3]);
 
-    legacy_result r;
+    bk_result r;
     json_t *doc = (json_t *)&r; /* must be overwritten */
-    char detail[LEGACY_DETAIL_MAX];
+    char detail[BK_DETAIL_MAX];
     memset(detail, 0x5a, sizeof(detail));
     legacy_parse_reply(kind, terr, errmsg, status, body, len, &r, &doc, detail);
 
     CHECK(r.doc == doc);
     CHECK(r.status == status);
     CHECK(doc == NULL || (terr == HTTPC_OK && len > 0));
-    CHECK(r.position == -1 || r.outcome == LEGACY_OK);
-    CHECK((r.detail == NULL) == (r.outcome == LEGACY_OK));
+    CHECK(r.position == -1 || r.outcome == BK_OK);
+    CHECK((r.detail == NULL) == (r.outcome == BK_OK));
     if (r.detail == detail) CHECK(memchr(detail, '\0', sizeof(detail)) != NULL);
-    else if (r.detail) CHECK(strlen(r.detail) > 0 || r.outcome == LEGACY_CONFLICT);
+    else if (r.detail) CHECK(strlen(r.detail) > 0 || r.outcome == BK_CONFLICT);
 
     switch (r.outcome) {
-    case LEGACY_OK:
+    case BK_OK:
         CHECK(terr == HTTPC_OK && status >= 200 && status <= 299 && status != 409);
         CHECK(kind == LEGACY_CALL_HEALTH || json_is_object(doc));
         if (kind == LEGACY_CALL_HEALTH) CHECK(r.position == -1);
@@ -81,17 +81,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(r.position == json_integer_value(json_object_get(doc, "position")));
         else CHECK(r.position == -1);
         break;
-    case LEGACY_TIMEOUT: CHECK(terr == HTTPC_ETIMEOUT); break;
-    case LEGACY_UNREACHABLE:
+    case BK_TIMEOUT: CHECK(terr == HTTPC_ETIMEOUT); break;
+    case BK_UNREACHABLE:
         CHECK(terr != HTTPC_OK && terr != HTTPC_ETIMEOUT && terr != HTTPC_ETOOBIG && r.detail == detail);
         break;
-    case LEGACY_CONFLICT: CHECK(terr == HTTPC_OK && status == 409); break;
-    case LEGACY_NOT_FOUND: CHECK(terr == HTTPC_OK && status == 404 && kind == LEGACY_CALL_TASK); break;
-    case LEGACY_BAD_STATUS: CHECK(terr == HTTPC_OK && (status < 200 || status > 299) && r.detail == detail); break;
-    case LEGACY_BAD_REPLY: /* a reply too large for the protocol is a bad reply too */
+    case BK_CONFLICT: CHECK(terr == HTTPC_OK && status == 409); break;
+    case BK_NOT_FOUND: CHECK(terr == HTTPC_OK && status == 404 && kind == LEGACY_CALL_TASK); break;
+    case BK_BAD_STATUS: CHECK(terr == HTTPC_OK && (status < 200 || status > 299) && r.detail == detail); break;
+    case BK_BAD_REPLY: /* a reply too large for the protocol is a bad reply too */
         CHECK(terr == HTTPC_ETOOBIG || (terr == HTTPC_OK && kind != LEGACY_CALL_HEALTH && !json_is_object(doc)));
         break;
-    case LEGACY_INTERNAL: CHECK(!"legacy_parse_reply never reports LEGACY_INTERNAL"); break;
+    case BK_INTERNAL: CHECK(!"legacy_parse_reply never reports BK_INTERNAL"); break;
     }
 
     /* The callers read the task state off the doc whatever the outcome

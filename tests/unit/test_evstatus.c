@@ -64,7 +64,7 @@ static const char *legacy(const char *text)
 {
     static char out[32];
     json_t *t = json_loads(text, 0, NULL);
-    const char *s = legacy_normalized_status(t);
+    const char *s = bk_normalized_status(t);
     snprintf(out, sizeof(out), "%s", s ? s : "(null)");
     json_decref(t);
     return out;
