@@ -12,8 +12,7 @@ typedef struct json_t json_t;
 typedef void (*evlookup_cb)(const char *status, void *arg);
 
 /* A terminal outcome kept in the record answers at once (before this
- * returns); otherwise the new path's result, running and retry keys, or
- * the legacy Queue Service, are asked.  `record` is borrowed for the call.
+ * returns); otherwise the path's backend is asked (get_task).  `record` is borrowed for the call.
  * cb is called exactly once. */
 void evlookup_status(proxy *p, const char *eval_id, json_t *record, evlookup_cb cb, void *arg);
 

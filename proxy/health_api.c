@@ -9,67 +9,76 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <hiredis/hiredis.h>
 #include <jansson.h>
 
 #include "conns.h"
 #include "backend.h"
 #include "metrics.h"
 #include "pserver.h"
-#include "rclient.h"
 #include "reply.h"
 #include "util.h"
 
-static void readyz_done(preq *r)
+/* /readyz names each path by what it depends on. */
+static const char *const ready_names[PATH_NONE] = {[PATH_LEGACY] = "legacy", [PATH_NEW] = "redis"};
+
+typedef struct ready {
+    preq *r;
+    int checks_left;
+    bool up[PATH_NONE];
+} ready;
+
+typedef struct ready_check {
+    ready *rd;
+    enum route_path path;
+} ready_check;
+
+static void readyz_done(ready *rd)
 {
-    if (--r->checks_left > 0) return;
-    bool ok = r->redis_ok && r->legacy_ok;
-    json_t *o = json_pack("{s:s, s:s, s:s}", "status", ok ? "ready" : "not_ready", "redis",
-                          r->redis_ok ? "up" : "down", "legacy", r->legacy_ok ? "up" : "down");
-    if (o && !ok) {
-        json_t *down = json_array();
-        if (!r->redis_ok) json_array_append_new(down, json_string("redis"));
-        if (!r->legacy_ok) json_array_append_new(down, json_string("legacy"));
-        json_object_set_new(o, "down", down);
+    if (--rd->checks_left > 0) return;
+    bool ok = true;
+    for (int i = 0; i < PATH_NONE; i++) ok = ok && rd->up[i];
+    json_t *o = json_object(), *down = json_array();
+    json_object_set_new(o, "status", json_string(ok ? "ready" : "not_ready"));
+    for (int i = PATH_NONE - 1; i >= 0; i--) {
+        json_object_set_new(o, ready_names[i], json_string(rd->up[i] ? "up" : "down"));
+        if (!rd->up[i]) json_array_append_new(down, json_string(ready_names[i]));
     }
-    px_finish_json(r, ok ? 200 : 503, o);
+    if (!ok) json_object_set(o, "down", down);
+    json_decref(down);
+    px_finish_json(rd->r, ok ? 200 : 503, o);
     json_decref(o);
+    free(rd);
 }
 
-static void on_ready_redis(struct redisReply *reply, const char *err, void *arg)
+static void on_ready(const bk_result *res, void *arg)
 {
-    preq *r = arg;
-    (void)err;
-    r->redis_ok = reply && reply->type == REDIS_REPLY_STATUS;
-    readyz_done(r);
-}
-
-static void on_ready_legacy(const bk_result *res, void *arg)
-{
-    preq *r = arg;
-    r->legacy_ok = res->outcome == BK_OK;
-    readyz_done(r);
+    ready_check *c = arg;
+    c->rd->up[c->path] = res->outcome == BK_OK;
+    ready *rd = c->rd;
+    free(c);
+    readyz_done(rd);
 }
 
 void health_api_readyz(proxy *p, struct evhttp_request *req, double t0)
 {
-    preq *r = px_req_new(p, req, RT_PROBE, t0);
+    ready *rd = calloc(1, sizeof(*rd));
+    preq *r = rd ? px_req_new(p, req, RT_PROBE, t0) : NULL;
     if (!r) {
+        free(rd);
         px_reply_error(p, req, RT_PROBE, t0, 503, "out_of_memory", "the proxy is short of memory", 1);
         return;
     }
-    r->checks_left = 3; /* two checks + this function's own hold */
-    static const char *ping[] = {"PING"};
-    static const size_t pinglen[] = {4};
-    if (rclient_command(p->broker, on_ready_redis, r, 1, ping, pinglen) != 0) {
-        r->redis_ok = false;
-        r->checks_left--;
+    rd->r = r;
+    rd->checks_left = PATH_NONE + 1; /* each path + this function's own hold */
+    for (int i = 0; i < PATH_NONE; i++) {
+        ready_check *c = malloc(sizeof(*c));
+        if (c) *c = (ready_check){rd, (enum route_path)i};
+        if (!c || !bk_health(p->paths[i], on_ready, c)) {
+            free(c);
+            rd->checks_left--;
+        }
     }
-    if (!bk_health(p->paths[PATH_LEGACY], on_ready_legacy, r)) {
-        r->legacy_ok = false;
-        r->checks_left--;
-    }
-    readyz_done(r);
+    readyz_done(rd);
 }
 
 void health_api_metrics(proxy *p, struct evhttp_request *req, double t0)

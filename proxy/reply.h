@@ -28,8 +28,6 @@ typedef struct preq {
     double t0;
     submission sub;
     route_decision dec;
-    int checks_left;            /* /readyz */
-    bool redis_ok, legacy_ok;
 } preq;
 
 /* waiting_on value when the request waits on no backend */

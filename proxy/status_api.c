@@ -9,23 +9,16 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
-#include "celery.h"
 #include "evstatus.h"
-#include "jsafe.h"
-#include "keys.h"
-#include "log.h"
 #include "pserver.h"
 #include "reply.h"
-#include "rbatch.h"
 #include "records.h"
-#include "results.h"
 #include "util.h"
 
-#define RUNNING_PREFIX KEY_RUNNING_PREFIX
-#define SCHEDULE_IDS KEY_SCHEDULE_IDS
-#define SCHEDULE KEY_SCHEDULE
-#define DLQ_INDEX KEY_DLQ_INDEX
-#define KEY_MAX (SUB_MAX_EVAL_ID + 96)
+/* An eval no route record names (submitted around the proxy, or its
+ * record expired): the paths are asked in this order. */
+static const enum route_path unrouted_order[] = {PATH_NEW, PATH_LEGACY};
+#define UNROUTED_N (sizeof(unrouted_order) / sizeof(unrouted_order[0]))
 
 bool status_api_match(const char *path, const char **id, size_t *len)
 {
@@ -49,8 +42,12 @@ bool status_api_match(const char *path, const char **id, size_t *len)
 typedef struct status_op {
     preq *r;
     char eval_id[SUB_MAX_EVAL_ID + 1];
-    json_t *record; /* route record, or NULL */
-    bool redis_down;
+    json_t *record;        /* route record, or NULL */
+    enum route_path asked; /* the path being asked */
+    size_t next;           /* unrouted: the next index of unrouted_order */
+    bool unasked;          /* a path (or the route records) could not be asked */
+    bool records_down;     /* the route records could not be read */
+    enum pm_upstream records_why;
 } status_op;
 
 static void op_free(status_op *op)
@@ -121,19 +118,25 @@ static json_t *shape(const status_op *op, const char *status, const char *path)
     return o;
 }
 
-static void reply_legacy(status_op *op, json_t *task)
+/* The backend's task doc in the common shape. */
+static void reply_task(status_op *op, json_t *task)
 {
+    enum route_path path = op->asked;
     const char *status = bk_normalized_status(task);
     if (!status) {
-        px_count_upstream_error(op->r->p, PATH_LEGACY, UP_BAD_REPLY);
-        op_error(op, 502, "legacy_error", "the legacy Queue Service answered with a status turnout does not know", 0);
+        const char *code = op->r->p->paths[path]->ops->error_code;
+        px_count_upstream_error(op->r->p, path, UP_BAD_REPLY);
+        op_error(op, 502, code, "the path's queue answered with a status turnout does not know", 0);
         return;
     }
-    json_t *o = shape(op, status, "legacy");
+    json_t *o = shape(op, status, route_path_names[path]);
     if (o) {
-        if (!op->record) json_object_set(o, "created_at", json_object_get(task, "queued_at"));
-        const char *fields[] = {"completed_at", "output", "exit_code"};
-        for (int i = 0; i < 3; i++) {
+        if (!op->record) {
+            json_t *queued_at = json_object_get(task, "queued_at");
+            if (queued_at) json_object_set(o, "created_at", queued_at);
+        }
+        const char *fields[] = {"completed_at", "output", "exit_code", "executor", "retries"};
+        for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
             json_t *v = json_object_get(task, fields[i]);
             if (v) json_object_set(o, fields[i], v);
         }
@@ -145,160 +148,145 @@ static void reply_legacy(status_op *op, json_t *task)
     op_reply(op, 200, o);
 }
 
-static void on_legacy_task(const bk_result *res, void *arg)
+/* The record kept how it ended (the path forgot it, or its result cannot
+ * be read): the common shape from the record. */
+static void reply_kept(status_op *op, const char *kept, json_t *error)
+{
+    json_t *o = shape(op, kept, route_path_names[op->asked]);
+    if (o) {
+        set_error(o, error);
+        json_object_set_new(o, "success", json_boolean(strcmp(kept, "completed") == 0));
+        json_object_set_new(o, "queue_position", json_null());
+    }
+    op_reply(op, 200, o);
+}
+
+static void ask(status_op *op, enum route_path path);
+
+/* The next path to ask of an unrouted eval, or PATH_NONE.  When the route
+ * records could not be read, a path on the proxy's own store is skipped:
+ * that store has just failed to answer. */
+static enum route_path next_unrouted(status_op *op)
+{
+    while (op->next < UNROUTED_N) {
+        enum route_path path = unrouted_order[op->next++];
+        if (!(op->records_down && op->r->p->paths[path]->ops->own_store)) return path;
+        px_count_upstream_error(op->r->p, path, op->records_why); /* its store failed, for it */
+    }
+    return PATH_NONE;
+}
+
+/* Not known to the path asked. */
+static void not_found(status_op *op)
+{
+    char msg[400];
+    enum route_path next;
+    backend *b = op->r->p->paths[op->asked];
+    const char *kept = json_string_value(json_object_get(op->record, "outcome"));
+    if (op->record && kept) {
+        reply_kept(op, kept, json_object_get(op->record, "error"));
+    } else if (op->record && b->ops->queued_unindexed) {
+        /* routed there, nothing else yet: its message waits in the queue */
+        json_t *o = shape(op, "queued", route_path_names[op->asked]);
+        if (o) json_object_set_new(o, "queue_position", json_null());
+        op_reply(op, 200, o);
+    } else if (op->record) {
+        snprintf(msg, sizeof(msg),
+                 "eval_id \"%s\" was routed to the %s path, but its queue no longer knows it (its results expire)",
+                 op->eval_id, route_path_names[op->asked]);
+        op_error(op, 404, "not_found", msg, 0);
+    } else if ((next = next_unrouted(op)) != PATH_NONE) {
+        ask(op, next);
+    } else if (op->unasked) {
+        op_error(op, 503, "redis_unavailable",
+                 "Redis is unreachable, so the new path cannot be asked, and the legacy queue does not know this "
+                 "eval_id; retry after the Retry-After delay",
+                 1);
+    } else {
+        snprintf(msg, sizeof(msg),
+                 "no evaluation \"%s\" on either path (no route record, no result, unknown to the legacy queue)",
+                 op->eval_id);
+        op_error(op, 404, "not_found", msg, 0);
+    }
+}
+
+static void on_task(const bk_result *res, void *arg)
 {
     status_op *op = arg;
     proxy *p = op->r->p;
     char msg[400];
     px_hold_in_flight(op->r, NOT_WAITING);
+    op->r->path = op->asked;
     const char *kept = json_string_value(json_object_get(op->record, "outcome"));
     if (bk_reply_unreadable(res) && (kept || res->too_large)) {
         /* The result cannot be read: completion tracking finished the eval
          * as failed (the record says why), or will, as a reply too large
          * never gets smaller.  The status says so instead of a 502. */
-        op->r->path = PATH_LEGACY;
-        px_count_upstream_error(p, PATH_LEGACY, UP_BAD_REPLY);
-        json_t *o = shape(op, kept ? kept : "failed", "legacy");
-        if (o) {
-            json_t *why = json_object_get(op->record, "error");
-            if (!json_is_string(why)) {
-                snprintf(msg, sizeof(msg),
-                         "the result could not be read: the legacy Queue Service's reply is larger than "
-                         "LEGACY_MAX_REPLY_BYTES (%lld bytes)",
-                         p->cfg.legacy_max_reply_bytes);
-                json_object_set_new(o, "error", json_string(msg));
-            } else {
-                set_error(o, why);
-            }
-            json_object_set_new(o, "success", json_false());
-            json_object_set_new(o, "queue_position", json_null());
+        px_count_upstream_error(p, op->asked, UP_BAD_REPLY);
+        json_t *why = json_object_get(op->record, "error");
+        if (json_is_string(why)) {
+            reply_kept(op, kept ? kept : "failed", why);
+            return;
         }
-        op_reply(op, 200, o);
+        snprintf(msg, sizeof(msg),
+                 "the result could not be read: the legacy queue's reply is larger than LEGACY_MAX_REPLY_BYTES (%lld "
+                 "bytes)",
+                 p->cfg.legacy_max_reply_bytes);
+        json_t *text = json_string(msg);
+        reply_kept(op, kept ? kept : "failed", text);
+        json_decref(text);
         return;
     }
-    switch (res->outcome) {
-    case BK_OK:
-        op->r->path = PATH_LEGACY;
-        reply_legacy(op, res->doc);
-        return;
-    case BK_NOT_FOUND:
-        if (kept) {
-            /* legacy forgot it; the record kept how it ended */
-            op->r->path = PATH_LEGACY;
-            json_t *o = shape(op, kept, "legacy");
-            if (o) {
-                set_error(o, json_object_get(op->record, "error"));
-                json_object_set_new(o, "queue_position", json_null());
-            }
-            op_reply(op, 200, o);
-        } else if (op->record) {
-            op->r->path = PATH_LEGACY;
-            snprintf(msg, sizeof(msg),
-                     "eval_id \"%s\" was routed to the legacy path, but the legacy Queue Service no longer knows it (its results expire)",
-                     op->eval_id);
-            op_error(op, 404, "not_found", msg, 0);
-        } else if (op->redis_down) {
-            op_error(op, 503, "redis_unavailable",
-                     "Redis is unreachable, so the new path cannot be asked, and the legacy Queue Service does not know this eval_id; retry after the Retry-After delay",
-                     1);
-        } else {
-            snprintf(msg, sizeof(msg), "no evaluation \"%s\" on either path (no route record, no result, unknown to the legacy Queue Service)",
-                     op->eval_id);
-            op_error(op, 404, "not_found", msg, 0);
-        }
-        return;
-    default: {
-        const char *code;
-        int st = px_backend_failed(p, PATH_LEGACY, res, &code);
-        op_error(op, st, code, res->detail, 0);
+    if (res->outcome == BK_OK) {
+        reply_task(op, res->doc);
         return;
     }
+    if (res->outcome == BK_NOT_FOUND) {
+        not_found(op);
+        return;
     }
+    enum route_path next = op->record ? PATH_NONE : next_unrouted(op);
+    if (next != PATH_NONE) {
+        /* this path cannot be asked now; another one may know the eval */
+        px_count_upstream_error(p, op->asked, px_upstream_reason(res->outcome));
+        op->unasked = true;
+        ask(op, next);
+        return;
+    }
+    const char *code;
+    int st = px_backend_failed(p, op->asked, res, &code);
+    op_error(op, st, code, res->detail ? res->detail : "the path's queue did not answer", st == 503 ? 1 : 0);
 }
 
-static void ask_legacy(status_op *op)
+static void ask(status_op *op, enum route_path path)
 {
-    px_hold_in_flight(op->r, PATH_LEGACY);
-    if (!bk_get_task(op->r->p->paths[PATH_LEGACY], op->eval_id, on_legacy_task, op)) {
+    op->asked = path;
+    px_hold_in_flight(op->r, path);
+    if (!bk_get_task(op->r->p->paths[path], op->eval_id, on_task, op)) {
         px_count_reject(op->r->p, RJ_OOM);
-        op_error(op, 503, "out_of_memory", "the proxy could not start the legacy call; retry shortly", 1);
+        op_error(op, 503, "out_of_memory", "the proxy could not start the path's call; retry shortly", 1);
     }
 }
 
-/* The Celery record's fields in the common shape. */
-static void fill_from_celery(json_t *o, json_t *res, const char *status)
-{
-    json_t *result = json_object_get(res, "result");
-    const char *st = json_string_value(json_object_get(res, "status"));
-    if (evstatus_outcome(status) >= 0) json_object_set(o, "completed_at", json_object_get(res, "date_done"));
-    if (st && strcmp(st, "SUCCESS") == 0 && json_is_object(result)) {
-        const char *fields[] = {"output", "exit_code"};
-        for (int i = 0; i < 2; i++) {
-            json_t *v = json_object_get(result, fields[i]);
-            if (v) json_object_set(o, fields[i], v);
-        }
-        set_error(o, json_object_get(result, "error"));
-        set_seconds(o, "duration_s", json_object_get(result, "duration_s"));
-        json_t *v = json_object_get(result, "executor");
-        if (v) json_object_set(o, "executor", v);
-    } else if (json_is_object(result) && json_is_string(json_object_get(result, "exc_type"))) {
-        /* FAILURE, REVOKED, RETRY: an exception */
-        json_t *m = json_object_get(result, "exc_message");
-        const char *text = json_string_value(json_is_array(m) ? json_array_get(m, 0) : m);
-        char *err = NULL;
-        if (asprintf(&err, "%s: %s", json_string_value(json_object_get(result, "exc_type")), text ? text : "") >= 0) {
-            json_object_set_new(o, "error", jsafe_string(err));
-            free(err);
-        }
-    }
-    json_t *retries = json_object_get(res, "retries");
-    if (json_is_integer(retries)) json_object_set(o, "retries", retries);
-}
-
-static void on_looked_up(rbatch *b, void *arg)
+static void on_record(const rec_result *res, void *arg)
 {
     status_op *op = arg;
-    proxy *p = op->r->p;
     px_hold_in_flight(op->r, NOT_WAITING);
-    const rbatch_reply *rec = rbatch_at(b, 0), *res = rbatch_at(b, 1), *running = rbatch_at(b, 2),
-                       *sched = rbatch_at(b, 3);
-    const char *rerr = NULL;
-    for (int i = 0; i < 4 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
-    if (rbatch_error(b) || rerr || !rec || !res || !running || !sched) {
-        /* Redis cannot answer: the legacy path still can */
-        px_count_upstream_error(p, PATH_NEW, rbatch_timed_out(b) ? UP_TIMEOUT : rerr ? UP_REDIS_ERROR : UP_REDIS_DOWN);
-        op->redis_down = true;
-        rbatch_free(b);
-        ask_legacy(op);
-        return;
+    if (res->outcome == REC_DUPLICATE) op->record = records_parse(res->existing, strlen(res->existing));
+    else if (res->outcome != REC_ABSENT) {
+        op->unasked = op->records_down = true;
+        op->records_why = res->timeout ? UP_TIMEOUT : res->lost ? UP_CONNECT : res->err ? UP_REDIS_ERROR : UP_REDIS_DOWN;
     }
-    size_t len;
-    const char *text = rbatch_str(rec, &len);
-    op->record = text ? records_parse(text, len) : NULL;
     enum route_path path = records_path(op->record);
-    text = rbatch_str(res, &len);
-    /* the output may hold NUL bytes: \u0000 is valid JSON */
-    json_t *result = text ? json_loadb(text, len, JSON_ALLOW_NUL, NULL) : NULL;
-    bool is_running = running->type == REDIS_REPLY_STRING, is_sched = sched->type == REDIS_REPLY_STRING;
-    if (path == PATH_LEGACY || (path == PATH_UNKNOWN && !result && !is_running && !is_sched)) {
-        json_decref(result);
-        rbatch_free(b);
-        ask_legacy(op);
+    if (path != PATH_UNKNOWN) {
+        ask(op, path);
         return;
     }
-    op->r->path = PATH_NEW;
-    const char *status = evstatus_from_celery(result);
-    const char *kept = json_string_value(json_object_get(op->record, "outcome"));
-    if (!result && kept && evstatus_outcome(kept) >= 0) status = kept; /* the result expired; the record kept it */
-    if (!status || strcmp(status, "queued") == 0) status = is_running ? "running" : is_sched ? "retrying" : "queued";
-    json_t *o = shape(op, status, "new");
-    if (o) {
-        fill_from_celery(o, result, status);
-        json_object_set_new(o, "queue_position", json_null());
-    }
-    json_decref(result);
-    rbatch_free(b);
-    op_reply(op, 200, o);
+    json_decref(op->record); /* a record of an older shape says nothing */
+    op->record = NULL;
+    path = next_unrouted(op);
+    if (path == PATH_NONE) not_found(op);
+    else ask(op, path);
 }
 
 void status_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
@@ -323,8 +311,7 @@ void status_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
     if (px_refuse_overload(p, req, RT_STATUS, t0)) return;
     status_op *op = calloc(1, sizeof(*op));
     preq *r = op ? px_req_new(p, req, RT_STATUS, t0) : NULL;
-    rbatch *b = r ? rbatch_new(on_looked_up, op) : NULL;
-    if (!b) {
+    if (!r) {
         free(op);
         px_reply_oom(p, req, RT_STATUS, t0, r);
         return;
@@ -332,20 +319,11 @@ void status_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
     op->r = r;
     memcpy(op->eval_id, id, len);
     op->eval_id[len] = '\0';
-    char route_key[ROUTE_KEY_MAX], result_key[KEY_MAX], running_key[KEY_MAX], tid[SUB_MAX_EVAL_ID + 8];
-    records_key(op->eval_id, route_key);
-    snprintf(tid, sizeof(tid), "celery-%s", op->eval_id);
-    snprintf(result_key, sizeof(result_key), RESULTS_KEY_PREFIX "%s", tid);
-    snprintf(running_key, sizeof(running_key), RUNNING_PREFIX "%s", tid);
-    const char *a0[] = {"GET", route_key}, *a1[] = {"GET", result_key}, *a2[] = {"GET", running_key},
-               *a3[] = {"HGET", SCHEDULE_IDS, tid};
-    size_t l0[] = {3, strlen(route_key)}, l1[] = {3, strlen(result_key)}, l2[] = {3, strlen(running_key)},
-           l3[] = {4, sizeof(SCHEDULE_IDS) - 1, strlen(tid)};
     px_hold_in_flight(r, PATH_NEW);
-    if (rbatch_add(b, p->broker, 2, a0, l0) == 0 && rbatch_add(b, px_results_rc(p), 2, a1, l1) == 1 &&
-        rbatch_add(b, p->broker, 2, a2, l2) == 2)
-        (void)rbatch_add(b, p->broker, 3, a3, l3);
-    rbatch_run(b);
+    if (records_lookup(p->records, op->eval_id, on_record, op) != 0) {
+        rec_result down = {REC_FAILED, 0, NULL, NULL, false, false};
+        on_record(&down, op);
+    }
 }
 
 /* ---------- GET /api/queue-status ---------- */
@@ -353,70 +331,52 @@ void status_api_handle(proxy *p, struct evhttp_request *req, const char *path, d
 typedef struct queue_op {
     preq *r;
     int waiting;
-    json_t *legacy;
-    json_t *fresh;
+    json_t *paths[PATH_NONE]; /* each path's doc, or {error, message} */
 } queue_op;
+
+typedef struct queue_ask {
+    queue_op *q;
+    enum route_path path;
+} queue_ask;
 
 static void queue_done(queue_op *q)
 {
     if (--q->waiting > 0) return;
-    bool legacy_ok = json_object_get(q->legacy, "error") == NULL;
-    bool new_ok = json_object_get(q->fresh, "error") == NULL;
-    json_t *o = json_pack("{s:O, s:O}", "legacy", q->legacy, "new", q->fresh);
+    bool any_ok = false;
+    json_t *o = json_object();
+    for (int i = 0; i < PATH_NONE; i++) {
+        if (json_object_get(q->paths[i], "error") == NULL) any_ok = true;
+        if (o && json_object_set(o, route_path_names[i], q->paths[i]) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
+    }
     px_hold_in_flight(q->r, NOT_WAITING);
     if (!o) {
         px_count_reject(q->r->p, RJ_OOM);
         px_finish_error(q->r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
     } else {
-        if (!legacy_ok && !new_ok) evhttp_add_header(evhttp_request_get_output_headers(q->r->req), "Retry-After", "1");
-        px_finish_json(q->r, legacy_ok || new_ok ? 200 : 503, o);
+        if (!any_ok) evhttp_add_header(evhttp_request_get_output_headers(q->r->req), "Retry-After", "1");
+        px_finish_json(q->r, any_ok ? 200 : 503, o);
     }
     json_decref(o);
-    json_decref(q->legacy);
-    json_decref(q->fresh);
+    for (int i = 0; i < PATH_NONE; i++) json_decref(q->paths[i]);
     free(q);
 }
 
-static void on_queue_legacy(const bk_result *res, void *arg)
+static void on_queue(const bk_result *res, void *arg)
 {
-    queue_op *q = arg;
+    queue_ask *a = arg;
+    queue_op *q = a->q;
     if (res->outcome == BK_OK) {
-        q->legacy = json_deep_copy(res->doc);
+        q->paths[a->path] = json_deep_copy(res->doc);
     } else {
         const char *code;
-        (void)px_backend_failed(q->r->p, PATH_LEGACY, res, &code);
-        q->legacy = json_pack("{s:s, s:s}", "error", code, "message",
-                              res->detail ? res->detail : "the legacy queue did not answer");
+        (void)px_backend_failed(q->r->p, a->path, res, &code);
+        q->paths[a->path] = json_pack("{s:s, s:s}", "error", code, "message",
+                                      res->detail ? res->detail : "the queue did not answer");
     }
-    queue_done(q);
-}
-
-static void on_queue_new(rbatch *b, void *arg)
-{
-    queue_op *q = arg;
-    proxy *p = q->r->p;
-    const char *rerr = NULL;
-    for (int i = 0; i < CELERY_NSTEPS + 3 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
-    if (rbatch_error(b) || rerr) {
-        px_count_upstream_error(p, PATH_NEW, rbatch_timed_out(b) ? UP_TIMEOUT : rerr ? UP_REDIS_ERROR : UP_REDIS_DOWN);
-        q->fresh = json_pack("{s:s, s:o}", "error", "redis_unavailable", "message",
-                             jsafe_string(rerr ? rerr : "Redis did not answer; the new queue's depth is unknown"));
-    } else {
-        json_t *depth = json_object();
-        long long total = 0;
-        for (int i = 0; i < CELERY_NSTEPS; i++) {
-            char k[8];
-            long long n = rbatch_int(rbatch_at(b, i), 0);
-            snprintf(k, sizeof(k), "%d", celery_priority_steps[i]);
-            json_object_set_new(depth, k, json_integer(n));
-            total += n;
-        }
-        q->fresh = json_pack("{s:s, s:o, s:I, s:I, s:I, s:I}", "queue", p->cfg.queue, "depth", depth, "queued",
-                             (json_int_t)total, "unacked", (json_int_t)rbatch_int(rbatch_at(b, CELERY_NSTEPS), 0),
-                             "retry_scheduled", (json_int_t)rbatch_int(rbatch_at(b, CELERY_NSTEPS + 1), 0), "dlq",
-                             (json_int_t)rbatch_int(rbatch_at(b, CELERY_NSTEPS + 2), 0));
-    }
-    rbatch_free(b);
+    free(a);
     queue_done(q);
 }
 
@@ -428,30 +388,22 @@ void status_api_queue(proxy *p, struct evhttp_request *req, double t0)
     }
     queue_op *q = calloc(1, sizeof(*q));
     preq *r = q ? px_req_new(p, req, RT_STATUS, t0) : NULL;
-    rbatch *b = r ? rbatch_new(on_queue_new, q) : NULL;
-    if (!b) {
+    if (!r) {
         free(q);
         px_reply_oom(p, req, RT_STATUS, t0, r);
         return;
     }
     q->r = r;
-    q->waiting = 3; /* legacy, new, this function */
+    q->waiting = PATH_NONE + 1; /* each path, and this function */
     px_hold_in_flight(r, PATH_NONE);
-    if (!bk_queue_status(p->paths[PATH_LEGACY], on_queue_legacy, q)) {
-        q->legacy = json_pack("{s:s, s:s}", "error", "out_of_memory", "message", "the legacy call could not start");
-        q->waiting--;
+    for (int i = 0; i < PATH_NONE; i++) {
+        queue_ask *a = malloc(sizeof(*a));
+        if (a) *a = (queue_ask){q, (enum route_path)i};
+        if (!a || !bk_queue_status(p->paths[i], on_queue, a)) {
+            free(a);
+            q->paths[i] = json_pack("{s:s, s:s}", "error", "out_of_memory", "message", "the call could not start");
+            q->waiting--;
+        }
     }
-    char keys[CELERY_NSTEPS][256];
-    for (int i = 0; i < CELERY_NSTEPS; i++) {
-        size_t n = celery_queue_key(p->cfg.queue, celery_priority_steps[i], keys[i], sizeof(keys[i]));
-        const char *argv[] = {"LLEN", keys[i]};
-        size_t lens[] = {4, n};
-        if (rbatch_add(b, p->broker, 2, argv, lens) < 0) break;
-    }
-    const char *hl[] = {"HLEN", KEY_UNACKED}, *zs[] = {"ZCARD", SCHEDULE}, *zd[] = {"ZCARD", DLQ_INDEX};
-    size_t hll[] = {4, 7}, zsl[] = {5, sizeof(SCHEDULE) - 1}, zdl[] = {5, sizeof(DLQ_INDEX) - 1};
-    if (rbatch_add(b, p->broker, 2, hl, hll) >= 0 && rbatch_add(b, p->broker, 2, zs, zsl) >= 0)
-        (void)rbatch_add(b, p->broker, 2, zd, zdl);
-    rbatch_run(b);
     queue_done(q);
 }

@@ -66,6 +66,8 @@ const char *bk_normalized_status(json_t *task)
     if (strcmp(st, "processing") == 0 || strcmp(st, "running") == 0) return "running";
     if (strcmp(st, "completed") == 0) return "completed";
     if (strcmp(st, "cancelled") == 0) return "cancelled";
+    if (strcmp(st, "retrying") == 0) return "retrying";
+    if (strcmp(st, "timeout") == 0) return "timeout";
     if (strcmp(st, "failed") == 0) {
         if (outcome && (strcmp(outcome, "timeout") == 0 || strcmp(outcome, "executor_timeout") == 0)) return "timeout";
         if (outcome && strcmp(outcome, "killed") == 0) return "cancelled";
