@@ -5,15 +5,13 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <event2/http.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
-#include "admin_auth.h"
+#include "canary_evidence.h"
 #include "gates.h"
 #include "log.h"
 #include "pserver.h"
-#include "reply.h"
 #include "rbatch.h"
 #include "rollout.h"
 #include "util.h"
@@ -21,7 +19,6 @@
 
 #define TICK_MS 1000
 #define LEASE_MS "3000"
-#define WINDOW_TTL_S "86400"
 
 struct canary {
     proxy *p;
@@ -55,148 +52,14 @@ static void set_step_gauge(canary *c)
 
 /* ---------- windows ---------- */
 
-static bool window_key(canary *c, enum route_path path, char key[160])
-{
-    if (!c || !c->state || !is(c->state, "running") || path > PATH_NEW) return false;
-    const char *win = json_string_value(json_object_get(c->state, "window"));
-    if (!win) return false;
-    snprintf(key, 160, CANARY_WINDOW_PREFIX "%.64s:%s", win, route_path_names[path]);
-    return true;
-}
-
-static void bump(canary *c, const char *key, const char *field)
-{
-    const char *argv[] = {"HINCRBY", key, field, "1"};
-    size_t lens[] = {7, strlen(key), strlen(field), 1};
-    rclient_send(c->p->broker, 4, argv, lens);
-}
-
-static void keep(canary *c, const char *key)
-{
-    const char *argv[] = {"EXPIRE", key, WINDOW_TTL_S};
-    size_t lens[] = {6, strlen(key), sizeof(WINDOW_TTL_S) - 1};
-    rclient_send(c->p->broker, 3, argv, lens);
-}
-
 void canary_record(canary *c, enum route_path path, ev_class cls, double seconds)
 {
-    char key[160], field[32];
-    if (!window_key(c, path, key)) return;
-    bump(c, key, "n");
-    if (cls.sys >= 0) {
-        bump(c, key, "sys");
-        snprintf(field, sizeof(field), "s:%s", ev_sys_names[cls.sys]);
-        bump(c, key, field);
-    }
-    /* a program that ran to a verdict of its own (a cancelled one did not) */
-    if (cls.verdict >= 0 && cls.verdict != VERDICT_KILLED) {
-        bump(c, key, "v");
-        if (cls.verdict != VERDICT_COMPLETED) bump(c, key, "pf");
-        if (seconds >= 0) {
-            snprintf(field, sizeof(field), "b%d", gate_bucket(seconds));
-            bump(c, key, field);
-        }
-    }
-    keep(c, key);
+    if (c) canary_window_count(c->p->broker, c->state, path, cls, seconds);
 }
 
 void canary_submit_error(canary *c, enum route_path path)
 {
-    char key[160];
-    if (!window_key(c, path, key)) return;
-    bump(c, key, "sub");
-    bump(c, key, "s:submit");
-    keep(c, key);
-}
-
-/* A window, and its system errors by class (for the explanation). */
-static void read_window(const rbatch_reply *r, gate_stats *s, long long classes[EV_SYS_COUNT])
-{
-    memset(s, 0, sizeof(*s));
-    memset(classes, 0, sizeof(long long) * EV_SYS_COUNT);
-    if (!r || r->type != REDIS_REPLY_ARRAY) return;
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        const char *f = r->element[i].str;
-        long long v = rbatch_int(&r->element[i + 1], 0);
-        if (!f || v < 0) continue;
-        if (strcmp(f, "n") == 0) s->n = v;
-        else if (strcmp(f, "sys") == 0) s->sys = v;
-        else if (strcmp(f, "sub") == 0) s->sub_err = v;
-        else if (strcmp(f, "v") == 0) s->verdicts = v;
-        else if (strcmp(f, "pf") == 0) s->prog_fail = v;
-        else if (strncmp(f, "s:", 2) == 0) {
-            for (int k = 0; k < EV_SYS_COUNT; k++)
-                if (strcmp(f + 2, ev_sys_names[k]) == 0) classes[k] = v;
-        } else if (f[0] == 'b') {
-            int k = atoi(f + 1);
-            if (k >= 0 && k < GATE_NBUCKETS) s->buckets[k] = v;
-        }
-    }
-}
-
-/* The step's fixed choices, as the state keeps them. */
-static gate_ref ref_of(json_t *s)
-{
-    gate_ref r = GATE_REF_INIT;
-    json_t *o = json_object_get(s, "ref");
-    if (!json_is_object(o)) return r;
-    r.source = (int)json_integer_value(json_object_get(o, "source"));
-    r.bucket = (int)json_integer_value(json_object_get(o, "bucket"));
-    if (r.source < 0 || r.source > 1) r.source = -1;
-    if (r.bucket < -1 || r.bucket >= GATE_NBUCKETS) r.bucket = -1;
-    for (int i = 0; i < 2; i++) {
-        r.lat0[i] = json_integer_value(json_array_get(json_object_get(o, "lat0"), (size_t)i));
-        r.above0[i] = json_integer_value(json_array_get(json_object_get(o, "above0"), (size_t)i));
-    }
-    return r;
-}
-
-static json_t *ref_json(const gate_ref *r)
-{
-    return json_pack("{s:i, s:i, s:[I,I], s:[I,I]}", "source", r->source, "bucket", r->bucket, "lat0",
-                     (json_int_t)r->lat0[0], (json_int_t)r->lat0[1], "above0", (json_int_t)r->above0[0],
-                     (json_int_t)r->above0[1]);
-}
-
-static json_t *side_json(const gate_check *g, int i)
-{
-    return json_pack("{s:I, s:I, s:f, s:f, s:f}", "events", (json_int_t)g->x[i], "trials", (json_int_t)g->n[i],
-                     "ratio", g->est[i], "low", g->lo[i], "high", g->hi[i]);
-}
-
-static json_t *classes_json(const long long classes[EV_SYS_COUNT])
-{
-    json_t *o = json_object();
-    for (int k = 0; k < EV_SYS_COUNT; k++)
-        if (classes[k]) json_object_set_new(o, ev_sys_names[k], json_integer((json_int_t)classes[k]));
-    return o;
-}
-
-/* The verdict, explained: per gate the estimate on each path with its
- * interval, the difference's bounds, the margins, the decision, and what
- * it needs to decide. */
-static json_t *check_json(const gate_result *g, const gate_stats *fresh, const gate_stats *against,
-                          const long long cls_new[EV_SYS_COUNT], const long long cls_leg[EV_SYS_COUNT])
-{
-    json_t *gates = json_object();
-    for (int i = 0; i < GATE_COUNT; i++) {
-        const gate_check *c = &g->g[i];
-        json_t *needs = c->verdict == GATE_HOLD && c->need[0] >= 0
-                            ? json_pack("{s:I, s:I}", "new", (json_int_t)c->need[0], "legacy", (json_int_t)c->need[1])
-                            : json_null();
-        json_object_set_new(gates, gate_names[i],
-                            json_pack("{s:s, s:o, s:o, s:f, s:f, s:f, s:f, s:f, s:o}", "verdict",
-                                      gate_verdict_names[c->verdict], "new", side_json(c, 0), "legacy",
-                                      side_json(c, 1), "diff", c->diff, "diff_low", c->diff_lo, "diff_high",
-                                      c->diff_hi, "margin", c->margin, "pass_margin", c->pass_margin, "needs", needs));
-    }
-    json_t *lat = json_object_get(gates, gate_names[GATE_LATENCY]);
-    json_object_set_new(lat, "threshold_s", g->latency_threshold_s > 0 ? json_real(g->latency_threshold_s) : json_null());
-    return json_pack("{s:s, s:s, s:o, s:b, s:f, s:f, s:I, s:I, s:{s:o, s:o}, s:f}", "verdict",
-                     gate_verdict_names[g->overall], "why", g->why, "gates", gates, "baseline", g->baseline,
-                     "alpha_fail", g->alpha_fail, "alpha_pass", g->alpha_pass, "n_new",
-                     (json_int_t)(fresh->n + fresh->sub_err), "n_legacy", (json_int_t)(against->n + against->sub_err),
-                     "system_errors", "new", classes_json(cls_new), "legacy", classes_json(cls_leg), "at", util_now());
+    if (c) canary_window_submit_error(c->p->broker, c->state, path);
 }
 
 /* ---------- transitions ---------- */
@@ -207,14 +70,15 @@ typedef struct transition {
     json_t *patch;   /* rollout change after the state is written, or NULL */
     char reason[600];
     char by[128];    /* who: "canary", or the admin who acted */
-    preq *r;         /* an admin request waiting for the outcome, or NULL */
+    canary_done_fn done; /* an admin action waiting for the outcome, or NULL */
+    void *done_arg;
     char action[16]; /* the admin action, retried on a version conflict */
     int attempt;
 } transition;
 
 #define ACT_ATTEMPTS 3 /* an admin action re-read and re-tried after a version conflict */
 
-static void act(proxy *p, preq *r, const char *action, const char *by, int attempt);
+static void act(canary *c, canary_done_fn done, void *arg, const char *action, const char *by, int attempt);
 
 static json_t *history_entry(const char *by, const char *reason, json_t *from, json_t *to)
 {
@@ -233,16 +97,9 @@ static void free_transition(transition *t)
  * a GET /admin/canary or /admin/rollout after the reply sees it. */
 static void answer(transition *t, int status, const char *code, const char *msg, int retry_after)
 {
-    if (!t->r) return;
-    px_hold_in_flight(t->r, NOT_WAITING);
-    if (status == 200) {
-        json_t *o = json_pack("{s:b, s:s, s:o}", "ok", 1, "message", t->reason, "canary", canary_view(t->c));
-        px_finish_json(t->r, 200, o);
-        json_decref(o);
-    } else {
-        px_finish_error(t->r, status, code, msg, retry_after);
-    }
-    t->r = NULL;
+    if (!t->done) return;
+    t->done(status, code, status == 200 ? t->reason : msg, retry_after, t->done_arg);
+    t->done = NULL;
 }
 
 static void on_rolled(const char *state, const char *err, void *arg)
@@ -287,7 +144,7 @@ static void on_written(struct redisReply *reply, const char *err, void *arg)
         }
         answer(t, 200, NULL, NULL, 0);
     } else if (reply && reply->type == REDIS_REPLY_INTEGER) {
-        if (t->r && t->attempt + 1 < ACT_ATTEMPTS) {
+        if (t->done && t->attempt + 1 < ACT_ATTEMPTS) {
             /* another proxy (or the leader's verdict) wrote first: read what
              * is there and decide the action again against it */
             static const char *argv[] = {"GET", CANARY_KEY};
@@ -309,22 +166,21 @@ static void on_reread(struct redisReply *reply, const char *err, void *arg)
 {
     transition *t = arg;
     canary *c = t->c;
-    preq *r = t->r;
-    t->r = NULL;
+    canary_done_fn done = t->done;
+    t->done = NULL;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        px_hold_in_flight(r, NOT_WAITING);
-        px_finish_error(r, 503, "redis_unavailable", reply ? reply->str : err ? err : "Redis did not answer", 1);
+        done(503, "redis_unavailable", reply ? reply->str : err ? err : "Redis did not answer", 1, t->done_arg);
     } else {
         take_state(c, reply);
-        act(c->p, r, t->action, t->by, t->attempt);
+        act(c, done, t->done_arg, t->action, t->by, t->attempt);
     }
     free_transition(t);
 }
 
 /* Writes `next` (stolen) over the state of version c->version, then applies
  * `patch` (stolen, may be NULL) to the rollout.  -1 when not sent. */
-static int transition_to(canary *c, json_t *next, json_t *patch, const char *by, const char *reason, preq *r,
-                         const char *action, int attempt)
+static int transition_to(canary *c, json_t *next, json_t *patch, const char *by, const char *reason,
+                         canary_done_fn done, void *done_arg, const char *action, int attempt)
 {
     transition *t = calloc(1, sizeof(*t));
     json_object_set_new(next, "version", json_integer(c->version + 1));
@@ -341,7 +197,8 @@ static int transition_to(canary *c, json_t *next, json_t *patch, const char *by,
         t->c = c;
         t->next = json_incref(next);
         t->patch = patch;
-        t->r = r;
+        t->done = done;
+        t->done_arg = done_arg;
         t->attempt = attempt;
         snprintf(t->action, sizeof(t->action), "%s", action ? action : "");
         util_snprintf(t->reason, sizeof(t->reason), "%s", reason);
@@ -402,9 +259,9 @@ static void on_window(rbatch *b, void *arg)
     }
     gate_stats fresh, legacy, baseline;
     long long cls_new[EV_SYS_COUNT], cls_leg[EV_SYS_COUNT], cls_base[EV_SYS_COUNT];
-    read_window(rbatch_at(b, 0), &fresh, cls_new);
-    read_window(rbatch_at(b, 1), &legacy, cls_leg);
-    read_window(rbatch_at(b, 2), &baseline, cls_base);
+    canary_read_window(rbatch_at(b, 0), &fresh, cls_new);
+    canary_read_window(rbatch_at(b, 1), &legacy, cls_leg);
+    canary_read_window(rbatch_at(b, 2), &baseline, cls_base);
     rbatch_free(b);
     gate_cfg cfg = {.alpha = p->cfg.gate_alpha,
                     .nsteps = (int)json_array_size(json_object_get(c->state, "steps")),
@@ -415,12 +272,12 @@ static void on_window(rbatch *b, void *arg)
     /* Near 100 % the legacy path gets too little traffic to compare with:
      * the last step that had enough is the baseline. */
     bool has_base = json_is_string(json_object_get(c->state, "baseline_window"));
-    gate_ref ref = ref_of(c->state), before = ref;
+    gate_ref ref = canary_ref_of(c->state), before = ref;
     gate_result g;
     gate_judge(&fresh, &legacy, has_base ? &baseline : NULL, &cfg, &ref, &g);
     bool own_legacy = ref.source == 0;
     for (int i = 0; i < GATE_COUNT; i++) count_check(c, i, g.g[i].verdict);
-    json_t *check = check_json(&g, &fresh, own_legacy || !has_base ? &legacy : &baseline, cls_new,
+    json_t *check = canary_check_json(&g, &fresh, own_legacy || !has_base ? &legacy : &baseline, cls_new,
                                own_legacy || !has_base ? cls_leg : cls_base);
     bool ref_moved = memcmp(&ref, &before, sizeof(ref)) != 0;
     long long step = json_integer_value(json_object_get(c->state, "step"));
@@ -441,7 +298,7 @@ static void on_window(rbatch *b, void *arg)
         json_t *next = copy_state(c);
         json_object_set_new(next, "status", json_string("rolled_back"));
         json_object_set_new(next, "last_check", check);
-        (void)transition_to(c, next, percentage_patch(back), "canary", reason, NULL, NULL, 0);
+        (void)transition_to(c, next, percentage_patch(back), "canary", reason, NULL, NULL, NULL, 0);
         return;
     }
     if (g.overall == GATE_PASS && elapsed) {
@@ -453,13 +310,13 @@ static void on_window(rbatch *b, void *arg)
             util_snprintf(reason, sizeof(reason), "canary completed: the last step (%g) passed; %s", step_fraction(c->state, step),
                      g.why);
             json_object_set_new(next, "status", json_string("completed"));
-            (void)transition_to(c, next, NULL, "canary", reason, NULL, NULL, 0);
+            (void)transition_to(c, next, NULL, "canary", reason, NULL, NULL, NULL, 0);
         } else {
             double f = step_fraction(c->state, step + 1);
             util_snprintf(reason, sizeof(reason), "canary step %lld/%lld passed, now %g: %s", step + 1, nsteps, f, g.why);
             json_object_set_new(next, "step", json_integer(step + 1));
             new_window(next);
-            (void)transition_to(c, next, percentage_patch(f), "canary", reason, NULL, NULL, 0);
+            (void)transition_to(c, next, percentage_patch(f), "canary", reason, NULL, NULL, NULL, 0);
         }
         return;
     }
@@ -467,7 +324,7 @@ static void on_window(rbatch *b, void *arg)
      * (and keeps what the step fixed) */
     json_t *next = copy_state(c);
     json_object_set_new(next, "last_check", check);
-    if (ref_moved) json_object_set_new(next, "ref", ref_json(&ref));
+    if (ref_moved) json_object_set_new(next, "ref", canary_ref_json(&ref));
     json_object_set_new(next, "version", json_integer(c->version)); /* same version: only the check changes */
     char *text = json_dumps(next, JSON_COMPACT);
     if (text) {
@@ -586,7 +443,7 @@ void canary_free(canary *c)
     free(c);
 }
 
-/* ---------- the admin API ---------- */
+/* ---------- what it shows, what an admin does ---------- */
 
 static json_t *iso_or_null(json_t *t)
 {
@@ -620,29 +477,24 @@ json_t *canary_view(canary *c)
     return o;
 }
 
-static void refuse(preq *r, int status, const char *code, const char *msg)
+/* An admin action decided on the state just read. */
+static void act(canary *c, canary_done_fn done, void *arg, const char *action, const char *by, int attempt)
 {
-    px_hold_in_flight(r, NOT_WAITING);
-    px_finish_error(r, status, code, msg, 0);
-}
-
-static void act(proxy *p, preq *r, const char *action, const char *by, int attempt)
-{
-    canary *c = p->canary;
+    proxy *p = c->p;
     json_t *s = c->state;
     char reason[600];
     json_t *next = NULL, *patch = NULL;
     if (strcmp(action, "start") == 0) {
         if (p->cfg.rollout_nsteps == 0) {
-            refuse(r, 409, "no_steps", "set ROLLOUT_STEPS (e.g. 0.1,0.25,0.5,0.9,1.0) to run a canary");
+            done(409, "no_steps", "set ROLLOUT_STEPS (e.g. 0.1,0.25,0.5,0.9,1.0) to run a canary", 0, arg);
             return;
         }
         if (s && (is(s, "running") || is(s, "paused"))) {
-            refuse(r, 409, "already_running", "a canary is already running or paused; resume or abort it first");
+            done(409, "already_running", "a canary is already running or paused; resume or abort it first", 0, arg);
             return;
         }
         if (p->route.force_legacy) {
-            refuse(r, 409, "kill_switch_on", "the kill switch (force_legacy) is on; lift it before starting a canary");
+            done(409, "kill_switch_on", "the kill switch (force_legacy) is on; lift it before starting a canary", 0, arg);
             return;
         }
         next = json_object();
@@ -658,7 +510,7 @@ static void act(proxy *p, preq *r, const char *action, const char *by, int attem
         snprintf(reason, sizeof(reason), "canary started: step 1/%d at %g", p->cfg.rollout_nsteps, p->cfg.rollout_steps[0]);
     } else if (strcmp(action, "pause") == 0) {
         if (!s || !is(s, "running")) {
-            refuse(r, 409, "not_running", "only a running canary can be paused");
+            done(409, "not_running", "only a running canary can be paused", 0, arg);
             return;
         }
         next = copy_state(c);
@@ -666,7 +518,7 @@ static void act(proxy *p, preq *r, const char *action, const char *by, int attem
         snprintf(reason, sizeof(reason), "canary paused at step %lld", json_integer_value(json_object_get(s, "step")) + 1);
     } else if (strcmp(action, "resume") == 0) {
         if (!s || !(is(s, "paused") || is(s, "rolled_back"))) {
-            refuse(r, 409, "not_paused", "only a paused or rolled-back canary can be resumed");
+            done(409, "not_paused", "only a paused or rolled-back canary can be resumed", 0, arg);
             return;
         }
         long long step = json_integer_value(json_object_get(s, "step"));
@@ -677,7 +529,7 @@ static void act(proxy *p, preq *r, const char *action, const char *by, int attem
         snprintf(reason, sizeof(reason), "canary resumed at step %lld (%g)", step + 1, step_fraction(s, step));
     } else { /* abort */
         if (!s || !(is(s, "running") || is(s, "paused") || is(s, "rolled_back"))) {
-            refuse(r, 409, "not_running", "no canary to abort");
+            done(409, "not_running", "no canary to abort", 0, arg);
             return;
         }
         next = copy_state(c);
@@ -685,63 +537,26 @@ static void act(proxy *p, preq *r, const char *action, const char *by, int attem
         patch = percentage_patch(0);
         snprintf(reason, sizeof(reason), "canary aborted; the new path is back to 0");
     }
-    if (transition_to(c, next, patch, by, reason, r, action, attempt) != 0) {
-        px_hold_in_flight(r, NOT_WAITING);
-        px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the canary state is kept there. Retry shortly", 1);
-    }
+    if (transition_to(c, next, patch, by, reason, done, arg, action, attempt) != 0)
+        done(503, "redis_unavailable", "Redis is unreachable; the canary state is kept there. Retry shortly", 1, arg);
 }
 
-void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
+int canary_act(canary *c, const char *action, const char *by, canary_done_fn done, void *arg)
 {
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    if (strcmp(path, "/admin/canary") == 0) {
-        if (cmd != EVHTTP_REQ_GET) {
-            px_reply_method_not_allowed(p, req, RT_ADMIN, t0, "GET", "GET /admin/canary reads; POST /admin/canary/{start,pause,resume,abort} acts");
-            return;
-        }
-        json_t *o = canary_view(p->canary);
-        px_reply_json(p, req, RT_ADMIN, t0, 200, o);
-        json_decref(o);
-        return;
-    }
-    const char *action = path + strlen("/admin/canary/");
-    static const char *const actions[] = {"start", "pause", "resume", "abort"};
-    bool known = false;
-    for (int i = 0; i < 4; i++) known |= strcmp(action, actions[i]) == 0;
-    if (!known) {
-        px_reply_error(p, req, RT_ADMIN, t0, 404, "not_found",
-                       "canary actions: POST /admin/canary/start, /pause, /resume, /abort", 0);
-        return;
-    }
-    if (cmd != EVHTTP_REQ_POST) {
-        px_reply_method_not_allowed(p, req, RT_ADMIN, t0, "POST", "canary actions take POST");
-        return;
-    }
-    if (!px_admin_authorized(p, req, RT_ADMIN, t0)) return;
-    if (px_refuse_overload(p, req, RT_ADMIN, t0)) return;
-    preq *r = px_req_new(p, req, RT_ADMIN, t0);
-    if (!r) {
-        px_reply_oom(p, req, RT_ADMIN, t0, NULL);
-        return;
-    }
     /* decided on the state as Redis has it now, not on this proxy's copy
      * (up to a second old when another proxy changed it) */
-    transition *t = calloc(1, sizeof(*t));
     static const char *argv[] = {"GET", CANARY_KEY};
     static const size_t lens[] = {3, sizeof(CANARY_KEY) - 1};
-    px_hold_in_flight(r, PATH_NEW);
-    if (!t) {
-        px_hold_in_flight(r, NOT_WAITING);
-        px_reply_oom(p, req, RT_ADMIN, t0, r);
-        return;
-    }
-    t->c = p->canary;
-    t->r = r;
+    transition *t = calloc(1, sizeof(*t));
+    if (!t) return -1;
+    t->c = c;
+    t->done = done;
+    t->done_arg = arg;
     snprintf(t->action, sizeof(t->action), "%s", action);
-    rollout_actor(p, req, t->by);
-    if (rclient_command(p->broker, on_reread, t, 2, argv, lens) != 0) {
+    util_snprintf(t->by, sizeof(t->by), "%s", by);
+    if (rclient_command(c->p->broker, on_reread, t, 2, argv, lens) != 0) {
         free(t);
-        px_hold_in_flight(r, NOT_WAITING);
-        px_finish_error(r, 503, "redis_unavailable", "Redis is unreachable; the canary state is kept there. Retry shortly", 1);
+        return -1;
     }
+    return 0;
 }

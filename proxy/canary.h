@@ -21,11 +21,9 @@
 
 typedef struct proxy proxy;
 typedef struct canary canary;
-struct evhttp_request;
 
 #define CANARY_KEY "turnout:canary"
 #define CANARY_LOCK "turnout:lock:canary"
-#define CANARY_WINDOW_PREFIX "turnout:canary:w:"
 
 canary *canary_new(proxy *p, char err[256]);
 void canary_stop(canary *c);
@@ -42,7 +40,13 @@ void canary_submit_error(canary *c, enum route_path path);
 typedef struct json_t json_t;
 json_t *canary_view(canary *c);
 
-/* GET /admin/canary; POST /admin/canary/{start,pause,resume,abort}. */
-void canary_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0);
+/* An admin action ("start", "pause", "resume", "abort") by `by`, decided
+ * on the state as Redis holds it now (re-read and decided again, up to
+ * three times, when another proxy writes first).  `done` is called once,
+ * later: 200 with what changed once it is in force here, or the refusal
+ * (409 with its code, 503 when Redis is away).  -1: not started (done is
+ * never called). */
+typedef void (*canary_done_fn)(int status, const char *code, const char *msg, int retry_after, void *arg);
+int canary_act(canary *c, const char *action, const char *by, canary_done_fn done, void *arg);
 
 #endif

@@ -130,10 +130,16 @@ static void on_cancelled(const bk_result *res, void *arg)
     px_hold_in_flight(op->r, NOT_WAITING);
     if (res->outcome == BK_OK) {
         const char *prev = json_string_value(json_object_get(res->doc, "previous_status"));
-        const char *msg = json_string_value(json_object_get(res->doc, "message"));
+        const char *msg = json_string_value(json_object_get(res->doc, "cancel_note"));
+        char dflt[160];
         if (!prev) prev = op->stopping ? "running" : "queued";
-        if (!msg) msg = op->stopping ? "the queue's worker was told to stop it; its status turns cancelled"
-                                     : "removed from the queue; it will not run";
+        if (!msg) {
+            snprintf(dflt, sizeof(dflt),
+                     op->stopping ? "the %s queue's worker was told to stop it; its status turns cancelled"
+                                  : "removed from the %s queue; it will not run",
+                     route_path_names[op->asked]);
+            msg = dflt;
+        }
         LOG_INFO("cancelled", "eval_id", op->eval_id, "path", route_path_names[op->asked], "previous_status", prev,
                  "terminate", op->terminate ? "true" : "false");
         json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "eval_id", op->eval_id, "previous_status", prev, "cancelled", 1,

@@ -459,7 +459,7 @@ static void on_acted(rbatch *b, void *arg)
                       : k->prev == PREV_RETRYING ? "retry chain stopped: the pending retry was removed"
                                                  : "removed: it will be skipped when taken";
     json_t *doc = json_pack("{s:s, s:s, s:s}", "eval_id", k->eval_id, "previous_status", prev_names[k->prev],
-                            "message", msg);
+                            "cancel_note", msg);
     if (!doc) deliver(k, BK_INTERNAL, "out of memory", NULL, -1);
     else deliver(k, BK_OK, NULL, doc, -1);
 }

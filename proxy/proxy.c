@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 
 #include "canary.h"
+#include "canary_api.h"
 #include "cancel_api.h"
 #include "celery.h"
 #include "batch_api.h"

@@ -6,6 +6,7 @@
  * of a submit whose reply was lost, and that an eval whose first attempt
  * may have acted is never sent to a second path. */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include <jansson.h>
 
 #include "dispatch.h"
+#include "log.h"
 #include "proxy.h"
 #include "pserver.h"
 #include "records.h"
@@ -144,6 +146,11 @@ static redisContext *start_redis(void)
     snprintf(port, sizeof(port), "%d", redis_port);
     redis_pid = fork();
     if (redis_pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
         execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--loglevel", "warning", (char *)NULL);
         _exit(127);
@@ -390,6 +397,7 @@ static void test_in_flight_gauge_returns_to_zero(void)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    log_setup("error", "logfmt", "test_dispatch");
     redis = start_redis();
     CHECK(redis != NULL);
     if (!redis) {
