@@ -11,6 +11,8 @@
 #include <jansson.h>
 
 #include "admin_auth.h"
+#include "dlq_op.h"
+#include "dlq_retry.h"
 #include "celery.h"
 #include "jsafe.h"
 #include "keys.h"
@@ -23,11 +25,8 @@
 #include "pscripts.h"
 
 #define DLQ_INDEX KEY_DLQ_INDEX
-#define DLQ_ENTRY_PREFIX KEY_DLQ_ENTRY_PREFIX
 #define DLQ_CLASSES KEY_DLQ_CLASSES
-#define REVOKED_PREFIX KEY_REVOKED_PREFIX
 #define TASK_PREFIX "celery-"
-#define KEY_MAX (DLQ_TASK_ID_MAX + 64)
 #define MALFORMED_SHOWN 1024
 
 /* ---------- pure parts ---------- */
@@ -136,98 +135,6 @@ enum dlq_target dlq_api_target(const char *path, char tid[DLQ_TASK_ID_MAX + 1], 
     return t;
 }
 
-/* ---------- requests ---------- */
-
-typedef struct dlq_op {
-    preq *r;
-    char tid[DLQ_TASK_ID_MAX + 1];
-    char entry_key[KEY_MAX];
-    dlq_query q;
-    long long total;
-    /* retry */
-    char *expected;          /* the entry as read: the script checks it is unchanged */
-    size_t expected_len;
-    char *message;           /* the envelope to re-publish */
-    size_t message_len;
-    char queue_key[512];
-    size_t queue_key_len;
-    int step;
-    json_t *eval_id;         /* string or null */
-    json_t *ids;             /* list: the task ids asked for, in order */
-} dlq_op;
-
-static void op_free(dlq_op *op)
-{
-    free(op->expected);
-    free(op->message);
-    json_decref(op->eval_id);
-    json_decref(op->ids);
-    free(op);
-}
-
-static void op_finish_json(dlq_op *op, int status, json_t *body)
-{
-    px_finish_json(op->r, status, body);
-    json_decref(body);
-    op_free(op);
-}
-
-static void op_finish_error(dlq_op *op, int status, const char *code, const char *msg)
-{
-    px_finish_error(op->r, status, code, msg, 0);
-    op_free(op);
-}
-
-static void op_finish_failure(dlq_op *op, const rbatch *b, const char *redis_err, const char *what)
-{
-    rbatch_finish_failure(op->r, b, redis_err, what);
-    op_free(op);
-}
-
-static void op_finish_oom(dlq_op *op)
-{
-    px_count_reject(op->r->p, RJ_OOM);
-    px_finish_error(op->r, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-    op_free(op);
-}
-
-/* A request record plus its op, waiting on Redis (new path). NULL after
- * replying (overload, OOM). */
-static dlq_op *op_new(proxy *p, struct evhttp_request *req, double t0, const char *tid, size_t tid_len)
-{
-    if (p->pending >= (size_t)p->cfg.max_in_flight) {
-        px_count_reject(p, RJ_OVERLOAD);
-        px_reply_error(p, req, RT_DLQ, t0, 503, "overloaded",
-                       "too many requests are waiting on a backend (MAX_IN_FLIGHT); retry shortly", 1);
-        return NULL;
-    }
-    dlq_op *op = calloc(1, sizeof(*op));
-    preq *r = op ? px_req_new(p, req, RT_DLQ, t0) : NULL;
-    if (!r) {
-        free(op);
-        px_count_reject(p, RJ_OOM);
-        px_reply_error(p, req, RT_DLQ, t0, 503, "out_of_memory", "the proxy is short of memory; retry shortly", 1);
-        return NULL;
-    }
-    op->r = r;
-    r->path = PATH_NEW;
-    px_hold_in_flight(r, PATH_NEW);
-    if (tid) {
-        memcpy(op->tid, tid, tid_len);
-        op->tid[tid_len] = '\0';
-        snprintf(op->entry_key, sizeof(op->entry_key), DLQ_ENTRY_PREFIX "%s", op->tid);
-    }
-    return op;
-}
-
-/* Starts a batch whose completion goes to `done`; on failure replies. */
-static rbatch *op_batch(dlq_op *op, rbatch_done_fn done)
-{
-    rbatch *b = rbatch_new(done, op);
-    if (!b) op_finish_oom(op);
-    return b;
-}
-
 /* The stored entry as JSON; an unparsable one is shown, not hidden, so it
  * can be found and deleted.  New reference; NULL on OOM. */
 static json_t *entry_json(const char *raw, size_t len, json_t *tid)
@@ -239,14 +146,6 @@ static json_t *entry_json(const char *raw, size_t len, json_t *tid)
     /* shown as text (cut at a character boundary, odd bytes as U+FFFD) */
     size_t shown = util_utf8_trim_end(raw, len > MALFORMED_SHOWN ? (size_t)MALFORMED_SHOWN : len);
     return json_pack("{s:O, s:o}", "task_id", tid, "malformed_entry", jsafe_stringn(raw, shown));
-}
-
-static void not_found(dlq_op *op)
-{
-    char msg[400];
-    util_snprintf(msg, sizeof(msg), "no dead-letter entry for task_id \"%s\"; GET /api/dlq/list shows the entries",
-                  op->tid);
-    op_finish_error(op, 404, "not_found", msg);
 }
 
 /* ---------- GET /api/dlq/list ---------- */
@@ -263,12 +162,12 @@ static void on_list_entries(rbatch *b, void *arg)
     dlq_op *op = arg;
     const rbatch_reply *rep = rbatch_at(b, 0);
     if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
-        op_finish_failure(op, b, rbatch_redis_error(rep), "reading DLQ entries");
+        dlq_op_finish_failure(op, b, rbatch_redis_error(rep), "reading DLQ entries");
         goto done;
     }
     json_t *entries = json_array();
     if (!entries) {
-        op_finish_oom(op);
+        dlq_op_finish_oom(op);
         goto done;
     }
     /* MGET answers in the order asked; an id whose entry went in between is
@@ -280,11 +179,11 @@ static void on_list_entries(rbatch *b, void *arg)
         json_t *j = entry_json(e->str, e->len, json_array_get(op->ids, i));
         if (!j || json_array_append_new(entries, j) != 0) {
             json_decref(entries);
-            op_finish_oom(op);
+            dlq_op_finish_oom(op);
             goto done;
         }
     }
-    op_finish_json(op, 200, list_body(op, entries));
+    dlq_op_finish_json(op, 200, list_body(op, entries));
 done:
     rbatch_free(b);
 }
@@ -297,7 +196,7 @@ static void on_list_ids(rbatch *b, void *arg)
     size_t *lens = NULL;
     char *keys = NULL;
     if (rbatch_error(b) || !card || !ids || rbatch_redis_error(card) || rbatch_redis_error(ids)) {
-        op_finish_failure(op, b, card && rbatch_redis_error(card) ? card->str : rbatch_redis_error(ids),
+        dlq_op_finish_failure(op, b, card && rbatch_redis_error(card) ? card->str : rbatch_redis_error(ids),
                           "reading the DLQ index");
         goto done;
     }
@@ -305,18 +204,18 @@ static void on_list_ids(rbatch *b, void *arg)
     size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
     if (n == 0) {
         json_t *entries = json_array();
-        if (!entries) op_finish_oom(op);
-        else op_finish_json(op, 200, list_body(op, entries));
+        if (!entries) dlq_op_finish_oom(op);
+        else dlq_op_finish_json(op, 200, list_body(op, entries));
         goto done;
     }
     argv = calloc(n + 1, sizeof(*argv));
     lens = calloc(n + 1, sizeof(*lens));
     size_t total = 0;
-    for (size_t i = 0; i < n; i++) total += sizeof(DLQ_ENTRY_PREFIX) + ids->element[i].len;
+    for (size_t i = 0; i < n; i++) total += sizeof(KEY_DLQ_ENTRY_PREFIX) + ids->element[i].len;
     keys = malloc(total ? total : 1);
     op->ids = json_array();
     if (!argv || !lens || !keys || !op->ids) {
-        op_finish_oom(op);
+        dlq_op_finish_oom(op);
         goto done;
     }
     argv[0] = "MGET";
@@ -324,18 +223,18 @@ static void on_list_ids(rbatch *b, void *arg)
     char *k = keys;
     for (size_t i = 0; i < n; i++) {
         const rbatch_reply *id = &ids->element[i];
-        size_t plen = sizeof(DLQ_ENTRY_PREFIX) - 1;
-        memcpy(k, DLQ_ENTRY_PREFIX, plen);
+        size_t plen = sizeof(KEY_DLQ_ENTRY_PREFIX) - 1;
+        memcpy(k, KEY_DLQ_ENTRY_PREFIX, plen);
         if (id->len) memcpy(k + plen, id->str, id->len);
         argv[i + 1] = k;
         lens[i + 1] = plen + id->len;
         k += plen + id->len;
         if (json_array_append_new(op->ids, jsafe_stringn(id->str ? id->str : "", id->len)) != 0) {
-            op_finish_oom(op);
+            dlq_op_finish_oom(op);
             goto done;
         }
     }
-    rbatch *b2 = op_batch(op, on_list_entries);
+    rbatch *b2 = dlq_op_batch(op, on_list_entries);
     if (!b2) goto done;
     rbatch_add(b2, op->r->p->broker, (int)n + 1, argv, lens);
     rbatch_run(b2);
@@ -351,12 +250,12 @@ static void on_list_one(rbatch *b, void *arg)
     dlq_op *op = arg;
     const rbatch_reply *rep = rbatch_at(b, 0);
     if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
-        op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
+        dlq_op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
         goto done;
     }
     json_t *entries = json_array();
     if (!entries) {
-        op_finish_oom(op);
+        dlq_op_finish_oom(op);
         goto done;
     }
     if (rep->type == REDIS_REPLY_STRING) {
@@ -366,7 +265,7 @@ static void on_list_one(rbatch *b, void *arg)
         if (j) json_array_append_new(entries, j);
         json_decref(tid);
     }
-    op_finish_json(op, 200, list_body(op, entries));
+    dlq_op_finish_json(op, 200, list_body(op, entries));
 done:
     rbatch_free(b);
 }
@@ -384,10 +283,10 @@ static void handle_list(proxy *p, struct evhttp_request *req, double t0)
     char tid[sizeof(q.eval_id) + sizeof(TASK_PREFIX)];
     size_t tid_len = 0;
     if (q.has_eval_id) tid_len = (size_t)snprintf(tid, sizeof(tid), TASK_PREFIX "%s", q.eval_id);
-    dlq_op *op = op_new(p, req, t0, q.has_eval_id ? tid : NULL, tid_len);
+    dlq_op *op = dlq_op_new(p, req, t0, q.has_eval_id ? tid : NULL, tid_len);
     if (!op) return;
     op->q = q;
-    rbatch *b = op_batch(op, q.has_eval_id ? on_list_one : on_list_ids);
+    rbatch *b = dlq_op_batch(op, q.has_eval_id ? on_list_one : on_list_ids);
     if (!b) return;
     if (q.has_eval_id) {
         const char *argv[] = {"GET", op->entry_key};
@@ -425,12 +324,12 @@ static void on_stats(rbatch *b, void *arg)
     const char *rerr = NULL;
     for (int i = 0; i < 4 && !rerr; i++) rerr = rbatch_redis_error(rbatch_at(b, i));
     if (rbatch_error(b) || rerr || !card || !classes || !oldest || !newest) {
-        op_finish_failure(op, b, rerr, "reading DLQ statistics");
+        dlq_op_finish_failure(op, b, rerr, "reading DLQ statistics");
         goto done;
     }
     json_t *by = json_object();
     if (!by) {
-        op_finish_oom(op);
+        dlq_op_finish_oom(op);
         goto done;
     }
     for (size_t i = 0; classes->type == REDIS_REPLY_ARRAY && i + 1 < classes->elements; i += 2) {
@@ -441,17 +340,17 @@ static void on_stats(rbatch *b, void *arg)
     }
     json_t *o = json_pack("{s:I, s:o, s:o, s:o}", "count", (json_int_t)rbatch_int(card, 0), "by_exception_class",
                           by, "oldest_failure_at", score_of(oldest), "newest_failure_at", score_of(newest));
-    if (!o) op_finish_oom(op);
-    else op_finish_json(op, 200, o);
+    if (!o) dlq_op_finish_oom(op);
+    else dlq_op_finish_json(op, 200, o);
 done:
     rbatch_free(b);
 }
 
 static void handle_stats(proxy *p, struct evhttp_request *req, double t0)
 {
-    dlq_op *op = op_new(p, req, t0, NULL, 0);
+    dlq_op *op = dlq_op_new(p, req, t0, NULL, 0);
     if (!op) return;
-    rbatch *b = op_batch(op, on_stats);
+    rbatch *b = dlq_op_batch(op, on_stats);
     if (!b) return;
     size_t il = sizeof(DLQ_INDEX) - 1;
     const char *card[] = {"ZCARD", DLQ_INDEX};
@@ -474,26 +373,16 @@ static void on_get(rbatch *b, void *arg)
 {
     dlq_op *op = arg;
     const rbatch_reply *rep = rbatch_at(b, 0);
-    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
-    else if (rep->type != REDIS_REPLY_STRING) not_found(op);
+    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) dlq_op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
+    else if (rep->type != REDIS_REPLY_STRING) dlq_op_not_found(op);
     else {
         json_t *tid = json_string(op->tid);
         json_t *j = tid ? entry_json(rep->str, rep->len, tid) : NULL;
         json_decref(tid);
-        if (!j) op_finish_oom(op);
-        else op_finish_json(op, 200, j);
+        if (!j) dlq_op_finish_oom(op);
+        else dlq_op_finish_json(op, 200, j);
     }
     rbatch_free(b);
-}
-
-static void start_get(dlq_op *op, rbatch_done_fn done)
-{
-    rbatch *b = op_batch(op, done);
-    if (!b) return;
-    const char *argv[] = {"GET", op->entry_key};
-    size_t lens[] = {3, strlen(op->entry_key)};
-    rbatch_add(b, op->r->p->broker, 2, argv, lens);
-    rbatch_run(b);
 }
 
 /* ---------- DELETE /api/dlq/{task_id} ---------- */
@@ -504,171 +393,26 @@ static void on_deleted(rbatch *b, void *arg)
     dlq_op *op = arg;
     const rbatch_reply *rep = rbatch_at(b, 0);
     if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
-        op_finish_failure(op, b, rbatch_redis_error(rep), "deleting a DLQ entry");
+        dlq_op_finish_failure(op, b, rbatch_redis_error(rep), "deleting a DLQ entry");
     } else if (rbatch_int(rep, 0) == 0) {
-        not_found(op);
+        dlq_op_not_found(op);
     } else {
         LOG_INFO("DLQ entry deleted", "task_id", op->tid);
         json_t *o = json_pack("{s:s, s:b}", "task_id", op->tid, "deleted", 1);
-        if (!o) op_finish_oom(op);
-        else op_finish_json(op, 200, o);
+        if (!o) dlq_op_finish_oom(op);
+        else dlq_op_finish_json(op, 200, o);
     }
     rbatch_free(b);
 }
 
 static void start_delete(dlq_op *op)
 {
-    rbatch *b = op_batch(op, on_deleted);
+    rbatch *b = dlq_op_batch(op, on_deleted);
     if (!b) return;
     const char *argv[] = {"3", op->entry_key, DLQ_INDEX, DLQ_CLASSES, op->tid};
     size_t lens[] = {1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1, sizeof(DLQ_CLASSES) - 1, strlen(op->tid)};
     rbatch_add_eval(b, op->r->p->broker, &pscript_dlq_delete, 5, argv, lens);
     rbatch_run(b);
-}
-
-/* ---------- POST /api/dlq/{task_id}/retry ---------- */
-
-
-static void on_retried(rbatch *b, void *arg)
-{
-    dlq_op *op = arg;
-    const rbatch_reply *rep = rbatch_at(b, 0);
-    long long v = rbatch_int(rep, -2);
-    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
-        op_finish_failure(op, b, rbatch_redis_error(rep), "re-publishing a DLQ entry");
-    } else if (v == 0) {
-        not_found(op);
-    } else if (v != 1) {
-        op_finish_error(op, 409, "entry_changed",
-                        "the DLQ entry changed while being retried (it failed again); GET it and retry again");
-    } else {
-        LOG_INFO("DLQ entry re-published", "task_id", op->tid, "priority",
-                 op->step == 0 ? "0" : op->step == 3 ? "3" : op->step == 6 ? "6" : "9");
-        json_t *o = json_pack("{s:s, s:O, s:b, s:i}", "task_id", op->tid, "eval_id", op->eval_id, "requeued", 1,
-                              "queue_key_priority", op->step);
-        if (!o) op_finish_oom(op);
-        else op_finish_json(op, 202, o);
-    }
-    rbatch_free(b);
-}
-
-static void start_retry_script(dlq_op *op)
-{
-    proxy *p = op->r->p;
-    char revoked[KEY_MAX], result[KEY_MAX];
-    snprintf(revoked, sizeof(revoked), REVOKED_PREFIX "%s", op->tid);
-    snprintf(result, sizeof(result), RESULTS_KEY_PREFIX "%s", op->tid);
-    bool same_db = p->results == NULL;
-    const char *argv[] = {same_db ? "6" : "5", op->entry_key, DLQ_INDEX, DLQ_CLASSES,
-                          op->queue_key, revoked, result, op->tid, op->expected, op->message};
-    size_t lens[] = {1, strlen(op->entry_key), sizeof(DLQ_INDEX) - 1,
-                     sizeof(DLQ_CLASSES) - 1, op->queue_key_len, strlen(revoked), strlen(result),
-                     strlen(op->tid), op->expected_len, op->message_len};
-    int argc = 10;
-    if (!same_db) { /* drop the result key from KEYS */
-        for (int i = 6; i < 9; i++) {
-            argv[i] = argv[i + 1];
-            lens[i] = lens[i + 1];
-        }
-        argc = 9;
-    }
-    rbatch *b = op_batch(op, on_retried);
-    if (!b) return;
-    rbatch_add_eval(b, p->broker, &pscript_dlq_retry, argc, argv, lens);
-    rbatch_run(b);
-}
-
-static void on_result_deleted(rbatch *b, void *arg)
-{
-    dlq_op *op = arg;
-    const rbatch_reply *rep = rbatch_at(b, 0);
-    if (rbatch_error(b) || !rep || rbatch_redis_error(rep))
-        op_finish_failure(op, b, rbatch_redis_error(rep), "deleting the result record before a DLQ retry");
-    else start_retry_script(op);
-    rbatch_free(b);
-}
-
-/* Prepares the envelope from the entry: 0, or replies and returns -1. */
-static int prepare_retry(dlq_op *op, const char *raw, size_t len)
-{
-    char err[256], msg[800];
-    int rc = -1;
-    celery_message m;
-    bool decoded = false;
-    json_t *e = json_loadb(raw, len, JSON_ALLOW_NUL, NULL);
-    const char *text = json_string_value(json_object_get(e, "message"));
-    const char *reason = json_string_value(json_object_get(e, "reason"));
-    if (!text || celery_decode(text, strlen(text), &m, err) != 0) {
-        util_snprintf(msg, sizeof(msg),
-                      "the entry of \"%s\" holds no valid Celery message (%.*s, reason %.*s); it cannot be re-published, delete it",
-                      op->tid, UTF8_CUT(text ? err : "no message field", 200), UTF8_CUT(reason ? reason : "unknown", 40));
-        op_finish_error(op, 409, "not_retryable", msg);
-        goto done;
-    }
-    decoded = true;
-    const char *queue = json_string_value(json_object_get(e, "queue"));
-    if (!queue || !*queue) queue = m.routing_key;
-    json_t *prio = json_object_get(e, "priority");
-    int priority = json_is_integer(prio) ? (int)json_integer_value(prio) : m.priority;
-    op->step = celery_priority_step(priority);
-    op->queue_key_len = queue ? celery_queue_key(queue, priority, op->queue_key, sizeof(op->queue_key)) : 0;
-    if (op->queue_key_len == 0) {
-        util_snprintf(msg, sizeof(msg), "the entry of \"%s\" names no usable queue (queue or delivery_info.routing_key)",
-                      op->tid);
-        op_finish_error(op, 409, "not_retryable", msg);
-        goto done;
-    }
-    const char *eval_id = json_string_value(json_object_get(e, "eval_id"));
-    if (!eval_id && strncmp(op->tid, TASK_PREFIX, sizeof(TASK_PREFIX) - 1) == 0)
-        eval_id = op->tid + sizeof(TASK_PREFIX) - 1;
-    op->eval_id = eval_id ? json_string(eval_id) : json_null();
-    op->message = celery_reencode(&m, 0, NULL, NULL, NULL, &op->message_len);
-    op->expected = malloc(len + 1);
-    if (!op->eval_id || !op->message || !op->expected) {
-        op_finish_oom(op);
-        goto done;
-    }
-    memcpy(op->expected, raw, len);
-    op->expected[len] = '\0';
-    op->expected_len = len;
-    rc = 0;
-done:
-    if (decoded) celery_message_free(&m);
-    json_decref(e);
-    return rc;
-}
-
-static void on_retry_read(rbatch *b, void *arg)
-{
-    dlq_op *op = arg;
-    const rbatch_reply *rep = rbatch_at(b, 0);
-    if (rbatch_error(b) || !rep || rbatch_redis_error(rep)) {
-        op_finish_failure(op, b, rbatch_redis_error(rep), "reading a DLQ entry");
-        goto done;
-    }
-    if (rep->type != REDIS_REPLY_STRING) {
-        not_found(op);
-        goto done;
-    }
-    if (prepare_retry(op, rep->str, rep->len) != 0) goto done;
-    proxy *p = op->r->p;
-    if (!p->results) {
-        start_retry_script(op);
-        goto done;
-    }
-    /* The result backend is another Redis: its DEL cannot join the broker's
-     * script, so it goes first; a retry failing after it leaves PENDING,
-     * which is harmless. */
-    rbatch *b2 = op_batch(op, on_result_deleted);
-    if (!b2) goto done;
-    char key[KEY_MAX];
-    snprintf(key, sizeof(key), RESULTS_KEY_PREFIX "%s", op->tid);
-    const char *argv[] = {"DEL", key};
-    size_t lens[] = {3, strlen(key)};
-    rbatch_add(b2, p->results, 2, argv, lens);
-    rbatch_run(b2);
-done:
-    rbatch_free(b);
 }
 
 /* ---------- dispatch ---------- */
@@ -705,11 +449,11 @@ void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, doub
         return;
     case DLQ_T_ENTRY:
         if (m == EVHTTP_REQ_GET) {
-            dlq_op *op = op_new(p, req, t0, tid, tid_len);
-            if (op) start_get(op, on_get);
+            dlq_op *op = dlq_op_new(p, req, t0, tid, tid_len);
+            if (op) dlq_op_start_get(op, on_get);
         } else if (m == EVHTTP_REQ_DELETE) {
             if (!px_admin_authorized(p, req, RT_DLQ, t0)) return;
-            dlq_op *op = op_new(p, req, t0, tid, tid_len);
+            dlq_op *op = dlq_op_new(p, req, t0, tid, tid_len);
             if (op) start_delete(op);
         } else {
             px_reply_method_not_allowed(p, req, RT_DLQ, t0, "GET, DELETE",
@@ -722,8 +466,8 @@ void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, doub
             return;
         }
         if (!px_admin_authorized(p, req, RT_DLQ, t0)) return;
-        dlq_op *op = op_new(p, req, t0, tid, tid_len);
-        if (op) start_get(op, on_retry_read);
+        dlq_op *op = dlq_op_new(p, req, t0, tid, tid_len);
+        if (op) dlq_retry_start(op);
         return;
     }
 }

@@ -8,7 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "celery.h"
+#include "dlq_op.h"
 
 struct evhttp_request;
 typedef struct proxy proxy;
@@ -16,15 +16,6 @@ typedef struct proxy proxy;
 #define DLQ_LIMIT_DEFAULT 50
 #define DLQ_LIMIT_MAX 500
 #define DLQ_OFFSET_MAX 1000000000L
-#define DLQ_TASK_ID_MAX CELERY_TASK_ID_MAX
-
-/* Query of GET /api/dlq/list. */
-typedef struct dlq_query {
-    long limit;
-    long offset;
-    bool has_eval_id;      /* filter on one eval_id */
-    char eval_id[129];
-} dlq_query;
 
 /* Parses "limit=&offset=&eval_id=" (NULL = defaults); unknown parameters
  * are ignored.  0, or -1 with msg naming the parameter and the range. */
