@@ -510,3 +510,54 @@ done:
     json_decref(env);
     return out;
 }
+
+char *celery_pidbox_revoke(const char *task_id, bool terminate, double expires)
+{
+    json_t *msg = json_pack("{s:s, s:{s:s, s:b, s:s}, s:n, s:n, s:n}", "method", "revoke", "arguments", "task_id",
+                            task_id, "terminate", terminate, "signal", "SIGTERM", "destination", "pattern",
+                            "matcher");
+    char *body = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    if (!body) return NULL;
+    char tag[37], stack[1024];
+    util_uuid4(tag);
+    jsonw w;
+    jw_init(&w, stack, sizeof(stack));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "body");
+    jw_base64(&w, body, strlen(body));
+    jw_lit_key(&w, "content-encoding");
+    jw_lit_string(&w, "utf-8");
+    jw_lit_key(&w, "content-type");
+    jw_lit_string(&w, "application/json");
+    jw_lit_key(&w, "headers");
+    jw_obj_open(&w);
+    jw_lit_key(&w, "clock");
+    jw_int(&w, 1);
+    jw_lit_key(&w, "expires");
+    jw_real(&w, expires);
+    jw_obj_close(&w);
+    jw_lit_key(&w, "properties");
+    jw_obj_open(&w);
+    jw_lit_key(&w, "delivery_mode");
+    jw_int(&w, 2);
+    jw_lit_key(&w, "delivery_info");
+    jw_obj_open(&w);
+    jw_lit_key(&w, "exchange");
+    jw_lit_string(&w, "celery.pidbox");
+    jw_lit_key(&w, "routing_key");
+    jw_lit_string(&w, "");
+    jw_obj_close(&w);
+    jw_lit_key(&w, "priority");
+    jw_int(&w, 0);
+    jw_lit_key(&w, "body_encoding");
+    jw_lit_string(&w, "base64");
+    jw_lit_key(&w, "delivery_tag");
+    jw_cstring(&w, tag);
+    jw_obj_close(&w);
+    jw_obj_close(&w);
+    free(body);
+    char *out = jw_failed(&w) ? NULL : jw_detach(&w, NULL);
+    jw_free(&w);
+    return out;
+}

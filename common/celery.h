@@ -126,4 +126,10 @@ char *celery_repr(const json_t *v, size_t max);
 void celery_repr_str(jsonw *w, const char *s, size_t n, size_t max);
 void celery_repr_cut(jsonw *w, size_t max);
 
+/* The pidbox broadcast of `celery control revoke` (a Python worker obeys
+ * it): kombu's envelope of {"method": "revoke", "arguments": {task_id,
+ * terminate, signal: SIGTERM}, "destination": null}, expiring `expires`
+ * (unix seconds), as JSON text (caller frees); NULL on OOM. */
+char *celery_pidbox_revoke(const char *task_id, bool terminate, double expires);
+
 #endif

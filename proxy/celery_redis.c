@@ -7,7 +7,6 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 
 #include "celery.h"
 #include "evstatus.h"
@@ -311,13 +310,15 @@ typedef struct looked {
     bool running, scheduled;
 } looked;
 
-/* false with the failure delivered. */
+/* Reads the look-up and frees the batch: false with the failure
+ * delivered. */
 static bool read_lookup(call *k, rbatch *b, looked *l)
 {
     if (batch_failed(b, 3)) {
         const char *detail;
         enum bk_outcome o = batch_failure(b, 3, &detail);
         deliver(k, o, detail, NULL, -1);
+        rbatch_free(b);
         return false;
     }
     size_t len;
@@ -326,6 +327,7 @@ static bool read_lookup(call *k, rbatch *b, looked *l)
     l->result = text ? json_loadb(text, len, JSON_ALLOW_NUL, NULL) : NULL;
     l->running = rbatch_at(b, 1)->type == REDIS_REPLY_STRING;
     l->scheduled = rbatch_at(b, 2)->type == REDIS_REPLY_STRING;
+    rbatch_free(b);
     return true;
 }
 
@@ -362,11 +364,7 @@ static void on_task(rbatch *b, void *arg)
 {
     call *k = arg;
     looked l;
-    if (!read_lookup(k, b, &l)) {
-        rbatch_free(b);
-        return;
-    }
-    rbatch_free(b);
+    if (!read_lookup(k, b, &l)) return;
     if (!l.result && !l.running && !l.scheduled) {
         deliver(k, BK_NOT_FOUND, "nothing on the new queue's records", NULL, -1);
         return;
@@ -478,7 +476,7 @@ static void act(call *k)
     json_t *nj = k->terminate ? json_pack("{s:s, s:b}", "task_id", k->tid, "terminate", 1) : NULL;
     marker = mj ? json_dumps(mj, JSON_COMPACT) : NULL;
     notice = nj ? json_dumps(nj, JSON_COMPACT) : NULL;
-    pidbox = celery_redis_pidbox_revoke(k->tid, k->terminate, now + PIDBOX_EXPIRES_S);
+    pidbox = celery_pidbox_revoke(k->tid, k->terminate, now + PIDBOX_EXPIRES_S);
     if (k->prev != PREV_RUNNING)
         record = results_record(k->tid, "REVOKED", results_exception("TaskRevokedError", "revoked", "celery.exceptions"),
                                 NULL);
@@ -514,11 +512,7 @@ static void on_cancel_lookup(rbatch *b, void *arg)
 {
     call *k = arg;
     looked l;
-    if (!read_lookup(k, b, &l)) {
-        rbatch_free(b);
-        return;
-    }
-    rbatch_free(b);
+    if (!read_lookup(k, b, &l)) return;
     const char *st = json_string_value(json_object_get(l.result, "status"));
     if (st && results_is_terminal(st)) {
         deliver_finished(k, l.result);
@@ -550,34 +544,6 @@ static bool cr_cancel_task(void *impl, const char *eval_id, bool terminate, bk_c
         return false;
     }
     return started(k);
-}
-
-char *celery_redis_pidbox_revoke(const char *task_id, bool terminate, double expires)
-{
-    char tag[37], *body = NULL, *b64 = NULL, *out = NULL;
-    json_t *env = NULL;
-    json_t *msg = json_pack("{s:s, s:{s:s, s:b, s:s}, s:n, s:n, s:n}", "method", "revoke", "arguments", "task_id",
-                            task_id, "terminate", terminate, "signal", "SIGTERM", "destination", "pattern",
-                            "matcher");
-    body = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
-    if (!body) goto done;
-    size_t n = strlen(body);
-    b64 = malloc(4 * ((n + 2) / 3) + 1);
-    if (!b64) goto done;
-    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)body, (int)n);
-    util_uuid4(tag);
-    env = json_pack("{s:s, s:s, s:s, s:{s:i, s:f}, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}", "body", b64,
-                    "content-encoding", "utf-8", "content-type", "application/json", "headers", "clock", 1,
-                    "expires", expires, "properties", "delivery_mode", 2, "delivery_info", "exchange",
-                    "celery.pidbox", "routing_key", "", "priority", 0, "body_encoding", "base64",
-                    "delivery_tag", tag);
-    if (env) out = json_dumps(env, JSON_COMPACT);
-done:
-    json_decref(msg);
-    json_decref(env);
-    free(body);
-    free(b64);
-    return out;
 }
 
 /* ---------- queue status, health ---------- */

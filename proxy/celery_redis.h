@@ -21,8 +21,6 @@
 #ifndef TURNOUT_CELERY_REDIS_H
 #define TURNOUT_CELERY_REDIS_H
 
-#include <stdbool.h>
-
 #include "backend.h"
 
 typedef struct proxy proxy;
@@ -30,10 +28,5 @@ typedef struct proxy proxy;
 /* The new path of `p` (its broker, result backend and settings); NULL on
  * OOM. */
 backend *celery_redis_new(proxy *p);
-
-/* The pidbox broadcast a Python worker obeys (`celery control revoke`):
- * kombu's envelope of {"method": "revoke", ...}, as JSON text (caller
- * frees; NULL on OOM). */
-char *celery_redis_pidbox_revoke(const char *task_id, bool terminate, double expires);
 
 #endif

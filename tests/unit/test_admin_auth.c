@@ -4,7 +4,6 @@
  * argv of the shared "write unless terminal" script. */
 #include "admin_auth.h"
 #include "cancel_api.h"
-#include "celery_redis.h"
 #include "dlq_api.h"
 #include "results.h"
 #include "unit.h"
@@ -169,7 +168,7 @@ static void test_cancel_path(void)
 
 static void test_pidbox(void)
 {
-    char *env = celery_redis_pidbox_revoke("celery-e1", true, 1795336978.5);
+    char *env = celery_pidbox_revoke("celery-e1", true, 1795336978.5);
     CHECK(env != NULL);
     json_t *j = json_loads(env, 0, NULL);
     CHECK(j != NULL);
