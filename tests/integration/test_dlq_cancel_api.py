@@ -396,7 +396,7 @@ def test_cancel_queued(proxy, r, redis_server):
         assert mk and mk["terminate"] is False and mk["by"] == "api" and abs(mk["at"] - time.time()) < 60
         assert 0 < r.ttl("turnout:revoked:celery-q1") <= 86400
         rec = assert_revoked_record(r, "celery-q1")
-        wait_until(lambda: sub.on("celery-task-meta-celery-q1") and sub.on("/0.celery.pidbox"), 5,
+        wait_until(lambda: bool(sub.on("celery-task-meta-celery-q1")) and bool(sub.on("/0.celery.pidbox")), 5,
                    "result and pidbox publishes")
         assert sub.on("celery-task-meta-celery-q1")[0] == rec
         pid = sub.on("/0.celery.pidbox")[0]
@@ -471,7 +471,7 @@ def test_cancel_running_with_terminate_broadcasts(proxy, r, redis_server):
                                "message": "termination requested"}
         mk = marker(r, tid)
         assert mk["terminate"] is True and mk["by"] == "api"
-        wait_until(lambda: sub.on("turnout:revoke") and sub.on("/0.celery.pidbox"), 5,
+        wait_until(lambda: bool(sub.on("turnout:revoke")) and bool(sub.on("/0.celery.pidbox")), 5,
                    "revoke broadcasts on turnout:revoke and /0.celery.pidbox")
         assert sub.on("turnout:revoke") == [{"task_id": tid, "terminate": True}]
         env = sub.on("/0.celery.pidbox")[0]
