@@ -64,7 +64,7 @@ SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fram
 CFLAGS_ALL="-std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Icommon -Iproxy -Iproxy/backend $PKG_CFLAGS"
 LIB_CFLAGS="$CFLAGS_ALL $SAN -fsanitize=fuzzer-no-link"
 TGT_CFLAGS="$CFLAGS_ALL -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes $SAN -fsanitize=fuzzer"
-LIB_SRC="$(ls common/*.c) proxy/submission.c proxy/pconfig.c proxy/backend/legacy_http.c proxy/backend/legacy_backend.c"
+LIB_SRC="$(ls common/*.c) proxy/submission.c proxy/pconfig.c proxy/backend/legacy_http.c proxy/backend/backend.c"
 
 # Objects are rebuilt when a file they were built from (per the .d file)
 # is newer, or when the compiler command changed.

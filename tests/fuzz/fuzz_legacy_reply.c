@@ -91,7 +91,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case BK_BAD_REPLY: /* a reply too large for the protocol is a bad reply too */
         CHECK(terr == HTTPC_ETOOBIG || (terr == HTTPC_OK && kind != LEGACY_CALL_HEALTH && !json_is_object(doc)));
         break;
-    case BK_INTERNAL: CHECK(!"legacy_parse_reply never reports BK_INTERNAL"); break;
+    case BK_INTERNAL:
+    case BK_DOWN:
+    case BK_REFUSED:
+    case BK_FULL: CHECK(!"legacy_parse_reply reports only the HTTP outcomes"); break;
     }
 
     /* The callers read the task state off the doc whatever the outcome
