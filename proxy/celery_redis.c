@@ -1,5 +1,6 @@
 #include "celery_redis.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,8 +62,13 @@ typedef struct call {
 
 static call *call_new(cr *c, const char *eval_id, bk_cb cb, void *arg)
 {
-    call *k = calloc(1, sizeof(*k));
+    call *k = malloc(sizeof(*k));
     if (!k) return NULL;
+    /* the buffers are written before they are read: only the rest is cleared */
+    memset(k, 0, offsetof(call, eval_id));
+    k->eval_id[0] = k->detail[0] = '\0';
+    k->res = (bk_result){0};
+    k->doc = NULL;
     k->c = c;
     k->cb = cb;
     k->arg = arg;
@@ -98,7 +104,7 @@ static void deliver(call *k, enum bk_outcome o, const char *detail, json_t *doc,
 {
     k->res.outcome = o;
     k->res.position = position;
-    util_snprintf(k->detail, sizeof(k->detail), "%s", detail ? detail : "");
+    if (detail) util_snprintf(k->detail, sizeof(k->detail), "%s", detail);
     json_decref(k->doc);
     k->doc = doc;
     if (k->in_call) {
@@ -206,7 +212,9 @@ static int send_submit(call *k, char err[256])
     submission sub = {.code = job->code, .code_len = job->code_len, .language = job->language,
                       .language_len = strlen(job->language), .engine = job->engine, .timeout = job->timeout,
                       .priority = job->priority, .priority_name = job->priority_name};
-    snprintf(sub.eval_id, sizeof(sub.eval_id), "%s", job->eval_id);
+    size_t id_len = strnlen(job->eval_id, sizeof(sub.eval_id) - 1);
+    memcpy(sub.eval_id, job->eval_id, id_len);
+    sub.eval_id[id_len] = '\0';
     /* the message is built on the stack (rclient copies it) unless it is big */
     char msg_stack[4096];
     jsonw msg;
@@ -279,7 +287,7 @@ static void try_submit(call *k)
 
 static bool cr_submit(void *impl, const bk_job *job, bk_cb cb, void *arg)
 {
-    call *k = call_new(impl, job->eval_id, cb, arg);
+    call *k = call_new(impl, NULL, cb, arg); /* the job names the eval */
     if (!k) return false;
     k->job = job;
     try_submit(k);
