@@ -161,9 +161,11 @@ static int headers_end(h1check *h)
         return 0;
     }
     if (h->has_cl && h->cl > h->lim->max_body) {
-        char n[24];
-        snprintf(n, sizeof(n), "%llu", (unsigned long long)h->lim->max_body);
-        return fail(h, 413, "body_too_large", "the body is larger than the %s bytes accepted", n);
+        char n[96];
+        snprintf(n, sizeof(n), "%llu bytes%s%s%s", (unsigned long long)h->lim->max_body,
+                 h->lim->body_setting ? " (" : "", h->lim->body_setting ? h->lim->body_setting : "",
+                 h->lim->body_setting ? ")" : "");
+        return fail(h, 413, "body_too_large", "the body is larger than the %s accepted", n);
     }
     if (h->has_cl && h->cl > 0) {
         h->state = S_BODY;
@@ -198,9 +200,11 @@ static int chunk_size_done(h1check *h)
     }
     h->body_total += h->chunk;
     if (h->body_total > h->lim->max_body) {
-        char n[24];
-        snprintf(n, sizeof(n), "%llu", (unsigned long long)h->lim->max_body);
-        return fail(h, 413, "body_too_large", "the chunked body is larger than the %s bytes accepted", n);
+        char n[96];
+        snprintf(n, sizeof(n), "%llu bytes%s%s%s", (unsigned long long)h->lim->max_body,
+                 h->lim->body_setting ? " (" : "", h->lim->body_setting ? h->lim->body_setting : "",
+                 h->lim->body_setting ? ")" : "");
+        return fail(h, 413, "body_too_large", "the chunked body is larger than the %s accepted", n);
     }
     h->body_left = h->chunk;
     h->state = S_CDATA;

@@ -41,6 +41,7 @@ typedef struct h1_limits {
     size_t max_target;       /* bytes of the request-target (414 above) */
     size_t max_header_bytes; /* bytes of the request line and header section (431 above) */
     uint64_t max_body;       /* bytes of a body, by Content-Length or chunks (413 above) */
+    const char *body_setting; /* the setting that sets max_body, named in the 413's message (may be NULL) */
 } h1_limits;
 
 typedef struct h1check {

@@ -14,12 +14,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 
+#include "h1check.h"
+#include "jsonw.h"
 #include "log.h"
 #include "pmetrics.h"
 #include "util.h"
@@ -35,6 +38,9 @@ typedef struct centry {
     struct evbuffer_cb_entry *watch; /* on the input buffer: counts bytes read */
     size_t bytes;                    /* read since the last reply (or the start) */
     bool busy;                       /* a whole request is being answered */
+    bool refused;                    /* the stream broke HTTP framing: answered, closing */
+    struct event *closer;            /* closes it once the refusal is written */
+    h1check check;                   /* the framing of every byte read */
 } centry;
 
 struct conns {
@@ -42,6 +48,7 @@ struct conns {
     struct event_base *base;
     size_t max, open;
     const struct timeval *timeout; /* common timeout of CLIENT_REQUEST_TIMEOUT_S */
+    h1_limits limits;
     centry **buckets;
     size_t nbuckets;
     struct bufferevent **fresh; /* accepted, not adopted yet; a reference each */
@@ -90,10 +97,114 @@ static bool rate_ok(double *last)
 
 /* ---------- per connection ---------- */
 
+static void on_close_now(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    centry *e = arg;
+    evhttp_connection_free(e->evcon); /* on_closed frees e */
+}
+
+/* Lingering close, as nginx does: once the refusal is out, the sending
+ * side is shut and what the client still sends is read and dropped until
+ * it closes or LINGER_S passes — closing with unread bytes would make the
+ * kernel reset the connection, and the client could lose the refusal. */
+#define LINGER_S 2
+
+static void on_refusal_event(struct bufferevent *bev, short what, void *arg);
+
+static void on_linger_read(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+/* The refusal is out (or the client went away): linger, then close. */
+static void on_refusal_written(struct bufferevent *bev, void *arg)
+{
+    centry *e = arg;
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    if (fd < 0 || shutdown(fd, SHUT_WR) != 0) {
+        event_active(e->closer, EV_TIMEOUT, 1);
+        return;
+    }
+    bufferevent_setcb(bev, on_linger_read, NULL, on_refusal_event, e);
+    bufferevent_enable(bev, EV_READ);
+    struct timeval linger = {LINGER_S, 0};
+    evtimer_add(e->closer, &linger);
+}
+
+static void on_refusal_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what;
+    event_active(((centry *)arg)->closer, EV_TIMEOUT, 1);
+}
+
+/* The bytes broke HTTP framing: nothing more is read or parsed; the client
+ * gets the JSON error and the connection closes.  evhttp never sees the
+ * bytes (this runs as they arrive, before its parser). */
+static void refuse(centry *e, struct bufferevent *bev)
+{
+    conns *c = e->c;
+    e->refused = true;
+    count_reject(c, e->check.status == 413 ? RJ_TOO_LARGE : RJ_BAD_HTTP);
+    LOG_INFO("refused a request that breaks HTTP framing", "code", e->check.code,
+             "error", e->check.message);
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (!e->closer) e->closer = evtimer_new(c->base, on_close_now, e);
+    if (e->busy || !e->closer) {
+        /* a reply is being made on this connection: it closes after it */
+        bufferevent_disable(bev, EV_READ);
+        return;
+    }
+    char body[512], head[256];
+    jsonw w;
+    jw_init(&w, body, sizeof(body));
+    jw_obj_open(&w);
+    jw_lit_key(&w, "error");
+    jw_cstring(&w, e->check.code);
+    jw_lit_key(&w, "message");
+    jw_cstring(&w, e->check.message);
+    jw_obj_close(&w);
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+                     e->check.status, util_reason(e->check.status), jw_len(&w));
+    bufferevent_setcb(bev, NULL, on_refusal_written, on_refusal_event, e);
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_enable(bev, EV_WRITE);
+    if (n < 0 || bufferevent_write(bev, head, (size_t)n) != 0 || bufferevent_write(bev, jw_text(&w), jw_len(&w)) != 0)
+        event_active(e->closer, EV_TIMEOUT, 1);
+    jw_free(&w);
+}
+
 static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
-    (void)buf;
-    ((centry *)arg)->bytes += info->n_added;
+    centry *e = arg;
+    e->bytes += info->n_added;
+    if (!info->n_added || e->refused) return;
+    /* the bytes just added are the buffer's last n_added */
+    size_t len = evbuffer_get_length(buf);
+    struct evbuffer_ptr at;
+    if (evbuffer_ptr_set(buf, &at, len - info->n_added, EVBUFFER_PTR_SET) != 0) return;
+    struct evbuffer_iovec v[8];
+    size_t left = info->n_added;
+    while (left > 0) {
+        int k = evbuffer_peek(buf, (ev_ssize_t)left, &at, v, 8);
+        if (k <= 0) return;
+        for (int i = 0; i < k && i < 8 && left > 0; i++) {
+            size_t take = v[i].iov_len < left ? v[i].iov_len : left;
+            if (h1check_feed(&e->check, v[i].iov_base, take) != 0) {
+                refuse(e, evhttp_connection_get_bufferevent(e->evcon));
+                return;
+            }
+            left -= take;
+            if (evbuffer_ptr_set(buf, &at, take, EVBUFFER_PTR_ADD) != 0) return;
+        }
+    }
 }
 
 static void on_closed(struct evhttp_connection *evcon, void *arg)
@@ -105,6 +216,7 @@ static void on_closed(struct evhttp_connection *evcon, void *arg)
     unlink_entry(c, e);
     c->open--;
     event_free(e->deadline); /* may be running: event_free is safe from its own callback */
+    if (e->closer) event_free(e->closer);
     free(e);
 }
 
@@ -143,6 +255,7 @@ static void adopt_one(conns *c, struct evhttp_connection *evcon, struct bufferev
     if (!e) return; /* out of memory: this one goes without limit and deadline */
     e->c = c;
     e->evcon = evcon;
+    h1check_init(&e->check, &c->limits);
     e->deadline = evtimer_new(c->base, on_deadline, e);
     e->watch = evbuffer_add_cb(bufferevent_get_input(bev), on_input, e);
     if (!e->deadline || !e->watch) {
@@ -212,6 +325,12 @@ void conns_reply_out(conns *c, struct evhttp_request *req)
 {
     centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
     if (!e) return;
+    if (e->refused) {
+        /* what came after this request broke framing: close once this
+         * reply is out */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        return;
+    }
     e->busy = false;
     e->bytes = 0;
     evtimer_add(e->deadline, c->timeout);
@@ -219,10 +338,12 @@ void conns_reply_out(conns *c, struct evhttp_request *req)
 
 size_t conns_open(const conns *c) { return c ? c->open : 0; }
 
-conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, metrics_family *rejected)
+conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, metrics_family *rejected,
+                 const h1_limits *limits)
 {
     conns *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
+    c->limits = *limits;
     c->rejected = rejected;
     c->base = base;
     c->max = max;
@@ -251,6 +372,7 @@ void conns_free(conns *c)
             if (bev && e->watch) evbuffer_remove_cb_entry(bufferevent_get_input(bev), e->watch);
             evhttp_connection_set_closecb(e->evcon, NULL, NULL);
             event_free(e->deadline);
+            if (e->closer) event_free(e->closer);
             free(e);
         }
     }

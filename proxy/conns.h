@@ -10,11 +10,19 @@
  * bufferevent callback (evhttp_set_bevcb) sees every accepted connection
  * first; once evhttp has set it up, its connection object is the
  * bufferevent's callback argument, where a deferred event finds it and
- * registers a close callback (evhttp_connection_set_closecb). */
+ * registers a close callback (evhttp_connection_set_closecb).
+ *
+ * Every byte a client sends goes through h1check as it arrives, before
+ * evhttp parses it: a stream that breaks HTTP/1.1 framing (smuggling
+ * attempts, malformed lines, oversized heads, unsupported codings) is
+ * answered with the JSON error h1check names and closed, and counted
+ * (reason "bad_http"); evhttp never sees those bytes. */
 #ifndef TURNOUT_CONNS_H
 #define TURNOUT_CONNS_H
 
 #include <stddef.h>
+
+#include "h1check.h"
 
 struct event_base;
 struct bufferevent;
@@ -25,7 +33,8 @@ typedef struct conns conns;
 /* At most `max` connections, each given request_timeout_s for a whole
  * request; refusals counted in `rejected` (turnout_rejected_requests_total).
  * NULL when out of memory. */
-conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, metrics_family *rejected);
+conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, metrics_family *rejected,
+                 const h1_limits *limits);
 
 /* Closes nothing (evhttp_free closes the connections, each through the
  * close callback, before this is called). */

@@ -50,6 +50,7 @@
 #include "util.h"
 
 #define MAX_HEADERS_BYTES (64 * 1024)
+#define MAX_TARGET_BYTES (8 * 1024)
 #define EVHTTP_BODY_CEILING_EXTRA (1024 * 1024) /* evhttp's own HTML 413 starts above this */
 #define DEPTH_POLL_S 2
 
@@ -254,8 +255,16 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     }
     p->depth_timer = event_new(base, -1, EV_PERSIST, on_depth_timer, p);
     p->http = evhttp_new(base);
+    /* framing is checked before evhttp parses (h1check): its limits come
+     * first, so a request over them gets JSON, never evhttp's own HTML */
+    h1_limits limits = {.max_target = MAX_TARGET_BYTES,
+                        .max_header_bytes = MAX_HEADERS_BYTES - 1024,
+                        /* the handlers answer between MAX_BODY_BYTES and this (their reply
+                         * names the endpoint's limit); above it no body is read at all */
+                        .max_body = (uint64_t)p->cfg.max_body_bytes + EVHTTP_BODY_CEILING_EXTRA,
+                        .body_setting = "MAX_BODY_BYTES + 1 MiB"};
     p->conns = conns_new(base, (size_t)p->cfg.max_client_connections, (long)p->cfg.client_request_timeout_s,
-                         p->m.rejected);
+                         p->m.rejected, &limits);
     if (!p->paths[PATH_NEW] || !p->prod || !p->records || !p->depth_timer || !p->http || !p->conns) {
         snprintf(err, 256, "out of memory");
         goto err;
