@@ -134,7 +134,17 @@ void passthrough_handle(proxy *p, struct evhttp_request *req, double t0)
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
         if (refuse_bad_header(p, req, t0, kv)) return;
+    /* an absolute-form target (GET http://host/path) is forwarded as its
+     * path and query, the way it was routed (RFC 9112 §3.2.2) */
     const char *uri = evhttp_request_get_uri(req);
+    char *origin_form = NULL;
+    if (uri[0] != '/') {
+        const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+        const char *path = u ? evhttp_uri_get_path(u) : NULL, *query = u ? evhttp_uri_get_query(u) : NULL;
+        if (asprintf(&origin_form, "%s%s%s", path && path[0] ? path : "/", query ? "?" : "", query ? query : "") < 0)
+            origin_form = NULL;
+        if (origin_form) uri = origin_form;
+    }
     size_t ulen = strlen(p->cfg.upstream_url);
     while (ulen > 0 && p->cfg.upstream_url[ulen - 1] == '/') ulen--;
     char *url = malloc(ulen + strlen(uri) + 2);
@@ -146,6 +156,8 @@ void passthrough_handle(proxy *p, struct evhttp_request *req, double t0)
     size_t k = 0;
     if (!r) goto oom;
     sprintf(url, "%.*s%s%s", (int)ulen, p->cfg.upstream_url, uri[0] == '/' ? "" : "/", uri);
+    free(origin_form);
+    origin_form = NULL;
     for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
         if (hop_by_hop(kv->key)) continue;
         if (asprintf(&hdrs[k], "%s: %s", kv->key, kv->value) < 0) {
@@ -197,6 +209,7 @@ oom_r:
     px_finish_error(r, 503, "out_of_memory", "the proxy could not start the upstream call; retry shortly", 1);
     return;
 oom:
+    free(origin_form);
     free(hdrs);
     free(url);
     px_count_reject(p, RJ_OOM);

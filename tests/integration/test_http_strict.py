@@ -154,3 +154,11 @@ def test_oversized_head_and_unknown_method_get_json_not_html(proxy_factory):
     line, head, body = first_response(send_raw(port_of(p), b"BREW /healthz HTTP/1.1\r\nHost: t\r\n\r\n"))
     assert line.startswith("HTTP/1.1 501 "), line
     assert "BREW" in json.loads(body)["message"]
+
+
+def test_absolute_form_is_forwarded_as_its_path(proxy_factory, upstream):
+    p = proxy_factory(UPSTREAM_API_URL=upstream.url)
+    out = send_raw(port_of(p), b"GET http://elsewhere:9999/api/abs?x=1 HTTP/1.1\r\nHost: elsewhere:9999\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert first_response(out)[0].startswith("HTTP/1.1 200"), out[:300]
+    assert [s[1] for s in upstream.seen] == ["/api/abs?x=1"], upstream.seen
