@@ -353,13 +353,15 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
                 continue;
             }
             if (c == ' ' || c == '\t') {
-                h->name[h->name_len] = '\0';
-                return bad(h, "whitespace between the header name \"%s\" and its colon: write \"Name: value\"",
-                           h->name_long ? "(long)" : h->name);
+                h->shown[h->name_len] = '\0';
+                return bad(h, "whitespace in or after the header name \"%s\": names are one token right before "
+                              "the colon (\"Name: value\")",
+                           h->shown);
             }
             if (!tchar(c))
                 return bad(h, "a header name must be letters, digits and !#$%%&'*+-.^_`|~%s", "");
             if ((size_t)h->name_len + 1 < sizeof(h->name)) {
+                h->shown[h->name_len] = (char)c;
                 h->name[h->name_len++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
             } else {
                 h->name_long = true;

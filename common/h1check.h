@@ -58,6 +58,7 @@ typedef struct h1check {
     char method[16];
     uint8_t method_len;
     char name[24];           /* the header name being read, lower case (cut: not one of ours) */
+    char shown[24];          /* the same as written, for messages */
     uint8_t name_len;
     bool name_long;
     char value[80];          /* its value, when the name is one it checks */
