@@ -306,6 +306,22 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
                 h->version_len = 0;
                 continue;
             }
+            if (c > 0x20 && c != 0x7f) {
+                /* the rest of the target in one run */
+                size_t j = i + 1;
+                while (j < n && p[j] > 0x20 && p[j] != 0x7f) j++;
+                size_t run = j - i;
+                h->header_bytes += run - 1;
+                h->target_len += run;
+                if (h->target_len > h->lim->max_target)
+                    return fail(h, 414, "uri_too_long", "the request target is longer than the %s accepted",
+                                "length");
+                if (h->header_bytes > h->lim->max_header_bytes)
+                    return fail(h, 431, "headers_too_large",
+                                "the request line and headers are larger than the %s accepted", "header size");
+                i = j - 1;
+                continue;
+            }
             if (c <= 0x20 || c == 0x7f)
                 return bad(h, "the request target must be visible characters, then one space and the HTTP "
                               "version%s",
@@ -372,6 +388,20 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
             h->state = S_HVALUE;
             __attribute__((fallthrough));
         case S_HVALUE:
+            if (!checked_name(h)) {
+                /* a value nobody reads here: checked in one tight run to its line end */
+                size_t j = i;
+                while (j < n && p[j] != '\r' && p[j] != '\n' && (p[j] >= 0x20 || p[j] == '\t') && p[j] != 0x7f) j++;
+                if (j > i) {
+                    size_t run = j - i;
+                    if ((h->header_bytes += run - 1) > h->lim->max_header_bytes)
+                        return fail(h, 431, "headers_too_large",
+                                    "the request line and headers are larger than the %s accepted",
+                                    h->trailer ? "trailer size" : "header size");
+                    i = j - 1;
+                    continue;
+                }
+            }
             if (c == '\r' || c == '\n') {
                 if (eol(h, c, L_HEADER) != 0) return -1;
                 continue;
