@@ -19,7 +19,7 @@
 #define CURLDL_FUNCTIONS(X)                                                          \
     X(global_init) X(global_cleanup)                                                 \
     X(easy_init) X(easy_cleanup) X(easy_reset) X(easy_setopt) X(easy_getinfo)       \
-    X(easy_strerror)                                                                 \
+    X(easy_strerror) X(easy_pause)                                                   \
     X(multi_init) X(multi_cleanup) X(multi_setopt) X(multi_add_handle)              \
     X(multi_remove_handle) X(multi_socket_action) X(multi_assign)                   \
     X(multi_info_read) X(multi_strerror)                                             \

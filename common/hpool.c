@@ -41,7 +41,9 @@
 #define IN_MAX (HPOOL_MAX_HEADER_BYTES + IN_CHUNK)
 #define MAX_CHUNK_LINE 1024
 #define MAX_TRAILER_BYTES 16384
-#define MAX_AUTHORITY 80 /* "[v6 address]:port" fits in 54 */
+#define MAX_AUTHORITY HPOOL_MAX_AUTHORITY
+#define STREAM_IN_CAP 65536 /* a streamed body is read in pieces of up to this */
+#define MAX_REASON 64
 
 typedef struct hconn hconn;
 
@@ -84,6 +86,10 @@ struct hpool_req {
     httpc_done_cb cb;
     void *arg;
     bool idempotent, head, want_headers, retried, got_bytes;
+    const httpc_stream *stream; /* NULL: the body is collected */
+    bool paused;            /* streaming: on_head/on_data asked to stop reading */
+    bool headed;            /* streaming: on_head ran */
+    char reason[MAX_REASON];
     double t0, deadline;    /* monotonic seconds */
     long timeout_ms;
     size_t max_body;
@@ -206,6 +212,13 @@ static bool parse_url(const char *url, char authority[MAX_AUTHORITY], struct soc
     return true;
 }
 
+bool hpool_address(const char *url, char authority[HPOOL_MAX_AUTHORITY], struct sockaddr_storage *ss,
+                   socklen_t *len)
+{
+    const char *path;
+    return parse_url(url, authority, ss, len, &path);
+}
+
 bool hpool_handles(const char *url)
 {
     char authority[MAX_AUTHORITY];
@@ -264,6 +277,8 @@ static void deliver(hpool_req *r, int error, const char *msg)
         .headers = (const char *const *)r->hdrs,
         .nheaders = r->want_headers && error == HTTPC_OK ? r->nhdrs : 0,
         .total_s = util_monotonic() - r->t0,
+        .reason = r->reason,
+        .streamed = r->headed,
     };
     r->cb(&resp, r->arg);
     req_free(r);
@@ -482,6 +497,17 @@ static int parse_head(hconn *c, char *s, char *e, char msg[256])
     }
     bool http10 = s[7] == '0';
     r->status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+    /* the reason phrase, kept when it is plain text (RFC 9112 §4) */
+    size_t rl = 0;
+    for (const char *q = s + 13; q < line_end && rl < MAX_REASON - 1; q++) {
+        unsigned char ch = (unsigned char)*q;
+        if (ch < 0x20 || ch == 0x7f) {
+            rl = 0;
+            break;
+        }
+        r->reason[rl++] = (char)ch;
+    }
+    r->reason[rl] = '\0';
 
     /* header lines: copied into one block, NUL-terminated in place */
     size_t blen = eol ? (size_t)(e - (eol + 1)) : 0;
@@ -566,7 +592,7 @@ static int parse_head(hconn *c, char *s, char *e, char msg[256])
         if (have_cl || !chunked) c->close_after = true; /* RFC 9112 §6.1, §6.3 */
         c->ps = chunked ? P_CHUNK_SIZE : P_BODY_EOF;
     } else if (have_cl) {
-        if (cl > r->max_body) {
+        if (!r->stream && cl > r->max_body) {
             snprintf(msg, 256, "the response is larger than %zu bytes", r->max_body);
             return -2;
         }
@@ -585,12 +611,23 @@ oom:
     return -1;
 }
 
+/* A piece of the body: collected, or handed to the stream (which may
+ * pause).  0, -1 too big, -2 out of memory. */
+static int take_body(hpool_req *r, const char *data, size_t n)
+{
+    if (!r->stream) return append_body(r, data, n);
+    if (!r->stream->on_data(data, n, r->arg)) r->paused = true;
+    return 0;
+}
+
 /* Consumes what c->in holds.  1: the response is complete; 0: more is
- * needed; -1: protocol error (msg), -2: too big (msg), -3: out of memory. */
+ * needed (or the stream paused); -1: protocol error (msg), -2: too big
+ * (msg), -3: out of memory. */
 static int parse(hconn *c, char msg[256])
 {
     hpool_req *r = c->req;
     for (;;) {
+        if (r->paused) goto more;
         char *s = c->in + c->in_off;
         size_t avail = c->in_len - c->in_off;
         switch (c->ps) {
@@ -613,13 +650,26 @@ static int parse(hconn *c, char msg[256])
                 }
                 continue; /* 1xx: the real response follows */
             }
+            if (r->stream) {
+                httpc_response head = {
+                    .error = HTTPC_OK,
+                    .status = r->status,
+                    .body = "",
+                    .headers = (const char *const *)r->hdrs,
+                    .nheaders = r->nhdrs,
+                    .total_s = util_monotonic() - r->t0,
+                    .reason = r->reason,
+                };
+                r->headed = true;
+                if (!r->stream->on_head(&head, r->arg)) r->paused = true;
+            }
             continue;
         }
         case P_BODY_LEN:
         case P_CHUNK_DATA: {
             size_t take = avail < c->remaining ? avail : (size_t)c->remaining;
             if (take) {
-                int rc = append_body(r, s, take);
+                int rc = take_body(r, s, take);
                 if (rc == -1) {
                     snprintf(msg, 256, "the response is larger than %zu bytes", r->max_body);
                     return -2;
@@ -655,7 +705,7 @@ static int parse(hconn *c, char msg[256])
                 c->ps = P_TRAILER;
                 continue;
             }
-            if (n > r->max_body - r->body_len) {
+            if (!r->stream && n > r->max_body - r->body_len) {
                 snprintf(msg, 256, "the response is larger than %zu bytes", r->max_body);
                 return -2;
             }
@@ -684,7 +734,7 @@ static int parse(hconn *c, char msg[256])
         }
         case P_BODY_EOF: {
             if (avail) {
-                int rc = append_body(r, s, avail);
+                int rc = take_body(r, s, avail);
                 if (rc == -1) {
                     snprintf(msg, 256, "the response is larger than %zu bytes", r->max_body);
                     return -2;
@@ -706,6 +756,21 @@ bad_chunk:
 
 /* ---------- events ---------- */
 
+/* What a parse came to: the response complete, an error, a pause. */
+static void settle(hconn *c, int rc, const char *msg)
+{
+    if (rc == 1) complete(c);
+    else if (rc == -1) conn_fail(c, HTTPC_EOTHER, msg);
+    else if (rc == -2) conn_fail(c, HTTPC_ETOOBIG, msg);
+    else if (rc == -3) conn_fail(c, HTTPC_EOTHER, "out of memory while reading the response");
+    else if (c->req && c->req->paused) {
+        /* the consumer is not keeping up: stop reading (TCP then pushes
+         * back on the server) and stop the clock until it resumes */
+        event_del(c->rev);
+        evtimer_del(c->tev);
+    }
+}
+
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
     hconn *c = arg;
@@ -717,6 +782,20 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
         /* EOF, or bytes nobody asked for: either way the connection is done. */
         conn_close(c);
         goto out;
+    }
+    hpool_req *sr = c->req && c->req->stream ? c->req : NULL;
+    if (sr && c->ps != P_HEAD && c->in_off < c->in_len) {
+        /* bytes read before a pause come first */
+        settle(c, parse(c, msg), msg);
+        if (c->req != sr || sr->paused) goto out;
+    }
+    if (sr && c->ps != P_HEAD && c->in_cap < STREAM_IN_CAP) {
+        if (c->in_off == c->in_len) c->in_off = c->in_len = 0;
+        char *b = realloc(c->in, STREAM_IN_CAP);
+        if (b) {
+            c->in = b;
+            c->in_cap = STREAM_IN_CAP;
+        }
     }
     if (c->in_cap - c->in_len < IN_CHUNK / 2) {
         if (c->in_off) {
@@ -759,11 +838,11 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     if (c->state == C_CONNECTING) c->state = C_BUSY; /* bytes: the connect succeeded */
     c->in_len += (size_t)n;
     c->req->got_bytes = true;
-    int rc = parse(c, msg);
-    if (rc == 1) complete(c);
-    else if (rc == -1) conn_fail(c, HTTPC_EOTHER, msg);
-    else if (rc == -2) conn_fail(c, HTTPC_ETOOBIG, msg);
-    else if (rc == -3) conn_fail(c, HTTPC_EOTHER, "out of memory while reading the response");
+    if (sr) { /* streaming: the timeout is for each silence of the server */
+        sr->deadline = util_monotonic() + (double)sr->timeout_ms / 1000.0;
+        arm_deadline(c, sr);
+    }
+    settle(c, parse(c, msg), msg);
 out:
     leave(p);
 }
@@ -954,6 +1033,7 @@ hpool_req *hpool_start(hpool *p, const httpc_opts *o, size_t max_body, httpc_don
     r->deadline = r->t0 + (double)o->timeout_ms / 1000.0;
     r->head = method_is(m, "HEAD");
     r->want_headers = o->want_headers;
+    r->stream = o->stream;
     r->idempotent = method_is(m, "GET") || r->head || method_is(m, "PUT") || method_is(m, "DELETE") ||
                     method_is(m, "OPTIONS") || method_is(m, "TRACE");
 
@@ -983,6 +1063,17 @@ void hpool_cancel(hpool_req *r)
         conn_close(c); /* half an exchange: the connection cannot be reused */
     }
     req_free(r);
+}
+
+void hpool_resume(hpool_req *r)
+{
+    hconn *c = r ? r->c : NULL;
+    if (!c || !r->paused) return;
+    r->paused = false;
+    r->deadline = util_monotonic() + (double)r->timeout_ms / 1000.0;
+    arm_deadline(c, r);
+    event_add(c->rev, NULL);
+    if (c->in_off < c->in_len) event_active(c->rev, EV_READ, 1); /* bytes read before the pause */
 }
 
 size_t hpool_connections(const hpool *p) { return p ? p->nconns : 0; }

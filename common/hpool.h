@@ -22,6 +22,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <sys/socket.h>
+
 #include "httpc.h"
 
 struct event_base;
@@ -33,6 +35,7 @@ typedef struct hpool_req hpool_req;
 #define HPOOL_IDLE_TIMEOUT_MS 30000  /* an idle connection is closed after this */
 #define HPOOL_MAX_HEADER_BYTES 65536 /* response status line + headers */
 #define HPOOL_MAX_HEADERS 256        /* response header lines */
+#define HPOOL_MAX_AUTHORITY 80       /* "[v6 address]:port" fits in 54 */
 
 /* New pool on `base`; NULL when out of memory. */
 hpool *hpool_new(struct event_base *base);
@@ -47,6 +50,11 @@ void hpool_free(hpool *p);
  * characters or spaces. */
 bool hpool_handles(const char *url);
 
+/* The address and authority (host[:port], the Host header) of a URL
+ * hpool carries (see hpool_handles); false for any other. */
+bool hpool_address(const char *url, char authority[HPOOL_MAX_AUTHORITY], struct sockaddr_storage *ss,
+                   socklen_t *len);
+
 /* Starts a request.  max_body is the response body limit.  NULL when it
  * does not start, and the callback is then never called: with *declined
  * set (when declined is not NULL) if the URL is not one hpool carries (see
@@ -58,6 +66,10 @@ hpool_req *hpool_start(hpool *p, const httpc_opts *o, size_t max_body, httpc_don
 /* Aborts an in-flight request; its callback is not called.  Not from inside
  * that request's own callback. */
 void hpool_cancel(hpool_req *r);
+
+/* A streamed request (httpc_opts.stream) paused by its callbacks reads
+ * again; the callbacks run from the loop, not from inside this call. */
+void hpool_resume(hpool_req *r);
 
 /* Connections open (idle + busy), for tests and metrics. */
 size_t hpool_connections(const hpool *p);

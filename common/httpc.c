@@ -54,6 +54,11 @@ struct httpc_req {
     bool too_big;
     bool oom;
     bool want_headers;
+    const httpc_stream *stream; /* the caller's, or NULL */
+    bool paused, headed;        /* streaming (curl): asked to stop; on_head ran */
+    long status;                /* streaming (curl): of the last status line */
+    struct event *kick;         /* streaming (curl): resumes from the loop */
+    char reason[64];            /* the last status line's reason phrase */
     struct curl_slist *headers; /* owned, or c->plain_headers (borrowed) */
     size_t max_body;
     char *resp;                 /* owned; NUL-terminated when non-NULL */
@@ -172,6 +177,13 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 {
     httpc_req *r = userp;
     size_t n = size * nmemb;
+    if (r->stream) {
+        /* paused: curl keeps these bytes and hands them over again once
+         * httpc_resume unpauses it */
+        if (r->paused) return CURL_WRITEFUNC_PAUSE;
+        if (n && !r->stream->on_data(data, n, r->arg)) r->paused = true;
+        return n;
+    }
     if (n > r->max_body - r->resp_len) {
         r->too_big = true;
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
@@ -205,10 +217,39 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
     httpc_req *r = userp;
     size_t n = size * nmemb, len = n;
     while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r')) len--;
-    if (len == 0) return n; /* the blank line ending the header block */
+    if (len == 0) { /* the blank line ending the header block */
+        if (r->stream && !r->headed && r->status >= 200) {
+            httpc_response head = {
+                .error = HTTPC_OK,
+                .status = r->status,
+                .body = "",
+                .headers = (const char *const *)r->hdrs,
+                .nheaders = r->nhdrs,
+                .reason = r->reason,
+            };
+            r->headed = true;
+            if (!r->stream->on_head(&head, r->arg)) r->paused = true;
+        }
+        return n;
+    }
     if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
         /* A status line starts a new block (after a 1xx): keep only the last. */
         drop_headers(r);
+        const char *sp = memchr(data, ' ', len);
+        r->status = 0;
+        r->reason[0] = '\0';
+        if (sp && (size_t)(data + len - sp) >= 4) {
+            r->status = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+            size_t rl = 0;
+            for (const char *q = sp + 5; q < data + len && rl < sizeof(r->reason) - 1; q++) {
+                if ((unsigned char)*q < 0x20 || *q == 0x7f) {
+                    rl = 0;
+                    break;
+                }
+                r->reason[rl++] = *q;
+            }
+            r->reason[rl] = '\0';
+        }
         return n;
     }
     if (r->nhdrs == MAX_RESPONSE_HEADERS) {
@@ -238,6 +279,7 @@ oom:
 static void req_free(httpc_req *r)
 {
     httpc *c = r->c;
+    if (r->kick) event_free(r->kick);
     if (!r->easy && !r->headers) { /* an hpool request, or one that never got a handle */
         free(r);
         return;
@@ -282,6 +324,8 @@ static void req_finish(httpc_req *r, int error, const char *errmsg)
         .body_len = r->resp_len,
         .headers = (const char *const *)r->hdrs,
         .nheaders = r->want_headers ? r->nhdrs : 0,
+        .reason = r->reason,
+        .streamed = r->headed,
     };
     if (r->easy) {
         cu->easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
@@ -361,13 +405,19 @@ static int req_setup(httpc_req *r, const httpc_opts *o, char *err)
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     SET(CURLOPT_TCP_NODELAY, 1L);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    if (r->stream) {
+        /* no bound on the whole transfer: a silence of timeout_ms ends it */
+        SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+        SET(CURLOPT_LOW_SPEED_TIME, (o->timeout_ms + 999) / 1000);
+    } else {
+        SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+        SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
+    }
     SET(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
     SET(CURLOPT_HTTPHEADER, r->headers);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, (void *)r);
-    if (r->want_headers) {
+    if (r->want_headers || r->stream) {
         SET(CURLOPT_HEADERFUNCTION, on_header);
         SET(CURLOPT_HEADERDATA, (void *)r);
     }
@@ -414,6 +464,50 @@ static void native_done(const httpc_response *resp, void *arg)
     free(r);
 }
 
+/* hpool calls the stream with its own argument (the httpc_req); these pass
+ * it on to the caller's. */
+static bool native_head(const httpc_response *head, void *arg)
+{
+    httpc_req *r = arg;
+    return r->stream->on_head(head, r->arg);
+}
+
+static bool native_data(const char *data, size_t n, void *arg)
+{
+    httpc_req *r = arg;
+    return r->stream->on_data(data, n, r->arg);
+}
+
+static const httpc_stream native_stream = {native_head, native_data};
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    httpc_req *r = arg;
+    (void)fd;
+    (void)what;
+    if (r->done || !r->easy || r->paused) return;
+    httpc *c = r->c;
+    int running;
+    dispatch_enter(c);
+    cu->easy_pause(r->easy, CURLPAUSE_CONT); /* may hand over the bytes it kept */
+    cu->multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    collect_done(c);
+    dispatch_leave(c);
+}
+
+void httpc_resume(httpc_req *r)
+{
+    if (!r || r->done) return;
+    if (r->native) {
+        hpool_resume(r->native);
+        return;
+    }
+    if (!r->paused || !r->easy) return;
+    r->paused = false;
+    if (!r->kick) r->kick = event_new(r->c->base, -1, 0, on_kick, r);
+    if (r->kick) event_active(r->kick, EV_TIMEOUT, 1);
+}
+
 httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *arg, char err[256])
 {
     httpc_req *r = NULL;
@@ -440,7 +534,10 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
         r->c = c;
         r->cb = cb;
         r->arg = arg;
-        r->native = hpool_start(c->pool, o, max_body, native_done, r, &declined, err);
+        r->stream = o->stream;
+        httpc_opts no = *o;
+        if (o->stream) no.stream = &native_stream;
+        r->native = hpool_start(c->pool, &no, max_body, native_done, r, &declined, err);
         if (r->native) {
             link_req(c, r);
             return r;
@@ -457,6 +554,7 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *o, httpc_done_cb cb, void *ar
     r->cb = cb;
     r->arg = arg;
     r->want_headers = o->want_headers;
+    r->stream = o->stream;
     r->max_body = max_body;
     r->body_len = body_len;
     if (body_len) memcpy(r->body, o->body, body_len);

@@ -38,9 +38,26 @@ typedef struct httpc_response {
     const char *const *headers; /* "Name: value" lines, borrowed; only if want_headers */
     size_t nheaders;
     double total_s;             /* wall time of the transfer */
+    const char *reason;         /* the status line's reason phrase, borrowed ("" when none) */
+    bool streamed;              /* a streamed request whose head was already delivered */
 } httpc_response;
 
 typedef void (*httpc_done_cb)(const httpc_response *resp, void *arg);
+
+/* Streaming (httpc_opts.stream): the body is handed over as it arrives
+ * instead of being collected, so a response of any size passes in bounded
+ * memory.  on_head gets the final response head (status, reason, headers;
+ * no body) once, then on_data each piece of the body; either returns false
+ * to stop reading from the server until httpc_resume.  The done callback
+ * then ends the exchange: error HTTPC_OK when the body is complete, or the
+ * error that cut it (resp->streamed says whether on_head ran).  Neither
+ * callback may cancel the request; max_response_bytes does not apply, and
+ * timeout_ms bounds the wait for the head and each silence of the server
+ * while reading (not the whole transfer). */
+typedef struct httpc_stream {
+    bool (*on_head)(const httpc_response *head, void *arg);
+    bool (*on_data)(const char *data, size_t n, void *arg);
+} httpc_stream;
 
 typedef struct httpc_opts {
     const char *method;               /* "GET", "POST", "PUT", "DELETE", ... */
@@ -52,6 +69,7 @@ typedef struct httpc_opts {
     long connect_timeout_ms;          /* 0 = timeout_ms */
     size_t max_response_bytes;        /* 0 = 1 MiB */
     bool want_headers;                /* collect response headers */
+    const httpc_stream *stream;       /* NULL: collect the body; else see httpc_stream */
 } httpc_opts;
 
 /* New client on `base`.  NULL with err filled on failure. */
@@ -70,6 +88,11 @@ httpc_req *httpc_start(httpc *c, const httpc_opts *opts, httpc_done_cb cb,
 void httpc_cancel(httpc_req *r);
 
 size_t httpc_in_flight(const httpc *c);
+
+/* A streamed request paused by its on_head/on_data returning false reads
+ * from the server again; the next callbacks run from the event loop, never
+ * from inside this call. */
+void httpc_resume(httpc_req *r);
 
 /* Tests: with on = false, libcurl carries every request from now on
  * (only while nothing is in flight); on = true brings hpool back. */

@@ -40,6 +40,11 @@ typedef struct centry {
     bool busy;                       /* a whole request is being answered */
     bool refused;                    /* the stream broke HTTP framing: answered, closing */
     struct event *closer;            /* closes it once the refusal is written */
+    void (*gone)(void *);            /* conns_watch: told when the connection closes */
+    void *gone_arg;
+    struct event *hup_arm;           /* conns_watch: starts the hang-up check */
+    struct event *hup;               /* EV_CLOSED on the socket: the client hung up */
+    bool tunnel;                     /* conns_tunnel: bytes are not HTTP any more */
     h1check check;                   /* the framing of every byte read */
 } centry;
 
@@ -48,6 +53,7 @@ struct conns {
     struct event_base *base;
     size_t max, open;
     const struct timeval *timeout; /* common timeout of CLIENT_REQUEST_TIMEOUT_S */
+    const struct timeval *hup_after; /* common timeout of HUP_CHECK_MS */
     h1_limits limits;
     centry **buckets;
     size_t nbuckets;
@@ -185,7 +191,7 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 {
     centry *e = arg;
     e->bytes += info->n_added;
-    if (!info->n_added || e->refused) return;
+    if (!info->n_added || e->refused || e->tunnel) return;
     /* the bytes just added are the buffer's last n_added */
     size_t len = evbuffer_get_length(buf);
     struct evbuffer_ptr at;
@@ -217,7 +223,34 @@ static void on_closed(struct evhttp_connection *evcon, void *arg)
     c->open--;
     event_free(e->deadline); /* may be running: event_free is safe from its own callback */
     if (e->closer) event_free(e->closer);
+    if (e->hup_arm) event_free(e->hup_arm);
+    if (e->hup) event_free(e->hup);
+    void (*gone)(void *) = e->gone;
+    void *gone_arg = e->gone_arg;
     free(e);
+    if (gone) gone(gone_arg);
+}
+
+/* ---------- a client that hangs up while its reply is awaited ---------- */
+
+static void on_hup(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    centry *e = arg;
+    evhttp_connection_free(e->evcon); /* on_closed tells the watcher */
+}
+
+static void on_hup_arm(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    centry *e = arg;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(e->evcon);
+    evutil_socket_t sock = bev ? bufferevent_getfd(bev) : -1;
+    if (!e->gone || sock < 0) return;
+    if (!e->hup) e->hup = event_new(e->c->base, sock, EV_CLOSED, on_hup, e);
+    if (e->hup) event_add(e->hup, NULL);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
@@ -226,7 +259,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     conns *c = e->c;
     (void)fd;
     (void)what;
-    if (e->busy) return;
+    if (e->busy || e->refused || e->tunnel) return; /* answering; refused and lingering; a tunnel's own */
     struct bufferevent *bev = evhttp_connection_get_bufferevent(e->evcon);
     if (bev && evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
         evtimer_add(e->deadline, c->timeout); /* the last reply is still going out */
@@ -336,6 +369,44 @@ void conns_reply_out(conns *c, struct evhttp_request *req)
     evtimer_add(e->deadline, c->timeout);
 }
 
+/* How long a watched request waits before its socket is watched for a
+ * hang-up: a quick reply never pays the two epoll_ctl calls. */
+#define HUP_CHECK_MS 100
+
+void conns_watch(conns *c, struct evhttp_request *req, void (*gone)(void *arg), void *arg)
+{
+    centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
+    if (!e) return;
+    e->gone = gone;
+    e->gone_arg = arg;
+    if (!gone || !c->hup_after || !(event_base_get_features(c->base) & EV_FEATURE_EARLY_CLOSE)) return;
+    if (!e->hup_arm) e->hup_arm = evtimer_new(c->base, on_hup_arm, e);
+    if (e->hup_arm) evtimer_add(e->hup_arm, c->hup_after);
+}
+
+void conns_stop_hup_check(conns *c, struct evhttp_request *req)
+{
+    centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
+    if (!e) return;
+    if (e->hup_arm) evtimer_del(e->hup_arm);
+    if (e->hup) event_del(e->hup);
+}
+
+void conns_unwatch(conns *c, struct evhttp_request *req)
+{
+    centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
+    if (!e) return;
+    conns_stop_hup_check(c, req);
+    e->gone = NULL;
+    e->gone_arg = NULL;
+}
+
+void conns_tunnel(conns *c, struct evhttp_request *req)
+{
+    centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
+    if (e) e->tunnel = true;
+}
+
 size_t conns_open(const conns *c) { return c ? c->open : 0; }
 
 conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, metrics_family *rejected,
@@ -352,6 +423,8 @@ conns *conns_new(struct event_base *base, size_t max, long request_timeout_s, me
     c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
     struct timeval tv = {(time_t)request_timeout_s, 0};
     c->timeout = event_base_init_common_timeout(base, &tv);
+    struct timeval hup = {0, HUP_CHECK_MS * 1000};
+    c->hup_after = event_base_init_common_timeout(base, &hup);
     c->adopt = event_new(base, -1, 0, on_adopt, c);
     if (!c->buckets || !c->timeout || !c->adopt) {
         conns_free(c);
@@ -373,6 +446,8 @@ void conns_free(conns *c)
             evhttp_connection_set_closecb(e->evcon, NULL, NULL);
             event_free(e->deadline);
             if (e->closer) event_free(e->closer);
+            if (e->hup_arm) event_free(e->hup_arm);
+            if (e->hup) event_free(e->hup);
             free(e);
         }
     }

@@ -56,6 +56,21 @@ void conns_request_in(conns *c, struct evhttp_request *req);
  * before the reply is sent (the request may be gone after). */
 void conns_reply_out(conns *c, struct evhttp_request *req);
 
+/* Until conns_unwatch, gone(arg) is called once if req's connection
+ * closes (from evhttp's close callback: the request is then either still
+ * on the connection, which frees it, or detached and the caller's to free
+ * with evhttp_request_free).  After HUP_CHECK_MS without a reply started,
+ * a client that hangs up (EV_CLOSED on its socket) has its connection
+ * closed at once, so the watcher learns it before any write; call
+ * conns_stop_hup_check once the reply starts.  One watch per connection. */
+void conns_watch(conns *c, struct evhttp_request *req, void (*gone)(void *arg), void *arg);
+void conns_stop_hup_check(conns *c, struct evhttp_request *req);
+void conns_unwatch(conns *c, struct evhttp_request *req);
+
+/* req's connection leaves HTTP (an accepted Upgrade): its bytes are no
+ * longer checked as HTTP/1.1. */
+void conns_tunnel(conns *c, struct evhttp_request *req);
+
 /* Client connections open now. */
 size_t conns_open(const conns *c);
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define F(field) offsetof(proxy_settings, field)
 
@@ -68,7 +69,19 @@ const cfg_option pconfig_table[] = {
      "EXECUTOR_OUTPUT_LIMIT, 1 MiB by default, and JSON escaping can make it up to 6 times longer). An eval whose "
      "result is larger is finished as failed, its status saying so", false},
     {"UPSTREAM_TIMEOUT_MS", CFG_INT, "30000", 10, 600000, NULL, F(upstream_timeout_ms),
-     "deadline of one pass-through call (-> 504)", false},
+     "pass-through: wait for the upstream's response head (-> 504), and the longest silence of the upstream while "
+     "its body streams (the client's response is then cut)", false},
+    {"PASSTHROUGH_BUFFER_BYTES", CFG_INT, "262144", 16384, 16777216, NULL, F(passthrough_buffer_bytes),
+     "pass-through: response bytes held for one client that reads slower than the upstream sends; past this the "
+     "proxy stops reading the upstream until the client catches up", false},
+    {"TRUST_FORWARDED_HEADERS", CFG_LIST, "", 0, 0, NULL, F(trust_forwarded_text),
+     "pass-through: client-sent forwarding headers kept and extended (x-forwarded-for, x-forwarded-host, "
+     "x-forwarded-proto, forwarded, or all); empty = none: the proxy's own values replace them (set it only "
+     "behind a proxy of yours that sets them)", false},
+    {"FORWARDED_HEADER", CFG_BOOL, "false", 0, 0, NULL, F(forwarded_header),
+     "pass-through: also send the standard Forwarded header (RFC 7239) beside the X-Forwarded-* ones", false},
+    {"WEBSOCKET_IDLE_TIMEOUT_S", CFG_INT, "60", 1, 86400, NULL, F(websocket_idle_timeout_s),
+     "pass-through: a WebSocket (or other Upgrade) tunnel with no byte either way for this long is closed", false},
     {"REDIS_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(redis_timeout_ms),
      "deadline of one Redis command; on expiry the connection is re-made", false},
     {"CLIENT_REQUEST_TIMEOUT_S", CFG_INT, "30", 1, 3600, NULL, F(client_request_timeout_s),
@@ -203,6 +216,28 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
                              "LEGACY_RQ_QUEUES: must name three RQ queues, for priorities 0-2, 3-5 and 6-9, e.g. "
                              "high,default,low\n");
         }
+    }
+    tmp.trust_forwarded = 0;
+    for (const char *c = tmp.trust_forwarded_text; *c;) {
+        static const char *const fwd_names[] = {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"};
+        while (*c == ' ' || *c == ',') c++;
+        size_t len = strcspn(c, ",");
+        while (len && c[len - 1] == ' ') len--;
+        if (!len) break;
+        unsigned bit = 0;
+        if (len == 3 && strncasecmp(c, "all", 3) == 0) bit = FWD_ALL;
+        for (unsigned i = 0; i < 4 && !bit; i++)
+            if (strlen(fwd_names[i]) == len && strncasecmp(c, fwd_names[i], len) == 0) bit = 1u << i;
+        if (!bit) {
+            n++;
+            char line[400];
+            util_snprintf(line, sizeof(line),
+                          "TRUST_FORWARDED_HEADERS: \"%.*s\" is not one of x-forwarded-for, x-forwarded-host, "
+                          "x-forwarded-proto, forwarded, all\n", (int)util_utf8_prefix(c, len < 100 ? len : 100), c);
+            cfg_append_error(errs, errs_size, "%s", line);
+        }
+        tmp.trust_forwarded |= bit;
+        c += strcspn(c, ",");
     }
     if (tmp.allowed_languages[0] == '\0') {
         n++;

@@ -37,6 +37,11 @@ typedef struct proxy_settings {
     long long legacy_timeout_ms;
     long long legacy_max_reply_bytes;
     long long upstream_timeout_ms;
+    long long passthrough_buffer_bytes;
+    char *trust_forwarded_text;
+    unsigned trust_forwarded; /* FWD_* bits, from trust_forwarded_text */
+    bool forwarded_header;
+    long long websocket_idle_timeout_s;
     long long redis_timeout_ms;
     long long shutdown_grace_s;
     long long client_timeout_s;
@@ -63,6 +68,13 @@ typedef struct proxy_settings {
     double shadow_percentage;
     long long shadow_mismatches_kept;
 } proxy_settings;
+
+/* Client-sent forwarding headers the pass-through keeps (TRUST_FORWARDED_HEADERS). */
+#define FWD_XFF 1u
+#define FWD_XFHOST 2u
+#define FWD_XFPROTO 4u
+#define FWD_FORWARDED 8u
+#define FWD_ALL 15u
 
 extern const cfg_option pconfig_table[];
 extern const size_t pconfig_count;

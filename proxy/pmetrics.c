@@ -21,6 +21,8 @@ const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_t
                                                "overload", "no_path", "out_of_memory", "method", "fd_limit",
                                                "max_connections", "client_timeout", "eval_id_unchecked",
                                                "outcome_unknown", "bad_http"};
+static const char *const side_names[PS_COUNT] = {"client", "upstream"};
+static const char *const tunnel_names[PT_COUNT] = {"opened", "declined", "failed"};
 static const char *const check_names[PC_COUNT] = {"queued", "not_queued", "unknown"};
 const char *const pm_outcome_names[] = {"completed", "failed", "timeout", "cancelled"};
 static const char *const shadow_names[] = {"match", "mismatch", "error"};
@@ -70,6 +72,8 @@ int pmetrics_init(pmetrics *m, const char *queue)
     const metrics_dim D_SHADOW = {"result", shadow_names, 3};
     const metrics_dim D_RBREASON = {"reason", gate_names, GATE_COUNT};
     const metrics_dim D_CHECK = {"result", check_names, PC_COUNT};
+    const metrics_dim D_SIDE = {"side", side_names, PS_COUNT};
+    const metrics_dim D_TUNNEL = {"result", tunnel_names, PT_COUNT};
 
     m->reg = metrics_registry_new();
     if (!m->reg) return -1;

@@ -79,6 +79,13 @@ extern const char *const pm_upstream_names[UP_COUNT];
     X(queue_depth, METRICS_GAUGE, "turnout_queue_depth",                                      \
       "Messages waiting in the new queue, by queue and priority step", D_QUEUE, D_PRIO)       \
     X(dlq_size, METRICS_GAUGE, "turnout_dlq_size", "Entries in the dead-letter queue")        \
+    X(passthrough_aborted, METRICS_COUNTER, "turnout_passthrough_aborted_total",              \
+      "Pass-through responses cut before their end, by the side that went away (client: it closed "    \
+      "its connection, the upstream call was cancelled; upstream: it failed or fell silent mid-body)", D_SIDE) \
+    X(tunnels, METRICS_COUNTER, "turnout_tunnels_total",                                      \
+      "Upgrade requests (WebSocket) passed through, by result (opened: the upstream switched "  \
+      "protocols; declined: it answered otherwise; failed: it could not be reached)", D_TUNNEL) \
+    X(tunnels_open, METRICS_GAUGE, "turnout_tunnels_open", "Upgraded (WebSocket) tunnels open now") \
     X(rejected, METRICS_COUNTER, "turnout_rejected_requests_total",                           \
       "Requests refused by a limit or validation, by reason", D_REJECT)                       \
     X(build_info, METRICS_GAUGE, "turnout_build_info", "Always 1; the version label says which build", D_VERSION)
@@ -88,6 +95,8 @@ extern const char *const pm_code_names[PM_NCODES];
 enum pm_reject { RJ_BAD_JSON, RJ_TOO_LARGE, RJ_MEDIA_TYPE, RJ_INVALID_FIELD, RJ_OVERLOAD,
                  RJ_NO_PATH, RJ_OOM, RJ_METHOD, RJ_FD_LIMIT, RJ_MAX_CONNECTIONS, RJ_CLIENT_TIMEOUT,
                  RJ_UNCHECKED, RJ_OUTCOME_UNKNOWN, RJ_BAD_HTTP, RJ_COUNT };
+enum pm_side { PS_CLIENT, PS_UPSTREAM, PS_COUNT };
+enum pm_tunnel { PT_OPENED, PT_DECLINED, PT_FAILED, PT_COUNT };
 enum pm_check { PC_QUEUED, PC_NOT_QUEUED, PC_UNKNOWN, PC_COUNT };
 extern const char *const pm_reject_names[RJ_COUNT];
 extern const char *const pm_outcome_names[];

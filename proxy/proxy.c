@@ -278,6 +278,9 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     evhttp_set_max_headers_size(p->http, MAX_HEADERS_BYTES);
     evhttp_set_max_body_size(p->http, p->cfg.max_body_bytes + EVHTTP_BODY_CEILING_EXTRA);
     evhttp_set_timeout(p->http, (int)p->cfg.client_timeout_s);
+    /* a reply without a Content-Type (a pass-through answer without one)
+     * is not given libevent's text/html default */
+    evhttp_set_default_content_type(p->http, NULL);
     evhttp_set_bevcb(p->http, conns_plain_bevcb, p->conns); /* TLS replaces it with tls_bevcb */
     return p;
 err:

@@ -507,6 +507,136 @@ static void test_free_from_callback(void)
     CHECK_EQ_INT(b.calls, 0); /* dropped with the pool, without a callback */
 }
 
+/* ---------- streaming ---------- */
+
+typedef struct sink {
+    result done;
+    int heads;
+    long head_status;
+    char reason[64];
+    char data[4096];
+    size_t len, pieces;
+    size_t pause_after;   /* pause once this many bytes arrived (0: never) */
+    bool paused;
+} sink;
+
+static bool sink_head(const httpc_response *h, void *arg)
+{
+    sink *k = arg;
+    k->heads++;
+    k->head_status = h->status;
+    snprintf(k->reason, sizeof(k->reason), "%s", h->reason ? h->reason : "(null)");
+    return true;
+}
+
+static bool sink_data(const char *d, size_t n, void *arg)
+{
+    sink *k = arg;
+    if (k->len + n < sizeof(k->data)) memcpy(k->data + k->len, d, n);
+    k->len += n;
+    k->pieces++;
+    if (k->pause_after && k->len >= k->pause_after && !k->paused) {
+        k->paused = true;
+        return false;
+    }
+    return true;
+}
+
+static void sink_done(const httpc_response *resp, void *arg)
+{
+    sink *k = arg;
+    record(resp, &k->done);
+    k->done.body_len = resp->streamed; /* reused: did the head come first */
+}
+
+static const httpc_stream sink_stream = {sink_head, sink_data};
+
+static hpool_req *go_stream(const char *method, sink *k, long timeout_ms)
+{
+    char u[256], err[256] = "";
+    snprintf(u, sizeof(u), "%s/s", url);
+    httpc_opts o = {.method = method, .url = u, .timeout_ms = timeout_ms, .want_headers = true,
+                    .stream = &sink_stream};
+    hpool_req *q = hpool_start(pool, &o, 8, sink_done, k, NULL, err); /* 8: a limit streaming ignores */
+    if (!q) fprintf(stderr, "hpool_start: %s\n", err);
+    return q;
+}
+
+static void test_stream_pieces_reason_no_limit(void)
+{
+    const step s[] = {{"HTTP/1.1 201 Made It\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n", 9, false},
+                      {"HTTP/1.1 299\r\nContent-Length: 12\r\n\r\nsized answer", 0, false}};
+    setup(s, 2);
+    sink a = {0}, b = {0};
+    CHECK(go_stream("GET", &a, 5000) != NULL);
+    loop_until(1);
+    CHECK_EQ_INT(a.done.error, HTTPC_OK);
+    CHECK_EQ_INT(a.heads, 1);
+    CHECK_EQ_INT(a.head_status, 201);
+    CHECK_STR(a.reason, "Made It");
+    CHECK_EQ_INT(a.len, 12);
+    CHECK(memcmp(a.data, "hello, world", 12) == 0);
+    CHECK(a.pieces >= 2); /* as it came, not collected */
+    CHECK_EQ_INT(a.done.body_len, 1);
+    CHECK(go_stream("GET", &b, 5000) != NULL); /* the same connection, kept alive */
+    loop_until(2);
+    CHECK_EQ_INT(b.done.error, HTTPC_OK);
+    CHECK_STR(b.reason, "");
+    CHECK_EQ_INT(b.len, 12);
+    CHECK_EQ_INT(accepts, 1);
+}
+
+static hpool_req *paused_req;
+
+static void on_resume_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sink *k = arg;
+    k->pause_after = 0;
+    hpool_resume(paused_req);
+}
+
+static void test_stream_pause_resume(void)
+{
+    const step s[] = {{"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n0123456789abcdefghijKLMNOPQRST", 10, false}};
+    setup(s, 1);
+    sink a = {.pause_after = 5};
+    paused_req = go_stream("GET", &a, 300);
+    CHECK(paused_req != NULL);
+    /* paused for longer than the timeout: a paused stream's clock is stopped */
+    spin(600);
+    CHECK_EQ_INT(finished, 0);
+    CHECK(a.paused);
+    CHECK(a.len < 30);
+    struct event *t = evtimer_new(base, on_resume_timer, &a);
+    struct timeval now = {0, 1000};
+    evtimer_add(t, &now);
+    loop_until(1);
+    event_free(t);
+    CHECK_EQ_INT(a.done.error, HTTPC_OK);
+    CHECK_EQ_INT(a.len, 30);
+    CHECK(memcmp(a.data, "0123456789abcdefghijKLMNOPQRST", 30) == 0);
+}
+
+static void test_stream_cut_and_silence(void)
+{
+    const step s[] = {{"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", 0, true},
+                      {"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nthen silence", 0, false}};
+    setup(s, 2);
+    sink a = {0}, b = {0};
+    CHECK(go_stream("GET", &a, 5000) != NULL);
+    loop_until(1);
+    CHECK_EQ_INT(a.done.error, HTTPC_EOTHER);
+    CHECK_EQ_INT(a.done.body_len, 1); /* after the head: the caller must cut its own reply */
+    CHECK_EQ_INT(a.len, 9);
+    CHECK(go_stream("GET", &b, 200) != NULL);
+    loop_until(2);
+    CHECK_EQ_INT(b.done.error, HTTPC_ETIMEOUT);
+    CHECK_EQ_INT(b.heads, 1);
+}
+
 int main(void)
 {
     base = event_base_new();
@@ -527,6 +657,9 @@ int main(void)
     RUN(test_extra_bytes_end_the_connection);
     RUN(test_timeout_refused_cancel);
     RUN(test_free_from_callback);
+    RUN(test_stream_pieces_reason_no_limit);
+    RUN(test_stream_pause_resume);
+    RUN(test_stream_cut_and_silence);
     hpool_free(pool);
     while (sconns) sconn_close(sconns);
     event_free(listen_ev);
