@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -346,8 +347,26 @@ struct bufferevent *conns_plain_bevcb(struct event_base *base, void *conns_arg)
     return conns_track(conns_arg, bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE));
 }
 
+/* Does the Connection list `v` hold the option "close"?  (evhttp only
+ * honours a value that is exactly "close".) */
+static bool asks_close(const char *v)
+{
+    for (const char *c = v; *c;) {
+        while (*c == ' ' || *c == '\t' || *c == ',') c++;
+        size_t len = strcspn(c, ",");
+        size_t l = len;
+        while (l && (c[l - 1] == ' ' || c[l - 1] == '\t')) l--;
+        if (l == 5 && strncasecmp(c, "close", 5) == 0) return true;
+        c += len;
+    }
+    return false;
+}
+
 void conns_request_in(conns *c, struct evhttp_request *req)
 {
+    const char *conn = evhttp_find_header(evhttp_request_get_input_headers(req), "Connection");
+    if (conn && strcasecmp(conn, "close") != 0 && strcasecmp(conn, "keep-alive") != 0 && asks_close(conn))
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
     if (!e) return;
     e->busy = true;
@@ -405,6 +424,24 @@ void conns_tunnel(conns *c, struct evhttp_request *req)
 {
     centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
     if (e) e->tunnel = true;
+}
+
+void conns_close_after_flush(conns *c, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    centry *e = c ? find(c, evcon) : NULL;
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    if (e && !e->closer) e->closer = evtimer_new(c->base, on_close_now, e);
+    if (!e || !bev || !e->closer) {
+        if (evcon) evhttp_connection_free(evcon);
+        return;
+    }
+    conns_unwatch(c, req);
+    e->refused = true; /* nothing more is read as HTTP */
+    bufferevent_setcb(bev, NULL, on_refusal_written, on_refusal_event, e);
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_enable(bev, EV_WRITE);
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) on_refusal_written(bev, e);
 }
 
 size_t conns_open(const conns *c) { return c ? c->open : 0; }

@@ -71,6 +71,11 @@ void conns_unwatch(conns *c, struct evhttp_request *req);
  * longer checked as HTTP/1.1. */
 void conns_tunnel(conns *c, struct evhttp_request *req);
 
+/* What is on its way to req's client goes out, then the connection
+ * closes (with a lingering close): a response that cannot be finished.
+ * The request goes with the connection. */
+void conns_close_after_flush(conns *c, struct evhttp_request *req);
+
 /* Client connections open now. */
 size_t conns_open(const conns *c);
 

@@ -261,7 +261,8 @@ void fwd_response_headers(const char *const *hl, size_t n, struct evkeyvalq *out
             if (te) continue; /* RFC 9112 §6.3: Transfer-Encoding wins; the body is re-framed */
             info->content_length = true;
         } else if (upgrade && strcasecmp(name, "upgrade") == 0) {
-            /* kept: the protocol switched to */
+            evhttp_add_header(out, name, v); /* kept: the protocol switched to (Connection names it) */
+            continue;
         } else if (hop_by_hop(name, false)) {
             continue;
         }

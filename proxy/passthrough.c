@@ -211,8 +211,7 @@ static void on_up_done(const httpc_response *resp, void *arg)
     metrics_add(p->m.passthrough_aborted, metrics_at(p->m.passthrough_aborted, (size_t[]){PS_UPSTREAM}), 1);
     LOG_INFO("a pass-through response was cut: the upstream failed mid-body", "error",
              resp->errmsg ? resp->errmsg : "error");
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    if (evcon) evhttp_connection_free(evcon);
+    if (evhttp_request_get_connection(req)) conns_close_after_flush(p->conns, req);
     else evhttp_request_free(req);
 }
 

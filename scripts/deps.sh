@@ -8,7 +8,7 @@ set -eu
 
 PACKAGES="gcc make pkg-config libevent-dev libhiredis-dev libcurl4-openssl-dev
 libjansson-dev libssl-dev zlib1g-dev redis-server python3 python3-celery python3-redis python3-rq
-python3-pytest python3-requests python3-yaml prometheus curl
+python3-pytest python3-requests python3-yaml python3-websockets prometheus curl
 chromium chromium-driver python3-selenium clang libclang-rt-14-dev valgrind openssl"
 
 # make bench: the peers it measures turnout against, and the profilers
