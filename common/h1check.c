@@ -42,12 +42,18 @@ void h1check_init(h1check *h, const h1_limits *lim)
 bool h1check_idle(const h1check *h) { return h->state == S_START && h->status == 0; }
 
 /* RFC 9110 §5.6.2 */
-static bool tchar(unsigned char c)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c && memchr(extra, c, sizeof(extra) - 1));
-}
+/* RFC 9110 §5.6.2 tchar, by table: 1 for a token character. */
+#define T10 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+#define T26 T10, T10, 1, 1, 1, 1, 1, 1
+static const unsigned char tchar_tab[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1, ['-'] = 1,
+    ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = T10, ['A'] = T26, ['a'] = T26,
+};
+#undef T26
+#undef T10
+
+static bool tchar(unsigned char c) { return tchar_tab[c] != 0; }
 
 static int hexval(unsigned char c)
 {
@@ -89,7 +95,9 @@ static void new_message(h1check *h)
 
 static bool is(const h1check *h, const char *name) { return !h->name_long && strcmp(h->name, name) == 0; }
 
-static bool checked_name(const h1check *h)
+static bool checked_name(const h1check *h) { return h->checked; }
+
+static bool name_is_checked(const h1check *h)
 {
     return is(h, "content-length") || is(h, "transfer-encoding") || is(h, "host") || is(h, "expect");
 }
@@ -361,8 +369,28 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
             h->name_long = false;
             __attribute__((fallthrough)); /* the first character of the name */
         case S_HNAME:
+            if (tchar(c)) {
+                /* the rest of the name in one run */
+                size_t j = i;
+                while (j < n && tchar(p[j])) {
+                    unsigned char k = p[j++];
+                    if ((size_t)h->name_len + 1 < sizeof(h->name)) {
+                        h->shown[h->name_len] = (char)k;
+                        h->name[h->name_len++] = (char)(k >= 'A' && k <= 'Z' ? k + 32 : k);
+                    } else {
+                        h->name_long = true;
+                    }
+                }
+                if ((h->header_bytes += j - i - 1) > h->lim->max_header_bytes)
+                    return fail(h, 431, "headers_too_large",
+                                "the request line and headers are larger than the %s accepted",
+                                h->trailer ? "trailer size" : "header size");
+                i = j - 1;
+                continue;
+            }
             if (c == ':') {
                 h->name[h->name_len] = '\0';
+                h->checked = name_is_checked(h);
                 h->state = S_HOWS;
                 h->value_len = 0;
                 h->value_long = false;
