@@ -55,6 +55,18 @@ static const unsigned char tchar_tab[256] = {
 
 static bool tchar(unsigned char c) { return tchar_tab[c] != 0; }
 
+/* A byte that may stand in a header value (RFC 9110 §5.5: field-vchar, SP,
+ * HTAB, obs-text): 1; controls and DEL: 0. */
+#define O4 1, 1, 1, 1
+#define O16 O4, O4, O4, O4
+static const unsigned char vchar_tab[256] = {
+    ['\t'] = 1,
+    [0x20] = O16, O16, O16, O16, O16, O4, O4, O4, 1, 1, 1, /* 0x20-0x7e */
+    [0x80] = O16, O16, O16, O16, O16, O16, O16, O16,
+};
+#undef O16
+#undef O4
+
 static int hexval(unsigned char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
@@ -95,25 +107,29 @@ static void new_message(h1check *h)
 
 static bool is(const h1check *h, const char *name) { return !h->name_long && strcmp(h->name, name) == 0; }
 
-static bool checked_name(const h1check *h) { return h->checked; }
+enum { H_OTHER, H_CL, H_TE, H_HOST, H_EXPECT };
 
-static bool name_is_checked(const h1check *h)
+static bool checked_name(const h1check *h) { return h->checked != H_OTHER; }
+
+static uint8_t name_kind(const h1check *h)
 {
-    return is(h, "content-length") || is(h, "transfer-encoding") || is(h, "host") || is(h, "expect");
+    return is(h, "content-length") ? H_CL : is(h, "transfer-encoding") ? H_TE : is(h, "host") ? H_HOST
+                                        : is(h, "expect") ? H_EXPECT : H_OTHER;
 }
 
 /* A header line ended: its value (trailing whitespace trimmed) judged. */
 static int header_done(h1check *h)
 {
+    if (h->checked == H_OTHER) return 0; /* a header it does not judge */
     while (h->value_len > 0 && (h->value[h->value_len - 1] == ' ' || h->value[h->value_len - 1] == '\t'))
         h->value_len--;
     h->value[h->value_len] = '\0';
     if (h->trailer) {
-        if (is(h, "content-length") || is(h, "transfer-encoding") || is(h, "host"))
+        if (h->checked != H_EXPECT)
             return bad(h, "a chunked body's trailer may not carry %s: send it in the header section", h->name);
         return 0;
     }
-    if (is(h, "content-length")) {
+    if (h->checked == H_CL) {
         if (h->value_long || h->value_len == 0 || h->value_len > 18)
             return bad(h, "Content-Length must be a decimal number of at most 18 digits%s", "");
         uint64_t v = 0;
@@ -128,7 +144,7 @@ static int header_done(h1check *h)
             return bad(h, "two Content-Length headers with different values: send one%s", "");
         h->has_cl = true;
         h->cl = v;
-    } else if (is(h, "transfer-encoding")) {
+    } else if (h->checked == H_TE) {
         if (++h->tes > 1)
             return bad(h, "more than one Transfer-Encoding header: send one, \"chunked\"%s", "");
         if (h->value_long || h->value_len != 7 || strncasecmp(h->value, "chunked", 7) != 0)
@@ -136,9 +152,9 @@ static int header_done(h1check *h)
                         "Transfer-Encoding \"%s\" is not supported: the only coding accepted is \"chunked\" "
                         "(send a Content-Length, or chunked alone)",
                         h->value_long ? "(long)" : h->value);
-    } else if (is(h, "host")) {
+    } else if (h->checked == H_HOST) {
         if (++h->hosts > 1) return bad(h, "more than one Host header: send exactly one%s", "");
-    } else if (is(h, "expect")) {
+    } else {
         if (h->value_long || strcasecmp(h->value, "100-continue") != 0)
             return fail(h, 417, "expectation_failed",
                         "Expect \"%s\" cannot be met: the only expectation supported is 100-continue",
@@ -372,15 +388,16 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
             if (tchar(c)) {
                 /* the rest of the name in one run */
                 size_t j = i;
-                while (j < n && tchar(p[j])) {
-                    unsigned char k = p[j++];
-                    if ((size_t)h->name_len + 1 < sizeof(h->name)) {
-                        h->shown[h->name_len] = (char)k;
-                        h->name[h->name_len++] = (char)(k >= 'A' && k <= 'Z' ? k + 32 : k);
-                    } else {
-                        h->name_long = true;
-                    }
+                while (j < n && tchar_tab[p[j]]) j++;
+                size_t run = j - i, room = sizeof(h->name) - 1 - h->name_len;
+                size_t keep = run < room ? run : room;
+                if (keep < run) h->name_long = true;
+                memcpy(h->shown + h->name_len, p + i, keep);
+                for (size_t k = 0; k < keep; k++) {
+                    unsigned char ch = p[i + k];
+                    h->name[h->name_len + k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
                 }
+                h->name_len = (uint8_t)(h->name_len + keep);
                 if ((h->header_bytes += j - i - 1) > h->lim->max_header_bytes)
                     return fail(h, 431, "headers_too_large",
                                 "the request line and headers are larger than the %s accepted",
@@ -390,7 +407,7 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
             }
             if (c == ':') {
                 h->name[h->name_len] = '\0';
-                h->checked = name_is_checked(h);
+                h->checked = name_kind(h);
                 h->state = S_HOWS;
                 h->value_len = 0;
                 h->value_long = false;
@@ -419,7 +436,7 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
             if (!checked_name(h)) {
                 /* a value nobody reads here: checked in one tight run to its line end */
                 size_t j = i;
-                while (j < n && p[j] != '\r' && p[j] != '\n' && (p[j] >= 0x20 || p[j] == '\t') && p[j] != 0x7f) j++;
+                while (j < n && vchar_tab[p[j]]) j++; /* CR, LF and the controls end the run */
                 if (j > i) {
                     size_t run = j - i;
                     if ((h->header_bytes += run - 1) > h->lim->max_header_bytes)

@@ -61,7 +61,7 @@ typedef struct h1check {
     char shown[24];          /* the same as written, for messages */
     uint8_t name_len;
     bool name_long;
-    bool checked;            /* the name is one whose value it checks */
+    uint8_t checked;         /* which header it judges this is (0: none) */
     char value[80];          /* its value, when the name is one it checks */
     uint8_t value_len;
     bool value_long;
