@@ -111,8 +111,19 @@ enum { H_OTHER, H_CL, H_TE, H_HOST, H_EXPECT };
 
 static bool checked_name(const h1check *h) { return h->checked != H_OTHER; }
 
-static uint8_t name_kind(const h1check *h)
+/* At the colon: the name lower-cased into h->name when it has the
+ * length of one it judges, and which one. */
+static uint8_t name_kind(h1check *h)
 {
+    size_t n = h->name_len;
+    h->shown[n] = '\0';
+    h->name[0] = '\0';
+    if (h->name_long || (n != 4 && n != 6 && n != 14 && n != 17)) return H_OTHER;
+    for (size_t k = 0; k < n; k++) {
+        unsigned char ch = (unsigned char)h->shown[k];
+        h->name[k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+    h->name[n] = '\0';
     return is(h, "content-length") ? H_CL : is(h, "transfer-encoding") ? H_TE : is(h, "host") ? H_HOST
                                         : is(h, "expect") ? H_EXPECT : H_OTHER;
 }
@@ -392,11 +403,7 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
                 size_t run = j - i, room = sizeof(h->name) - 1 - h->name_len;
                 size_t keep = run < room ? run : room;
                 if (keep < run) h->name_long = true;
-                memcpy(h->shown + h->name_len, p + i, keep);
-                for (size_t k = 0; k < keep; k++) {
-                    unsigned char ch = p[i + k];
-                    h->name[h->name_len + k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-                }
+                memcpy(h->shown + h->name_len, p + i, keep); /* lower-cased at the colon, if judged */
                 h->name_len = (uint8_t)(h->name_len + keep);
                 if ((h->header_bytes += j - i - 1) > h->lim->max_header_bytes)
                     return fail(h, 431, "headers_too_large",
@@ -406,7 +413,6 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
                 continue;
             }
             if (c == ':') {
-                h->name[h->name_len] = '\0';
                 h->checked = name_kind(h);
                 h->state = S_HOWS;
                 h->value_len = 0;
@@ -422,8 +428,7 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
             if (!tchar(c))
                 return bad(h, "a header name must be letters, digits and !#$%%&'*+-.^_`|~%s", "");
             if ((size_t)h->name_len + 1 < sizeof(h->name)) {
-                h->shown[h->name_len] = (char)c;
-                h->name[h->name_len++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+                h->shown[h->name_len++] = (char)c;
             } else {
                 h->name_long = true;
             }
@@ -452,9 +457,8 @@ int h1check_feed(h1check *h, const unsigned char *p, size_t n)
                 continue;
             }
             if ((c < 0x20 && c != '\t') || c == 0x7f) {
-                h->name[h->name_len] = '\0';
                 return bad(h, "the value of header \"%s\" holds a control character (NUL, CR, ...)",
-                           h->name_long ? "(long)" : h->name);
+                           h->name_long ? "(long)" : h->shown);
             }
             if (checked_name(h)) {
                 if ((size_t)h->value_len + 1 < sizeof(h->value)) h->value[h->value_len++] = (char)c;
