@@ -87,7 +87,7 @@ enum pm_code_dim_size { PM_NCODES = 21 };
 extern const char *const pm_code_names[PM_NCODES];
 enum pm_reject { RJ_BAD_JSON, RJ_TOO_LARGE, RJ_MEDIA_TYPE, RJ_INVALID_FIELD, RJ_OVERLOAD,
                  RJ_NO_PATH, RJ_OOM, RJ_METHOD, RJ_FD_LIMIT, RJ_MAX_CONNECTIONS, RJ_CLIENT_TIMEOUT,
-                 RJ_UNCHECKED, RJ_OUTCOME_UNKNOWN, RJ_BAD_HTTP, RJ_COUNT };
+                 RJ_UNCHECKED, RJ_OUTCOME_UNKNOWN, RJ_BAD_HTTP, RJ_CROSS_ORIGIN, RJ_HOST, RJ_COUNT };
 enum pm_check { PC_QUEUED, PC_NOT_QUEUED, PC_UNKNOWN, PC_COUNT };
 extern const char *const pm_reject_names[RJ_COUNT];
 extern const char *const pm_outcome_names[];
