@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from fixtures_turnout import HTTP_TIMEOUT_S, free_port, msum, mval, wait_until
+from test_tls_security import certs, tls_proxy  # noqa: F401  (fixtures, found by name)
 
 ADMIN = "xs-admin-token"
 READ = "xs-read-token"
@@ -106,6 +107,13 @@ def test_origin_rules_for_writes(proxy_factory, legacyd):
     # reads are not writes: a page may GET (CORS keeps it from reading the answer)
     assert p.get("/api/queue-status", headers={"Origin": "http://evil.example"}).status_code == 200
     assert p.get("/api/eval/o-plain", headers={"Origin": "null"}).status_code == 200
+    # no CORS is granted: a preflight gets the endpoint's 405, no Access-Control-* header
+    resp = p.session.options(p.url("/api/eval"), headers={"Origin": "http://evil.example",
+                                                          "Access-Control-Request-Method": "POST",
+                                                          "Access-Control-Request-Headers": "content-type"},
+                             timeout=HTTP_TIMEOUT_S)
+    assert_error(resp, 405, "method_not_allowed")
+    assert not [h for h in resp.headers if h.lower().startswith("access-control-")], resp.headers
     # a path the proxy does not own is the upstream API's business (404: no upstream here)
     resp = p.post("/users/1", headers={"Origin": "http://evil.example"}, data=b"x")
     assert_error(resp, 404, "not_found")
@@ -125,6 +133,21 @@ def test_cross_origin_cancel_without_body_is_refused(proxy_factory, legacyd):
     resp = p.post("/api/eval/victim/cancel?terminate=true")
     assert resp.status_code == 200, resp.text
     assert legacyd.task("victim").json()["status"] == "cancelled"
+
+
+def test_own_origin_follows_the_listeners_scheme(tls_proxy, legacyd):
+    """Over TLS the proxy's own origin is https://<Host>; http:// is another origin."""
+    tp = tls_proxy()
+    body = {"code": "print(1)"}
+    r = tp.request("POST", "/api/eval", json={**body, "eval_id": "tls-own"},
+                   headers={"Origin": f"https://127.0.0.1:{tp.port}"})
+    assert r.status_code == 202, r.text
+    r = tp.request("POST", "/api/eval", json={**body, "eval_id": "tls-http"},
+                   headers={"Origin": f"http://127.0.0.1:{tp.port}"})
+    assert r.status_code == 403 and r.json()["error"] == "cross_origin", r.text
+    assert "https://<Host>" in r.json()["message"], r.text
+    assert legacyd.task("tls-own").status_code == 200 and legacyd.task("tls-http").status_code == 404
+    assert mval(tp.metrics(), "turnout_rejected_requests_total", reason="cross_origin") == 1
 
 
 def test_allowed_origins_setting_refuses_wildcards(proxy_factory):
