@@ -312,6 +312,8 @@ void util_reply_json(struct evhttp_request *req, int status, const char *json, s
     const char *date = util_http_date();
     evhttp_remove_header(h, "Content-Type");
     evhttp_add_header(h, "Content-Type", "application/json");
+    /* a browser never reads a JSON reply as HTML or script */
+    if (!evhttp_find_header(h, "X-Content-Type-Options")) evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
     /* given here, evhttp does not format them itself */
     if (date && !evhttp_find_header(h, "Date")) evhttp_add_header(h, "Date", date);
     if (status >= 200 && status != 204 && status != 304) { /* those carry no body, nor its length */

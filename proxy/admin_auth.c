@@ -66,3 +66,32 @@ bool px_admin_authorized(proxy *p, struct evhttp_request *req, enum pm_route rou
     }
     return true;
 }
+
+int px_read_access(proxy *p, struct evhttp_request *req, enum pm_route route, double t0)
+{
+    const char *hdr = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    const char *got;
+    size_t got_len;
+    if (!hdr) return 0;
+    if (!admin_auth_bearer(hdr, &got, &got_len)) {
+        const char *c = hdr;
+        while (*c == ' ' || *c == '\t') c++;
+        if (strncasecmp(c, "Bearer", 6) != 0) return 0; /* not ours: a front proxy's Basic, say */
+        px_reply_error(p, req, route, t0, 403, "forbidden",
+                       "the Authorization header is malformed: send Authorization: Bearer <READ_TOKEN or ADMIN_TOKEN>, "
+                       "or no Authorization header for the reply without args, kwargs and outputs", 0);
+        return -1;
+    }
+    const char *const want[2] = {p->cfg.read_token, p->cfg.admin_token};
+    bool ok = false;
+    for (int i = 0; i < 2; i++) /* both compared, whichever matches: the time does not tell which */
+        if (want[i] && want[i][0] && admin_auth_token_equal(got, got_len, want[i], strlen(want[i]))) ok = true;
+    if (ok) return 1;
+    LOG_WARN("sensitive read refused", "route", pm_route_names[route], "reason",
+             (p->cfg.read_token && p->cfg.read_token[0]) || (p->cfg.admin_token && p->cfg.admin_token[0])
+                 ? "wrong token" : "READ_TOKEN and ADMIN_TOKEN not set");
+    px_reply_error(p, req, route, t0, 403, "forbidden",
+                   "the bearer token is neither the proxy's READ_TOKEN nor its ADMIN_TOKEN: send one of them, or no "
+                   "Authorization header for the reply without args, kwargs and outputs", 0);
+    return -1;
+}

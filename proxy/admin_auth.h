@@ -18,6 +18,18 @@ typedef struct proxy proxy;
  *   wrong token                 → 403 forbidden */
 bool px_admin_authorized(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);
 
+/* Whether a read may show the sensitive fields (DLQ entries' args, kwargs
+ * and message, shadow mismatches' outputs):
+ *   1  `Authorization: Bearer <READ_TOKEN or ADMIN_TOKEN>`: show them;
+ *   0  no bearer token (no Authorization, or another scheme such as a
+ *      front proxy's Basic): answer with them left out, saying so;
+ *  -1  a bearer token that is neither (or none is configured): it replied
+ *      403 forbidden itself, never a silent redaction. */
+int px_read_access(proxy *p, struct evhttp_request *req, enum pm_route route, double t0);
+
+/* The note a redacted reply carries (its "redacted" field). */
+#define PX_REDACTED_NOTE "send Authorization: Bearer <READ_TOKEN or ADMIN_TOKEN> to see "
+
 /* Splits an Authorization header value "Bearer <token>" (scheme matched
  * case-insensitively, surrounding blanks ignored).  On success *token
  * points into `header` (borrowed) and *len is its length (> 0).  False when

@@ -135,17 +135,50 @@ enum dlq_target dlq_api_target(const char *path, char tid[DLQ_TASK_ID_MAX + 1], 
     return t;
 }
 
+/* The fields of an entry that hold what was submitted (the code is args[1];
+ * message is the whole original envelope, message_head its first bytes):
+ * shown only with READ_TOKEN or ADMIN_TOKEN. */
+static const char *const sensitive[] = {"args", "kwargs", "message", "message_head"};
+#define NSENSITIVE (sizeof(sensitive) / sizeof(sensitive[0]))
+#define REDACTED_NOTE PX_REDACTED_NOTE "args, kwargs and the original message"
+
+/* Leaves the sensitive fields out of entry `e` and names them in
+ * "redacted_fields".  -1 on OOM. */
+static int redact_entry(json_t *e)
+{
+    json_t *gone = json_array();
+    if (!gone) return -1;
+    for (size_t i = 0; i < NSENSITIVE; i++)
+        if (json_object_get(e, sensitive[i])) {
+            json_object_del(e, sensitive[i]);
+            json_array_append_new(gone, json_string(sensitive[i]));
+        }
+    if (json_object_get(e, "malformed_entry")) { /* its text may be any of them */
+        json_object_del(e, "malformed_entry");
+        json_object_set_new(e, "malformed", json_true());
+        json_array_append_new(gone, json_string("malformed_entry"));
+    }
+    return json_object_set_new(e, "redacted_fields", gone);
+}
+
 /* The stored entry as JSON; an unparsable one is shown, not hidden, so it
- * can be found and deleted.  New reference; NULL on OOM. */
-static json_t *entry_json(const char *raw, size_t len, json_t *tid)
+ * can be found and deleted.  `redact`: without the sensitive fields.  New
+ * reference; NULL on OOM. */
+static json_t *entry_json(const char *raw, size_t len, json_t *tid, bool redact)
 {
     /* \u0000 is valid JSON: an exception message may quote NUL bytes */
     json_t *e = json_loadb(raw, len, JSON_ALLOW_NUL, NULL);
-    if (json_is_object(e)) return e;
-    json_decref(e);
-    /* shown as text (cut at a character boundary, odd bytes as U+FFFD) */
-    size_t shown = util_utf8_trim_end(raw, len > MALFORMED_SHOWN ? (size_t)MALFORMED_SHOWN : len);
-    return json_pack("{s:O, s:o}", "task_id", tid, "malformed_entry", jsafe_stringn(raw, shown));
+    if (!json_is_object(e)) {
+        json_decref(e);
+        /* shown as text (cut at a character boundary, odd bytes as U+FFFD) */
+        size_t shown = util_utf8_trim_end(raw, len > MALFORMED_SHOWN ? (size_t)MALFORMED_SHOWN : len);
+        e = json_pack("{s:O, s:o}", "task_id", tid, "malformed_entry", jsafe_stringn(raw, shown));
+    }
+    if (e && redact && redact_entry(e) != 0) {
+        json_decref(e);
+        return NULL;
+    }
+    return e;
 }
 
 /* ---------- GET /api/dlq/list ---------- */
@@ -154,6 +187,7 @@ static json_t *list_body(dlq_op *op, json_t *entries)
 {
     json_t *o = json_pack("{s:I, s:i, s:i, s:o}", "total", (json_int_t)op->total, "limit", (int)op->q.limit,
                           "offset", (int)op->q.offset, "entries", entries);
+    if (o && op->redact) json_object_set_new(o, "redacted", json_string(REDACTED_NOTE));
     return o;
 }
 
@@ -176,7 +210,7 @@ static void on_list_entries(rbatch *b, void *arg)
     for (size_t i = 0; ids && i < ids->elements; i++) {
         const rbatch_reply *e = &ids->element[i];
         if (e->type != REDIS_REPLY_STRING) continue;
-        json_t *j = entry_json(e->str, e->len, json_array_get(op->ids, i));
+        json_t *j = entry_json(e->str, e->len, json_array_get(op->ids, i), op->redact);
         if (!j || json_array_append_new(entries, j) != 0) {
             json_decref(entries);
             dlq_op_finish_oom(op);
@@ -261,7 +295,7 @@ static void on_list_one(rbatch *b, void *arg)
     if (rep->type == REDIS_REPLY_STRING) {
         op->total = 1;
         json_t *tid = json_string(op->tid);
-        json_t *j = op->q.offset == 0 && tid ? entry_json(rep->str, rep->len, tid) : NULL;
+        json_t *j = op->q.offset == 0 && tid ? entry_json(rep->str, rep->len, tid, op->redact) : NULL;
         if (j) json_array_append_new(entries, j);
         json_decref(tid);
     }
@@ -274,6 +308,8 @@ static void handle_list(proxy *p, struct evhttp_request *req, double t0)
 {
     dlq_query q;
     char msg[256];
+    int access = px_read_access(p, req, RT_DLQ, t0);
+    if (access < 0) return;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     if (dlq_api_parse_query(uri ? evhttp_uri_get_query(uri) : NULL, &q, msg) != 0) {
         px_count_reject(p, RJ_INVALID_FIELD);
@@ -286,6 +322,7 @@ static void handle_list(proxy *p, struct evhttp_request *req, double t0)
     dlq_op *op = dlq_op_new(p, req, t0, q.has_eval_id ? tid : NULL, tid_len);
     if (!op) return;
     op->q = q;
+    op->redact = access == 0;
     rbatch *b = dlq_op_batch(op, q.has_eval_id ? on_list_one : on_list_ids);
     if (!b) return;
     if (q.has_eval_id) {
@@ -377,8 +414,12 @@ static void on_get(rbatch *b, void *arg)
     else if (rep->type != REDIS_REPLY_STRING) dlq_op_not_found(op);
     else {
         json_t *tid = json_string(op->tid);
-        json_t *j = tid ? entry_json(rep->str, rep->len, tid) : NULL;
+        json_t *j = tid ? entry_json(rep->str, rep->len, tid, op->redact) : NULL;
         json_decref(tid);
+        if (j && op->redact && json_object_set_new(j, "redacted", json_string(REDACTED_NOTE)) != 0) {
+            json_decref(j);
+            j = NULL;
+        }
         if (!j) dlq_op_finish_oom(op);
         else dlq_op_finish_json(op, 200, j);
     }
@@ -449,8 +490,12 @@ void dlq_api_handle(proxy *p, struct evhttp_request *req, const char *path, doub
         return;
     case DLQ_T_ENTRY:
         if (m == EVHTTP_REQ_GET) {
+            int access = px_read_access(p, req, RT_DLQ, t0);
+            if (access < 0) return;
             dlq_op *op = dlq_op_new(p, req, t0, tid, tid_len);
-            if (op) dlq_op_start_get(op, on_get);
+            if (!op) return;
+            op->redact = access == 0;
+            dlq_op_start_get(op, on_get);
         } else if (m == EVHTTP_REQ_DELETE) {
             if (!px_admin_authorized(p, req, RT_DLQ, t0)) return;
             dlq_op *op = dlq_op_new(p, req, t0, tid, tid_len);

@@ -43,6 +43,7 @@ typedef struct dlq_op {
     int step;
     json_t *eval_id;         /* string or null */
     json_t *ids;             /* list: the task ids asked for, in order */
+    bool redact;             /* reads: no valid token, so no args, kwargs or message (admin_auth.h) */
 } dlq_op;
 
 /* A request record plus its op, waiting on Redis (new path); NULL after

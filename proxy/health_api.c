@@ -109,10 +109,14 @@ void health_api_dashboard(proxy *p, struct evhttp_request *req, double t0)
     }
     evhttp_add_header(out, "Content-Type", "text/html; charset=utf-8");
     evhttp_add_header(out, "Cache-Control", "no-cache");
-    /* everything is in the page itself: nothing else may load */
+    /* everything is in the page itself: nothing else may load; and no other
+     * page may frame it (its controls must not be clicked through a decoy) */
     evhttp_add_header(out, "Content-Security-Policy",
-                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:");
+                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+                      "img-src 'self' data:; frame-ancestors 'none'; form-action 'none'; base-uri 'none'");
+    evhttp_add_header(out, "X-Frame-Options", "DENY");
     evhttp_add_header(out, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(out, "Referrer-Policy", "no-referrer");
     evbuffer_add_reference(evhttp_request_get_output_buffer(req), dashboard_page, dashboard_page_len, NULL, NULL);
     conns_reply_out(p->conns, req);
     evhttp_send_reply(req, 200, "OK", NULL);

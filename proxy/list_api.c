@@ -8,12 +8,14 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
+#include "admin_auth.h"
 #include "pserver.h"
 #include "reply.h"
 
 typedef struct list_call {
     preq *r;
     const list_api *spec;
+    bool redact;
 } list_call;
 
 static void on_list(struct redisReply *reply, const char *err, void *arg)
@@ -21,6 +23,7 @@ static void on_list(struct redisReply *reply, const char *err, void *arg)
     list_call *lc = arg;
     preq *r = lc->r;
     const list_api *spec = lc->spec;
+    bool redact = lc->redact;
     free(lc);
     px_hold_in_flight(r, NOT_WAITING);
     if (!reply || reply->type != REDIS_REPLY_ARRAY) {
@@ -34,12 +37,14 @@ static void on_list(struct redisReply *reply, const char *err, void *arg)
         json_t *j = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
         if (!j) continue;
         if (spec->decorate) spec->decorate(r->p, j);
+        if (redact) spec->redact(j);
         json_array_append_new(entries, j);
     }
     json_t *o = json_object();
     if (o) {
         json_object_set_new(o, spec->field, entries ? entries : json_array());
         if (spec->extra) spec->extra(r->p, o);
+        if (redact) json_object_set_new(o, "redacted", json_string(spec->redact_note));
     }
     px_finish_json(r, 200, o);
     json_decref(o);
@@ -70,6 +75,8 @@ void list_api_get(proxy *p, struct evhttp_request *req, double t0, const list_ap
             return;
         }
     }
+    int access = spec->redact ? px_read_access(p, req, RT_ADMIN, t0) : 1;
+    if (access < 0) return;
     list_call *lc = malloc(sizeof(*lc));
     preq *r = lc ? px_req_new(p, req, RT_ADMIN, t0) : NULL;
     if (!r) {
@@ -77,7 +84,7 @@ void list_api_get(proxy *p, struct evhttp_request *req, double t0, const list_ap
         px_reply_oom(p, req, RT_ADMIN, t0, NULL);
         return;
     }
-    *lc = (list_call){r, spec};
+    *lc = (list_call){r, spec, access == 0};
     char stop[24];
     snprintf(stop, sizeof(stop), "%ld", limit - 1);
     const char *argv[] = {"LRANGE", spec->key, "0", stop};

@@ -16,6 +16,11 @@ typedef struct list_api {
     /* optional: adds to each entry / to the reply object */
     void (*decorate)(proxy *p, json_t *entry);
     void (*extra)(proxy *p, json_t *reply);
+    /* optional: the list holds sensitive fields (admin_auth.h px_read_access):
+     * without a token each entry goes through redact and the reply says
+     * redact_note in "redacted" */
+    void (*redact)(json_t *entry);
+    const char *redact_note;
 } list_api;
 
 /* Answers the request (route "admin"); `spec` must be static. */

@@ -52,6 +52,15 @@ const cfg_option pconfig_table[] = {
      "if set, every path the proxy does not own is passed through to it", false},
     {"ADMIN_TOKEN", CFG_STRING, "", 0, 1024, NULL, F(admin_token),
      "bearer token for admin writes; empty = admin writes refused", true},
+    {"READ_TOKEN", CFG_STRING, "", 0, 1024, NULL, F(read_token),
+     "bearer token for the sensitive reads (DLQ entries' args, kwargs and message; shadow mismatch outputs); "
+     "ADMIN_TOKEN works too. Without a token those fields are left out; empty = only ADMIN_TOKEN", true},
+    {"ALLOWED_HOSTS", CFG_LIST, "", 0, 0, NULL, F(allowed_hosts),
+     "Host names the proxy answers (comma list; .example.com = it and every name under it; no ports); another "
+     "Host -> 421 host_not_allowed. Empty = any host", true},
+    {"ALLOWED_ORIGINS", CFG_LIST, "", 0, 0, NULL, F(allowed_origins),
+     "browser origins, besides the proxy's own (scheme + Host), allowed to send writes (POST, PUT, DELETE) to "
+     "the proxy's own endpoints: exact scheme://host[:port] items, no *; another origin -> 403 cross_origin", true},
     {"ADMIN_TOKEN_LABEL", CFG_STRING, "admin", 1, 64, NULL, F(admin_token_label),
      "who the admin token stands for in the rollout audit list (an X-Turnout-Actor header adds a name)", false},
     {"MAX_BODY_BYTES", CFG_INT, "2097152", 1024, 67108864, NULL, F(max_body_bytes),
@@ -179,6 +188,84 @@ SSL_CTX *pconfig_tls_context(const char *cert, const char *key, char *err, size_
     return ctx;
 }
 
+/* The next item of a comma list, blanks around it cut; false at the end. */
+static bool list_item(const char **cursor, const char **item, size_t *len)
+{
+    const char *c = *cursor;
+    while (*c == ',' || *c == ' ' || *c == '\t') c++;
+    if (!*c) return false;
+    const char *e = c + strcspn(c, ",");
+    *cursor = e;
+    while (e > c && (e[-1] == ' ' || e[-1] == '\t')) e--;
+    *item = c;
+    *len = (size_t)(e - c);
+    return true;
+}
+
+static bool span_has(const char *s, size_t n, const char *chars)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strchr(chars, s[i])) return true;
+    return false;
+}
+
+/* ALLOWED_HOSTS: names as in a Host header, without the port (xsite.h). */
+static int check_hosts(const char *list, char *errs, size_t errs_size)
+{
+    const char *cur = list ? list : "", *it;
+    size_t il;
+    int n = 0;
+    while (list_item(&cur, &it, &il)) {
+        const char *why = NULL;
+        bool v6 = il >= 2 && it[0] == '[' && it[il - 1] == ']';
+        if (il == 1 && it[0] == '*')
+            why = "* is not a host name: leave ALLOWED_HOSTS empty to answer any Host, or list the names";
+        else if (memchr(it, '/', il) || memchr(it, '@', il))
+            why = "must be a host name (example.com, .example.com, 127.0.0.1, [::1]), not a URL";
+        else if (!v6 && memchr(it, ':', il))
+            why = "must be a host name without a port (the port is not compared); an IPv6 address goes in brackets";
+        for (size_t i = 0; !why && i < il; i++) {
+            char c = it[i];
+            bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                      c == '-' || c == '_' || (v6 && (c == ':' || c == '[' || c == ']' || c == '%'));
+            if (!ok) why = "holds a character no host name has (letters, digits, '.', '-', '_'; [v6] addresses)";
+        }
+        if (why) {
+            n++;
+            cfg_append_error(errs, errs_size, "ALLOWED_HOSTS: \"%.*s\" %s\n", UTF8_CUT(it, il > 200 ? 200 : il), why);
+        }
+    }
+    return n;
+}
+
+/* ALLOWED_ORIGINS: origins as browsers send them in the Origin header. */
+static int check_origins(const char *list, char *errs, size_t errs_size)
+{
+    const char *cur = list ? list : "", *it;
+    size_t il;
+    int n = 0;
+    while (list_item(&cur, &it, &il)) {
+        const char *why = NULL;
+        size_t skip = il > 8 && strncasecmp(it, "https://", 8) == 0 ? 8 : il > 7 && strncasecmp(it, "http://", 7) == 0 ? 7 : 0;
+        if (memchr(it, '*', il))
+            why = "a wildcard would let any web page send writes (submissions, cancels, admin calls) through a "
+                  "visitor's browser; list each origin exactly, e.g. https://app.example.com";
+        else if (il == 4 && strncasecmp(it, "null", 4) == 0)
+            why = "null is the origin of sandboxed frames and local files, which any page can make; it cannot be allowed";
+        else if (!skip)
+            why = "must be an origin as browsers send it: http:// or https://, the host and an optional :port";
+        else if (span_has(it + skip, il - skip, "/?#@ "))
+            why = "must be an origin only (scheme://host[:port]): no path, not even a final /, no query";
+        else if (il == skip)
+            why = "has no host";
+        if (why) {
+            n++;
+            cfg_append_error(errs, errs_size, "ALLOWED_ORIGINS: \"%.*s\" %s\n", UTF8_CUT(it, il > 200 ? 200 : il), why);
+        }
+    }
+    return n;
+}
+
 int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
 {
     proxy_settings tmp = {0};
@@ -239,6 +326,8 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
         tmp.trust_forwarded |= bit;
         c += strcspn(c, ",");
     }
+    n += check_hosts(tmp.allowed_hosts, errs, errs_size);
+    n += check_origins(tmp.allowed_origins, errs, errs_size);
     if (tmp.allowed_languages[0] == '\0') {
         n++;
         cfg_append_error(errs, errs_size, "ALLOWED_LANGUAGES=\"\": must name at least one language, e.g. python\n");

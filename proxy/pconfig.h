@@ -28,6 +28,9 @@ typedef struct proxy_settings {
     long long legacy_rq_result_ttl_s;
     char *upstream_url;
     char *admin_token;
+    char *read_token;       /* or admin_token: DLQ args and shadow outputs */
+    char *allowed_hosts;    /* xsite.h: empty = any */
+    char *allowed_origins;  /* xsite.h: besides the proxy's own */
     long long max_body_bytes;
     char *allowed_languages;
     char *log_level;

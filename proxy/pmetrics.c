@@ -20,7 +20,7 @@ const char *const pm_code_names[PM_NCODES] = {"200", "201", "202", "204", "400",
 const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_type", "invalid_field",
                                                "overload", "no_path", "out_of_memory", "method", "fd_limit",
                                                "max_connections", "client_timeout", "eval_id_unchecked",
-                                               "outcome_unknown", "bad_http"};
+                                               "outcome_unknown", "bad_http", "cross_origin", "host"};
 static const char *const side_names[PS_COUNT] = {"client", "upstream"};
 static const char *const tunnel_names[PT_COUNT] = {"opened", "declined", "failed"};
 static const char *const check_names[PC_COUNT] = {"queued", "not_queued", "unknown"};

@@ -48,6 +48,7 @@
 #include "router.h"
 #include "submission.h"
 #include "util.h"
+#include "xsite.h"
 
 #define MAX_HEADERS_BYTES (64 * 1024)
 #define MAX_TARGET_BYTES (8 * 1024)
@@ -118,6 +119,9 @@ static void on_request(struct evhttp_request *req, void *arg)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
 
     const endpoint *e = endpoints_match(endpoint_table, NENDPOINTS, path);
+    /* xsite.h: the Host of every request, then browsers' writes from other origins */
+    if (!xsite_host_ok(p, req, e ? e->route : RT_PASSTHROUGH, t0)) return;
+    if (e && !xsite_write_ok(p, req, e->route, t0)) return;
     if (e) {
         e->handler(p, req, path, t0);
     } else if (p->cfg.upstream_url[0]) {

@@ -189,7 +189,7 @@ void px_reply_json(proxy *p, struct evhttp_request *req, enum pm_route route, do
 
 static bool is_json_content_type(const char *ct)
 {
-    if (!ct) return true; /* no header: we still expect JSON */
+    if (!ct) return true; /* no body (xsite refuses a body without the header): the parse says what is missing */
     while (*ct == ' ') ct++;
     size_t n = strcspn(ct, "; ");
     return n == 16 && strncasecmp(ct, "application/json", 16) == 0;

@@ -430,7 +430,7 @@ static void add_iso(proxy *p, json_t *entry)
     json_object_set_new(entry, "at_iso", json_string(at));
 }
 
-static const list_api history_api = {ROLLOUT_HISTORY, "entries", 50, ROLLOUT_HISTORY_MAX, add_iso, NULL};
+static const list_api history_api = {ROLLOUT_HISTORY, "entries", 50, ROLLOUT_HISTORY_MAX, add_iso, NULL, NULL, NULL};
 
 void rollout_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
 {

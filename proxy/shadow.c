@@ -8,6 +8,7 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
+#include "admin_auth.h"
 #include "celery.h"
 #include "evstatus.h"
 #include "list_api.h"
@@ -221,7 +222,25 @@ static void add_counts(proxy *p, json_t *o)
     json_object_set_new(o, "shadow_percentage", json_real(p->cfg.shadow_percentage));
 }
 
-static const list_api mismatches_api = {SHADOW_MISMATCHES, "mismatches", 20, 10000, NULL, add_counts};
+/* What each run printed is what the program made of its input, secrets and
+ * all: shown only with READ_TOKEN or ADMIN_TOKEN; which fields differ, the
+ * statuses and exit codes stay public. */
+static void redact_outputs(json_t *m)
+{
+    static const char *const sides[] = {"legacy", "new"};
+    bool gone = false;
+    for (int i = 0; i < 2; i++) {
+        json_t *side = json_object_get(m, sides[i]);
+        if (json_is_object(side) && json_object_get(side, "output")) {
+            json_object_del(side, "output");
+            gone = true;
+        }
+    }
+    if (gone) json_object_set_new(m, "output_redacted", json_true());
+}
+
+static const list_api mismatches_api = {SHADOW_MISMATCHES, "mismatches", 20, 10000, NULL, add_counts,
+                                        redact_outputs, PX_REDACTED_NOTE "each run's output"};
 
 void shadow_api_handle(proxy *p, struct evhttp_request *req, const char *path, double t0)
 {

@@ -148,7 +148,7 @@ Try:
   curl -s -X PUT http://127.0.0.1:$PROXY_PORT/admin/rollout -H 'Authorization: Bearer $ADMIN_TOKEN' \\
        -H 'Content-Type: application/json' -d '{"percentage": 0.25, "reason": "demo"}'
   curl -s -X POST http://127.0.0.1:$PROXY_PORT/admin/canary/start -H 'Authorization: Bearer $ADMIN_TOKEN'
-  curl -s http://127.0.0.1:$PROXY_PORT/admin/shadow/mismatches      # 10 % of legacy evals are shadowed
+  curl -s http://127.0.0.1:$PROXY_PORT/admin/shadow/mismatches -H 'Authorization: Bearer $ADMIN_TOKEN'   # 10 % shadowed; outputs need a token
   # new path: the result Celery-style;  legacy path: the Queue Service's record
   redis-cli -p $REDIS_PORT GET celery-task-meta-celery-demo-1
   $LEGACY_TRY

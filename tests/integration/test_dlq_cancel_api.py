@@ -179,7 +179,7 @@ def test_dlq_list_newest_first_paged_and_filtered(proxy, r):
     tids = [seed_dlq(r, f"e{i}", base + i)[0] for i in range(7)]   # e6 newest
     newest_first = list(reversed(tids))
 
-    resp = proxy.get("/api/dlq/list")
+    resp = proxy.get("/api/dlq/list", headers=AUTH)   # the token shows args, kwargs and message
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["total"] == 7 and body["limit"] == 50 and body["offset"] == 0, body
@@ -208,7 +208,7 @@ def test_dlq_list_skips_index_ids_without_entry_and_shows_malformed(proxy, r):
     r.zadd("turnout:dlq", {"celery-gone": 1795337001.0})           # index only (deleted meanwhile)
     r.zadd("turnout:dlq", {"celery-bad": 1795337002.0})
     r.set("turnout:dlq:entry:celery-bad", "not json{")
-    b = proxy.get("/api/dlq/list").json()
+    b = proxy.get("/api/dlq/list", headers=AUTH).json()
     assert b["total"] == 3, b
     assert [e["task_id"] for e in b["entries"]] == ["celery-bad", "celery-ok1"], b
     assert b["entries"][0]["malformed_entry"] == "not json{", b
@@ -241,9 +241,14 @@ def test_dlq_stats(proxy, r):
 
 def test_dlq_get_and_404(proxy, r):
     tid, entry = seed_dlq(r, "g1", 1795337000.0)
-    resp = proxy.get(f"/api/dlq/{tid}")
+    resp = proxy.get(f"/api/dlq/{tid}", headers=AUTH)
     assert resp.status_code == 200, resp.text
     assert resp.json() == entry
+    # without a token: the same entry but what was submitted
+    resp = proxy.get(f"/api/dlq/{tid}")
+    assert resp.status_code == 200, resp.text
+    shown = {k: v for k, v in entry.items() if k not in ("args", "kwargs", "message")}
+    assert {k: v for k, v in resp.json().items() if k not in ("redacted", "redacted_fields")} == shown
     assert_error(proxy.get("/api/dlq/celery-unknown"), 404, "not_found", names="celery-unknown")
     assert_error(proxy.get("/api/dlq/bad%0Aid"), 422, names="task_id")  # a control character
     assert_error(proxy.get("/api/dlq/celery-g1/what"), 404)
@@ -334,7 +339,7 @@ def test_admin_token_required_for_dlq_writes(proxy, r, make_proxy):
             resp = admin(proxy, method, path, headers={"Authorization": f"Bearer {wrong}"})
             assert_error(resp, 403, "forbidden")
     assert r.exists(f"turnout:dlq:entry:{tid}"), "a refused write must change nothing"
-    # reads need no token
+    # reads need no token (they leave out what was submitted)
     assert proxy.get(f"/api/dlq/{tid}", headers={}).status_code == 200
     # the scheme is case-insensitive; the token is not
     resp = admin(proxy, "DELETE", f"/api/dlq/{tid}", headers={"Authorization": f"bearer {TOKEN}"})

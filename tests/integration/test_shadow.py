@@ -10,6 +10,9 @@ import pytest
 
 from fixtures_turnout import Legacyd, mval, msum, wait_until
 
+READ_TOKEN = "shadow-read-token"
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+
 
 @pytest.fixture
 def shadow_stack(redis_server, executor_factory, worker_factory, proxy_factory, tmp_path):
@@ -20,7 +23,8 @@ def shadow_stack(redis_server, executor_factory, worker_factory, proxy_factory, 
         leg = Legacyd(tmp_path / f"legacyd{len(legs)}", env={"EXECUTOR_SERVICE_URL": ex.url}).start()
         legs.append(leg)
         worker_factory(ex, CELERY_CONCURRENCY=4)
-        full = dict(LEGACY_QUEUE_URL=leg.url, SHADOW_PERCENTAGE=1, COMPLETION_POLL_S=1, CELERY_ENABLED=False)
+        full = dict(LEGACY_QUEUE_URL=leg.url, SHADOW_PERCENTAGE=1, COMPLETION_POLL_S=1, CELERY_ENABLED=False,
+                    READ_TOKEN=READ_TOKEN)
         full.update(env)
         return proxy_factory(**full)
 
@@ -45,7 +49,7 @@ def test_shadow_counts_matches_and_mismatches(shadow_stack, redis_server):
     assert mval(m, "turnout_shadow_comparisons_total", result="match") == len(same)
     assert mval(m, "turnout_shadow_comparisons_total", result="mismatch") == len(diff)
     assert mval(m, "turnout_shadow_comparisons_total", result="error") == 0
-    mm = p.get("/admin/shadow/mismatches").json()
+    mm = p.get("/admin/shadow/mismatches", headers=READ).json()   # the outputs need the read token
     assert sorted(x["eval_id"] for x in mm["mismatches"]) == sorted(diff), mm
     one = mm["mismatches"][0]
     assert one["differs"] == ["output"], one
