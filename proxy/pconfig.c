@@ -89,6 +89,20 @@ const cfg_option pconfig_table[] = {
      "behind a proxy of yours that sets them)", false},
     {"FORWARDED_HEADER", CFG_BOOL, "false", 0, 0, NULL, F(forwarded_header),
      "pass-through: also send the standard Forwarded header (RFC 7239) beside the X-Forwarded-* ones", false},
+    {"AUTH_URL", CFG_URL, "", 0, 0, "http|https", F(auth_url),
+     "forward auth: every request to an endpoint the proxy answers (not /healthz, /readyz, /metrics) is first "
+     "checked by a GET here with the client's credentials; 2xx lets it through, 401/403 are passed back, "
+     "anything else is 503 (empty: off)", false},
+    {"AUTH_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(auth_timeout_ms),
+     "forward auth: deadline of one check (-> 503 auth_unavailable)", false},
+    {"AUTH_RESPONSE_HEADERS", CFG_LIST, "", 0, 0, NULL, F(auth_response_headers),
+     "forward auth: headers of an allowing answer copied into the request (e.g. X-User-Id); a client's own are "
+     "always removed", false},
+    {"AUTH_STICKY_HEADER", CFG_STRING, "", 0, 100, NULL, F(auth_sticky_header),
+     "forward auth: one of AUTH_RESPONSE_HEADERS whose value is the submission's sticky key", false},
+    {"AUTH_CACHE_TTL_S", CFG_INT, "0", 0, 300, NULL, F(auth_cache_ttl_s),
+     "forward auth: how long a decision is kept, keyed by a SHA-256 of Authorization and Cookie (0: each "
+     "request is checked)", false},
     {"WEBSOCKET_IDLE_TIMEOUT_S", CFG_INT, "60", 1, 86400, NULL, F(websocket_idle_timeout_s),
      "pass-through: a WebSocket (or other Upgrade) tunnel with no byte either way for this long is closed", false},
     {"REDIS_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(redis_timeout_ms),
@@ -266,6 +280,60 @@ static int check_origins(const char *list, char *errs, size_t errs_size)
     return n;
 }
 
+/* AUTH_RESPONSE_HEADERS are header names, at most 16, none the proxy
+ * frames itself; AUTH_STICKY_HEADER is one of them. */
+static int check_auth(const proxy_settings *s, char *errs, size_t errs_size)
+{
+    int n = 0, count = 0;
+    bool sticky_found = false;
+    for (const char *c = s->auth_response_headers; *c;) {
+        while (*c == ' ' || *c == ',') c++;
+        size_t len = strcspn(c, ",");
+        size_t l = len;
+        while (l && c[l - 1] == ' ') l--;
+        if (!l) break;
+        count++;
+        bool token = true;
+        for (size_t i = 0; i < l; i++)
+            token = token && ((c[i] >= 'a' && c[i] <= 'z') || (c[i] >= 'A' && c[i] <= 'Z') ||
+                              (c[i] >= '0' && c[i] <= '9') || c[i] == '-' || c[i] == '_');
+        static const char *const own[] = {"host", "content-length", "transfer-encoding", "connection", "cookie",
+                                          "authorization"};
+        bool reserved = false;
+        for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
+            reserved = reserved || (strlen(own[i]) == l && strncasecmp(c, own[i], l) == 0);
+        if (!token || reserved) {
+            n++;
+            char line[300];
+            util_snprintf(line, sizeof(line),
+                          "AUTH_RESPONSE_HEADERS: \"%.*s\" %s\n", (int)util_utf8_prefix(c, l < 100 ? l : 100), c,
+                          reserved ? "is a header the proxy or the client owns; name one like X-User-Id"
+                                   : "is not a header name (letters, digits, - and _)");
+            cfg_append_error(errs, errs_size, "%s", line);
+        }
+        if (s->auth_sticky_header[0] && strlen(s->auth_sticky_header) == l &&
+            strncasecmp(c, s->auth_sticky_header, l) == 0)
+            sticky_found = true;
+        c += len;
+    }
+    if (count > 16) {
+        n++;
+        cfg_append_error(errs, errs_size, "AUTH_RESPONSE_HEADERS: at most 16 names\n");
+    }
+    if (s->auth_sticky_header[0] && !sticky_found) {
+        n++;
+        cfg_append_error(errs, errs_size,
+                         "AUTH_STICKY_HEADER: must be one of AUTH_RESPONSE_HEADERS (add it there)\n");
+    }
+    if (!s->auth_url[0] && (s->auth_response_headers[0] || s->auth_sticky_header[0] || s->auth_cache_ttl_s > 0)) {
+        n++;
+        cfg_append_error(errs, errs_size,
+                         "AUTH_RESPONSE_HEADERS, AUTH_STICKY_HEADER, AUTH_CACHE_TTL_S: set AUTH_URL too, or "
+                         "none of them\n");
+    }
+    return n;
+}
+
 int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, size_t errs_size)
 {
     proxy_settings tmp = {0};
@@ -328,6 +396,7 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
     }
     n += check_hosts(tmp.allowed_hosts, errs, errs_size);
     n += check_origins(tmp.allowed_origins, errs, errs_size);
+    n += check_auth(&tmp, errs, errs_size);
     if (tmp.allowed_languages[0] == '\0') {
         n++;
         cfg_append_error(errs, errs_size, "ALLOWED_LANGUAGES=\"\": must name at least one language, e.g. python\n");

@@ -45,6 +45,8 @@ typedef struct proxy_settings {
     unsigned trust_forwarded; /* FWD_* bits, from trust_forwarded_text */
     bool forwarded_header;
     long long websocket_idle_timeout_s;
+    char *auth_url, *auth_response_headers, *auth_sticky_header;
+    long long auth_timeout_ms, auth_cache_ttl_s;
     long long redis_timeout_ms;
     long long shutdown_grace_s;
     long long client_timeout_s;

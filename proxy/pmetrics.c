@@ -21,6 +21,7 @@ const char *const pm_reject_names[RJ_COUNT] = {"bad_json", "too_large", "media_t
                                                "overload", "no_path", "out_of_memory", "method", "fd_limit",
                                                "max_connections", "client_timeout", "eval_id_unchecked",
                                                "outcome_unknown", "bad_http", "cross_origin", "host"};
+static const char *const auth_names[] = {"allowed", "denied", "error", "cached_allowed", "cached_denied"};
 static const char *const side_names[PS_COUNT] = {"client", "upstream"};
 static const char *const tunnel_names[PT_COUNT] = {"opened", "declined", "failed"};
 static const char *const check_names[PC_COUNT] = {"queued", "not_queued", "unknown"};
@@ -73,6 +74,7 @@ int pmetrics_init(pmetrics *m, const char *queue)
     const metrics_dim D_RBREASON = {"reason", gate_names, GATE_COUNT};
     const metrics_dim D_CHECK = {"result", check_names, PC_COUNT};
     const metrics_dim D_SIDE = {"side", side_names, PS_COUNT};
+    const metrics_dim D_AUTH = {"result", auth_names, 5};
     const metrics_dim D_TUNNEL = {"result", tunnel_names, PT_COUNT};
 
     m->reg = metrics_registry_new();

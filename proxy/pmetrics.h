@@ -85,6 +85,9 @@ extern const char *const pm_upstream_names[UP_COUNT];
     X(tunnels, METRICS_COUNTER, "turnout_tunnels_total",                                      \
       "Upgrade requests (WebSocket) passed through, by result (opened: the upstream switched "  \
       "protocols; declined: it answered otherwise; failed: it could not be reached)", D_TUNNEL) \
+    X(auth_requests, METRICS_COUNTER, "turnout_auth_requests_total",                          \
+      "Forward-auth checks (AUTH_URL), by result (allowed, denied: 401/403 passed back, error: 503 "  \
+      "auth_unavailable, cached_allowed, cached_denied: decided by AUTH_CACHE_TTL_S)", D_AUTH)  \
     X(tunnels_open, METRICS_GAUGE, "turnout_tunnels_open", "Upgraded (WebSocket) tunnels open now") \
     X(rejected, METRICS_COUNTER, "turnout_rejected_requests_total",                           \
       "Requests refused by a limit or validation, by reason", D_REJECT)                       \

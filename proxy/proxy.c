@@ -31,6 +31,7 @@
 #include "dlq_api.h"
 #include "endpoints.h"
 #include "health_api.h"
+#include "fwdauth.h"
 #include "passthrough.h"
 #include "submit_api.h"
 #include "records.h"
@@ -122,7 +123,9 @@ static void on_request(struct evhttp_request *req, void *arg)
     /* xsite.h: the Host of every request, then browsers' writes from other origins */
     if (!xsite_host_ok(p, req, e ? e->route : RT_PASSTHROUGH, t0)) return;
     if (e && !xsite_write_ok(p, req, e->route, t0)) return;
-    if (e) {
+    if (e && fwdauth_applies(p->auth, path)) {
+        fwdauth_check(p->auth, req, e, path, t0); /* fwdauth.h: AUTH_URL vouches first */
+    } else if (e) {
         e->handler(p, req, path, t0);
     } else if (p->cfg.upstream_url[0]) {
         passthrough_handle(p, req, t0);
@@ -254,6 +257,12 @@ proxy *proxy_new(struct event_base *base, proxy_settings *settings, char err[256
     if (!(p->rollout = rollout_new(p, err))) goto err;
     if (!(p->canary = canary_new(p, err))) goto err;
     if (!(p->stats = stats_new(p))) {
+        snprintf(err, 256, "out of memory");
+        goto err;
+    }
+    bool auth_oom = false;
+    p->auth = fwdauth_new(p, &auth_oom);
+    if (auth_oom) {
         snprintf(err, 256, "out of memory");
         goto err;
     }
@@ -481,6 +490,8 @@ void proxy_free(proxy *p)
     p->canary = NULL;
     stats_free(p->stats);
     p->stats = NULL;
+    fwdauth_free(p->auth);
+    p->auth = NULL;
     if (p->http) evhttp_free(p->http); /* closes every client connection (conns' close callbacks) */
     conns_free(p->conns);
     if (p->drain_timer) event_free(p->drain_timer);

@@ -56,6 +56,7 @@ struct proxy {
     struct canary *canary;         /* automatic canary (issue 5) */
     struct stats *stats;           /* windows for /api/stats (issue 6) */
     struct event *accept_pause;    /* accepting paused: out of file descriptors */
+    struct fwdauth *auth;          /* forward auth, NULL without AUTH_URL */
 };
 
 /* The connection holding celery-task-meta-* records. */
