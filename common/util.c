@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <sys/random.h>
 
@@ -374,4 +375,26 @@ size_t util_utf8_seq_len(const unsigned char *s, const unsigned char *end)
     }
     if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return 0;
     return n;
+}
+
+bool util_list_item(const char **cursor, const char **item, size_t *len)
+{
+    const char *c = *cursor;
+    while (*c == ',' || *c == ' ' || *c == '\t') c++;
+    if (!*c) return false;
+    const char *e = c + strcspn(c, ",");
+    *cursor = e;
+    while (e > c && (e[-1] == ' ' || e[-1] == '\t')) e--;
+    *item = c;
+    *len = (size_t)(e - c);
+    return true;
+}
+
+bool util_list_has(const char *list, const char *name, size_t n)
+{
+    const char *it;
+    size_t il;
+    while (list && util_list_item(&list, &it, &il))
+        if (il == n && strncasecmp(it, name, n) == 0) return true;
+    return false;
 }

@@ -84,4 +84,10 @@ long util_base64_decode(unsigned char *out, const char *in, size_t n)
 /* Standard reason phrase for an HTTP status. */
 const char *util_reason(int status);
 
+/* The next item of a comma-separated list at *cursor (advanced past
+ * it), blanks around it cut: *item, *len.  false at the end of the list. */
+bool util_list_item(const char **cursor, const char **item, size_t *len);
+/* Is name[0..n) an item of the list, compared case-insensitively? */
+bool util_list_has(const char *list, const char *name, size_t n);
+
 #endif

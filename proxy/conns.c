@@ -347,25 +347,11 @@ struct bufferevent *conns_plain_bevcb(struct event_base *base, void *conns_arg)
     return conns_track(conns_arg, bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE));
 }
 
-/* Does the Connection list `v` hold the option "close"?  (evhttp only
- * honours a value that is exactly "close".) */
-static bool asks_close(const char *v)
-{
-    for (const char *c = v; *c;) {
-        while (*c == ' ' || *c == '\t' || *c == ',') c++;
-        size_t len = strcspn(c, ",");
-        size_t l = len;
-        while (l && (c[l - 1] == ' ' || c[l - 1] == '\t')) l--;
-        if (l == 5 && strncasecmp(c, "close", 5) == 0) return true;
-        c += len;
-    }
-    return false;
-}
-
 void conns_request_in(conns *c, struct evhttp_request *req)
 {
     const char *conn = evhttp_find_header(evhttp_request_get_input_headers(req), "Connection");
-    if (conn && strcasecmp(conn, "close") != 0 && strcasecmp(conn, "keep-alive") != 0 && asks_close(conn))
+    if (conn && strcasecmp(conn, "close") != 0 && strcasecmp(conn, "keep-alive") != 0 &&
+        util_list_has(conn, "close", 5)) /* evhttp honours only a value of exactly "close" */
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     centry *e = c ? find(c, evhttp_request_get_connection(req)) : NULL;
     if (!e) return;

@@ -89,18 +89,13 @@ fwdauth *fwdauth_new(proxy *p, bool *oom)
     if (!a) goto oom;
     a->p = p;
     a->sticky = -1;
-    for (const char *c = p->cfg.auth_response_headers; *c && a->nnames < MAX_COPIED;) {
-        while (*c == ' ' || *c == ',') c++;
-        size_t len = strcspn(c, ",");
-        size_t l = len;
-        while (l && c[l - 1] == ' ') l--;
-        if (l) {
-            if (!(a->names[a->nnames] = strndup(c, l))) goto oom;
-            if (p->cfg.auth_sticky_header[0] && strcasecmp(a->names[a->nnames], p->cfg.auth_sticky_header) == 0)
-                a->sticky = (int)a->nnames;
-            a->nnames++;
-        }
-        c += len;
+    const char *cur = p->cfg.auth_response_headers, *it;
+    size_t il;
+    while (a->nnames < MAX_COPIED && util_list_item(&cur, &it, &il)) {
+        if (!(a->names[a->nnames] = strndup(it, il))) goto oom;
+        if (p->cfg.auth_sticky_header[0] && strcasecmp(a->names[a->nnames], p->cfg.auth_sticky_header) == 0)
+            a->sticky = (int)a->nnames;
+        a->nnames++;
     }
     if (p->cfg.auth_cache_ttl_s > 0 && !(a->cache = calloc(AUTH_CACHE_SLOTS, sizeof(slot)))) goto oom;
     return a;

@@ -10,6 +10,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "pconfig.h"
+#include "util.h"
 
 const char *fwd_method_name(int t)
 {
@@ -40,26 +41,12 @@ static bool hop_by_hop(const char *name, bool request)
                        strcasecmp(name, "expect") == 0);
 }
 
-/* Is `name` (n bytes) one of the comma-separated options of `list`? */
-static bool in_list(const char *list, const char *name, size_t n)
-{
-    for (const char *c = list; c && *c;) {
-        while (*c == ' ' || *c == '\t' || *c == ',') c++;
-        size_t len = strcspn(c, ",");
-        size_t l = len;
-        while (l && (c[l - 1] == ' ' || c[l - 1] == '\t')) l--;
-        if (l && l == n && strncasecmp(c, name, n) == 0) return true;
-        c += len;
-    }
-    return false;
-}
-
 /* Is `name` named by any Connection header of q? */
 static bool connection_names(const struct evkeyvalq *q, const char *name)
 {
     size_t n = strlen(name);
     for (const struct evkeyval *kv = q->tqh_first; kv; kv = kv->next.tqe_next)
-        if (strcasecmp(kv->key, "connection") == 0 && in_list(kv->value, name, n)) return true;
+        if (strcasecmp(kv->key, "connection") == 0 && util_list_has(kv->value, name, n)) return true;
     return false;
 }
 
@@ -267,7 +254,7 @@ void fwd_response_headers(const char *const *hl, size_t n, struct evkeyvalq *out
             continue;
         }
         bool named = false;
-        for (size_t k = 0; k < nconn && !named; k++) named = in_list(conn[k], name, nl);
+        for (size_t k = 0; k < nconn && !named; k++) named = util_list_has(conn[k], name, nl);
         if (named) continue;
         if (strcasecmp(name, "content-type") == 0) info->content_type = true;
         evhttp_add_header(out, name, v);

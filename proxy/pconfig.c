@@ -202,19 +202,6 @@ SSL_CTX *pconfig_tls_context(const char *cert, const char *key, char *err, size_
     return ctx;
 }
 
-/* The next item of a comma list, blanks around it cut; false at the end. */
-static bool list_item(const char **cursor, const char **item, size_t *len)
-{
-    const char *c = *cursor;
-    while (*c == ',' || *c == ' ' || *c == '\t') c++;
-    if (!*c) return false;
-    const char *e = c + strcspn(c, ",");
-    *cursor = e;
-    while (e > c && (e[-1] == ' ' || e[-1] == '\t')) e--;
-    *item = c;
-    *len = (size_t)(e - c);
-    return true;
-}
 
 static bool span_has(const char *s, size_t n, const char *chars)
 {
@@ -229,7 +216,7 @@ static int check_hosts(const char *list, char *errs, size_t errs_size)
     const char *cur = list ? list : "", *it;
     size_t il;
     int n = 0;
-    while (list_item(&cur, &it, &il)) {
+    while (util_list_item(&cur, &it, &il)) {
         const char *why = NULL;
         bool v6 = il >= 2 && it[0] == '[' && it[il - 1] == ']';
         if (il == 1 && it[0] == '*')
@@ -258,7 +245,7 @@ static int check_origins(const char *list, char *errs, size_t errs_size)
     const char *cur = list ? list : "", *it;
     size_t il;
     int n = 0;
-    while (list_item(&cur, &it, &il)) {
+    while (util_list_item(&cur, &it, &il)) {
         const char *why = NULL;
         size_t skip = il > 8 && strncasecmp(it, "https://", 8) == 0 ? 8 : il > 7 && strncasecmp(it, "http://", 7) == 0 ? 7 : 0;
         if (memchr(it, '*', il))
@@ -286,12 +273,9 @@ static int check_auth(const proxy_settings *s, char *errs, size_t errs_size)
 {
     int n = 0, count = 0;
     bool sticky_found = false;
-    for (const char *c = s->auth_response_headers; *c;) {
-        while (*c == ' ' || *c == ',') c++;
-        size_t len = strcspn(c, ",");
-        size_t l = len;
-        while (l && c[l - 1] == ' ') l--;
-        if (!l) break;
+    const char *cur = s->auth_response_headers, *c;
+    size_t l;
+    while (util_list_item(&cur, &c, &l)) {
         count++;
         bool token = true;
         for (size_t i = 0; i < l; i++)
@@ -306,7 +290,7 @@ static int check_auth(const proxy_settings *s, char *errs, size_t errs_size)
             n++;
             char line[300];
             util_snprintf(line, sizeof(line),
-                          "AUTH_RESPONSE_HEADERS: \"%.*s\" %s\n", (int)util_utf8_prefix(c, l < 100 ? l : 100), c,
+                          "AUTH_RESPONSE_HEADERS: \"%.*s\" %s\n", UTF8_CUT(c, l < 100 ? l : 100),
                           reserved ? "is a header the proxy or the client owns; name one like X-User-Id"
                                    : "is not a header name (letters, digits, - and _)");
             cfg_append_error(errs, errs_size, "%s", line);
@@ -314,7 +298,6 @@ static int check_auth(const proxy_settings *s, char *errs, size_t errs_size)
         if (s->auth_sticky_header[0] && strlen(s->auth_sticky_header) == l &&
             strncasecmp(c, s->auth_sticky_header, l) == 0)
             sticky_found = true;
-        c += len;
     }
     if (count > 16) {
         n++;
@@ -373,26 +356,23 @@ int pconfig_load(proxy_settings *s, cfg_lookup_fn lookup, void *ud, char *errs, 
         }
     }
     tmp.trust_forwarded = 0;
-    for (const char *c = tmp.trust_forwarded_text; *c;) {
+    const char *tcur = tmp.trust_forwarded_text, *titem;
+    size_t tlen;
+    while (util_list_item(&tcur, &titem, &tlen)) {
         static const char *const fwd_names[] = {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"};
-        while (*c == ' ' || *c == ',') c++;
-        size_t len = strcspn(c, ",");
-        while (len && c[len - 1] == ' ') len--;
-        if (!len) break;
         unsigned bit = 0;
-        if (len == 3 && strncasecmp(c, "all", 3) == 0) bit = FWD_ALL;
+        if (tlen == 3 && strncasecmp(titem, "all", 3) == 0) bit = FWD_ALL;
         for (unsigned i = 0; i < 4 && !bit; i++)
-            if (strlen(fwd_names[i]) == len && strncasecmp(c, fwd_names[i], len) == 0) bit = 1u << i;
+            if (strlen(fwd_names[i]) == tlen && strncasecmp(titem, fwd_names[i], tlen) == 0) bit = 1u << i;
         if (!bit) {
             n++;
             char line[400];
             util_snprintf(line, sizeof(line),
                           "TRUST_FORWARDED_HEADERS: \"%.*s\" is not one of x-forwarded-for, x-forwarded-host, "
-                          "x-forwarded-proto, forwarded, all\n", (int)util_utf8_prefix(c, len < 100 ? len : 100), c);
+                          "x-forwarded-proto, forwarded, all\n", UTF8_CUT(titem, tlen < 100 ? tlen : 100));
             cfg_append_error(errs, errs_size, "%s", line);
         }
         tmp.trust_forwarded |= bit;
-        c += strcspn(c, ",");
     }
     n += check_hosts(tmp.allowed_hosts, errs, errs_size);
     n += check_origins(tmp.allowed_origins, errs, errs_size);
@@ -459,14 +439,9 @@ void pconfig_free(proxy_settings *s)
 
 bool pconfig_language_allowed(const proxy_settings *s, const char *lang, size_t len)
 {
-    const char *p = s->allowed_languages;
-    while (*p) {
-        while (*p == ' ' || *p == ',') p++;
-        const char *end = p + strcspn(p, ",");
-        const char *e = end;
-        while (e > p && e[-1] == ' ') e--;
-        if ((size_t)(e - p) == len && len && memcmp(p, lang, len) == 0) return true;
-        p = end;
-    }
+    const char *cur = s->allowed_languages, *it;
+    size_t il;
+    while (util_list_item(&cur, &it, &il))
+        if (il == len && len && memcmp(it, lang, len) == 0) return true;
     return false;
 }

@@ -63,19 +63,6 @@ static bool split_hostport(const char *s, size_t n, hostport *out)
     return true;
 }
 
-/* The next item of a comma list, blanks around it cut; false at the end. */
-static bool next_item(const char **cursor, const char **item, size_t *len)
-{
-    const char *c = *cursor;
-    while (*c == ',' || *c == ' ' || *c == '\t') c++;
-    if (!*c) return false;
-    const char *e = c + strcspn(c, ",");
-    *cursor = e;
-    while (e > c && (e[-1] == ' ' || e[-1] == '\t')) e--;
-    *item = c;
-    *len = (size_t)(e - c);
-    return true;
-}
 
 bool xsite_host_allowed(const char *allowed, const char *host)
 {
@@ -84,7 +71,7 @@ bool xsite_host_allowed(const char *allowed, const char *host)
     if (!host || !split_hostport(host, strlen(host), &hp)) return false;
     const char *cur = allowed, *it;
     size_t il;
-    while (next_item(&cur, &it, &il)) {
+    while (util_list_item(&cur, &it, &il)) {
         if (il >= 2 && it[0] == '[' && it[il - 1] == ']') {
             it++;
             il -= 2;
@@ -135,7 +122,7 @@ static bool listed(const char *allowed, const origin *o)
     const char *cur = allowed ? allowed : "", *it;
     size_t il;
     origin item;
-    while (next_item(&cur, &it, &il))
+    while (util_list_item(&cur, &it, &il))
         if (parse_origin(it, il, &item) && same_origin(o, &item)) return true;
     return false;
 }
