@@ -297,10 +297,15 @@ void fwdauth_check(fwdauth *a, struct evhttp_request *req, const endpoint *e, co
     if (!c) goto oom;
     c->keyed = a->cache && (authz || cookie);
     if (c->keyed) {
-        /* the key: SHA-256 of both values, each with its length, so no two pairs meet */
+        /* the key: SHA-256 of the credentials (each with its length, so no
+         * two pairs meet) and of what they are used for: the auth server
+         * sees the method and target and may decide on them, so an allow
+         * for one endpoint never opens another */
         char *buf = NULL;
-        int n = asprintf(&buf, "%zu:%s\n%zu:%s", authz ? strlen(authz) : 0, authz ? authz : "",
-                         cookie ? strlen(cookie) : 0, cookie ? cookie : "");
+        const char *target = evhttp_request_get_uri(req);
+        int n = asprintf(&buf, "%zu:%s\n%zu:%s\n%s %s", authz ? strlen(authz) : 0, authz ? authz : "",
+                         cookie ? strlen(cookie) : 0, cookie ? cookie : "",
+                         fwd_method_name(evhttp_request_get_command(req)), target);
         if (n < 0 || !SHA256((const unsigned char *)buf, (size_t)n, c->key)) {
             free(buf);
             goto oom;

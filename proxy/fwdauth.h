@@ -17,7 +17,8 @@
  * Decisions (allowed with their headers, denied with their answer; never
  * an error) are kept AUTH_CACHE_TTL_S seconds (0: not kept) in a table of
  * AUTH_CACHE_SLOTS entries keyed by the SHA-256 of the Authorization and
- * Cookie values: credentials themselves are never stored.  A request with
+ * Cookie values, the method and the target (the auth server may decide on
+ * them): credentials themselves are never stored.  A request with
  * neither is decided by the auth server each time.  Counted in
  * turnout_auth_requests_total{result}.  Paths passed through to
  * UPSTREAM_API_URL are not checked: the API behind does its own. */

@@ -101,8 +101,8 @@ const cfg_option pconfig_table[] = {
     {"AUTH_STICKY_HEADER", CFG_STRING, "", 0, 100, NULL, F(auth_sticky_header),
      "forward auth: one of AUTH_RESPONSE_HEADERS whose value is the submission's sticky key", false},
     {"AUTH_CACHE_TTL_S", CFG_INT, "0", 0, 300, NULL, F(auth_cache_ttl_s),
-     "forward auth: how long a decision is kept, keyed by a SHA-256 of Authorization and Cookie (0: each "
-     "request is checked)", false},
+     "forward auth: how long a decision is kept, keyed by a SHA-256 of Authorization, Cookie, method and "
+     "target (0: each request is checked)", false},
     {"WEBSOCKET_IDLE_TIMEOUT_S", CFG_INT, "60", 1, 86400, NULL, F(websocket_idle_timeout_s),
      "pass-through: a WebSocket (or other Upgrade) tunnel with no byte either way for this long is closed", false},
     {"REDIS_TIMEOUT_MS", CFG_INT, "1000", 10, 60000, NULL, F(redis_timeout_ms),

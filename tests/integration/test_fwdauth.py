@@ -170,9 +170,12 @@ def test_decisions_are_cached_by_credentials_for_the_ttl(proxy_factory, auth):
     assert len(auth.checks()) == 2
     r = requests.post(p.url("/api/eval"), json=CODE, cookies={"session": "ok"}, timeout=5)
     assert r.status_code == 202 and len(auth.checks()) == 3  # a cookie is a credential of its own
+    # the same credentials for another endpoint: the auth server decides that one anew
+    r = requests.get(p.url("/api/eval/e-unknown"), headers={"Authorization": "Bearer good"}, timeout=5)
+    assert r.status_code == 404 and len(auth.checks()) == 4
     time.sleep(1.2)
     assert submit(p, "good").status_code == 202        # expired: asked again
-    assert len(auth.checks()) == 4
+    assert len(auth.checks()) == 5
     m = p.metrics()
     assert mval(m, "turnout_auth_requests_total", result="cached_allowed") == 1
     assert mval(m, "turnout_auth_requests_total", result="cached_denied") == 1
